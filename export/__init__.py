@@ -1,0 +1,1 @@
+"""``hf-export``: a trained bundle → ONNX graphs + manifest for the runtime (needs the ``[train]`` extra)."""

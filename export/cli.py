@@ -1,0 +1,103 @@
+"""``hf-export --ckpt BUNDLE --out DIR``: ONNX graphs + manifest.json + integer hyper synthesis."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import typer
+
+app = typer.Typer(add_completion=False, help=__doc__)
+
+
+def export_bundle(ckpt: Path, out: Path, simplify: bool = True, parity: bool = True,
+                  real_images: list[np.ndarray] | None = None, timing: bool = True) -> dict:
+    """Export into a temporary folder next to ``out``, then swap it in (never a half-written model)."""
+    from ..models.bundle import load_bundle
+    from . import convert, manifest
+    from .graphs import graph_specs
+    from .parity import end_to_end, graph_parity
+
+    c = load_bundle(ckpt)
+    specs = graph_specs(c)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=out.parent))
+    try:
+        graphs = {s.name: convert.to_onnx(s, tmp / f"{s.name}.onnx", simplify) for s in specs}
+        man = manifest.build(c, graphs, tmp)
+        manifest.write(man, tmp)
+        if parity:
+            real = _real_inputs(c, real_images) if real_images else {}
+            man["parity"] = {"graphs": graph_parity(tmp, specs, real, timing)}
+            if real_images:
+                man["parity"]["end_to_end"] = end_to_end(tmp, specs, real_images)
+            manifest.write(man, tmp)
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return man
+
+
+def _real_inputs(c, images: list[np.ndarray]) -> dict[str, dict[str, np.ndarray]]:  # noqa: ANN001
+    """Real 256² tiles (and what the models make of them) as parity inputs."""
+    import torch
+
+    tiles = np.stack([img[:256, :256] for img in images if min(img.shape[:2]) >= 256])
+    x = torch.from_numpy(tiles.transpose(0, 3, 1, 2).astype(np.float32) / 255)
+    with torch.no_grad():
+        idx = c.vq.encode(x * 2 - 1)
+        low = torch.nn.functional.avg_pool2d(x, c.cont.cfg.downscale)
+        y, _ = c.cont.analysis(low)
+        g = c.cont.guidance(torch.round(y))
+    real = {
+        "vq_encoder": {"image": x.numpy()},
+        "vq_decoder": {"indices": idx.numpy()},
+        "cont_analysis": {"image": low.numpy()},
+        "cont_synthesis": {"y_hat": torch.round(y).numpy()},
+        "cont_reconstruct": {"guidance": g.numpy()},
+    }
+    vis = np.broadcast_to(np.indices(idx.shape[1:]).sum(0) % 2 == 0, idx.shape).copy()
+    real["predictor"] = {"indices": idx.numpy(), "visible": vis, "guidance": g.numpy()}
+    real["pixel_decoder"] = {"indices": idx.numpy(), "guidance": g.numpy()}
+    return real
+
+
+@app.command()
+def main_cmd(
+    ckpt: Path = typer.Option(..., "--ckpt", help="bundle written by `hf-train bundle`"),
+    out: Path = typer.Option(..., "--out", help="model directory to write"),
+    simplify: bool = typer.Option(True, help="run onnxsim on every graph"),
+    parity: bool = typer.Option(True, help="measure ONNX vs PyTorch parity and store it in the manifest"),
+    data: Path = typer.Option(None, help="folder of real images for parity (default: ../shared/data/val)"),
+) -> None:
+    from ..models.data import data_root, list_images, read_rgb
+
+    if not ckpt.is_file():
+        typer.echo(f"error: checkpoint not found: {ckpt}", err=True)
+        raise typer.Exit(1)
+    folder = data or data_root() / "val"
+    images = [read_rgb(p) for p in list_images(folder)[:4]] if parity and folder.is_dir() else None
+    try:
+        man = export_bundle(ckpt, out, simplify, parity, images)
+    except (ValueError, OSError, RuntimeError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"model {man['model_id'][:8]} ({man['name']}) → {out}")
+    for name, g in man["graphs"].items():
+        p = man.get("parity", {}).get("graphs", {}).get(name, {})
+        errs = {case: v for case, v in p.items() if case in ("random", "real")}
+        timing = f"  ort {p['ort_s'] * 1e3:.1f} ms  torch {p['torch_s'] * 1e3:.1f} ms" if "ort_s" in p else ""
+        typer.echo(f"  {name:17s} {g['bytes'] / 1e6:6.2f} MB  {errs}{timing}")
+    if "end_to_end" in man.get("parity", {}):
+        typer.echo(f"  end to end: {man['parity']['end_to_end']}")
+
+
+def main() -> None:
+    sys.exit(app())

@@ -1,0 +1,126 @@
+"""One small wrapper module per ONNX graph the runtime runs.
+
+Every graph takes and returns images as float32 in [0, 1], NCHW; indices are int64. The wrappers
+fix those conventions in one place, so the models themselves keep their training conventions."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..models.bundle import Components
+from ..models.correction import PixelDecoder
+from ..models.hyperprior import ContinuousCodec
+from ..models.transformer import MaskedTokenPredictor
+from ..models.vq import VQAutoencoder
+
+
+class VQEncoderGraph(nn.Module):
+    def __init__(self, vq: VQAutoencoder):
+        super().__init__()
+        self.vq = vq
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.vq.quantizer.indices(self.vq.encoder(image * 2 - 1))
+
+
+class VQDecoderGraph(nn.Module):
+    def __init__(self, vq: VQAutoencoder):
+        super().__init__()
+        self.vq = vq
+
+    def forward(self, indices: torch.Tensor) -> torch.Tensor:
+        return ((self.vq.decode(indices) + 1) / 2).clamp(0, 1)
+
+
+class ContAnalysisGraph(nn.Module):
+    def __init__(self, cont: ContinuousCodec):
+        super().__init__()
+        self.cont = cont
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.cont.analysis(image)
+
+
+class ContSynthesisGraph(nn.Module):
+    def __init__(self, cont: ContinuousCodec):
+        super().__init__()
+        self.cont = cont
+
+    def forward(self, y_hat: torch.Tensor) -> torch.Tensor:
+        return self.cont.guidance(y_hat)
+
+
+class ContReconstructGraph(nn.Module):
+    def __init__(self, cont: ContinuousCodec):
+        super().__init__()
+        self.cont = cont
+
+    def forward(self, guidance: torch.Tensor) -> torch.Tensor:
+        return self.cont.reconstruct(guidance).clamp(0, 1)
+
+
+class PredictorGraph(nn.Module):
+    def __init__(self, predictor: MaskedTokenPredictor):
+        super().__init__()
+        self.predictor = predictor
+
+    def forward(self, indices: torch.Tensor, visible: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        return self.predictor.predict(indices, visible, guidance)
+
+
+class PixelDecoderGraph(nn.Module):
+    def __init__(self, decoder: PixelDecoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, indices: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        return ((self.decoder(indices, guidance) + 1) / 2).clamp(0, 1)
+
+
+@dataclass
+class GraphSpec:
+    """A graph, its I/O names, dynamic axes and example inputs (batch ≥ 2 so it stays dynamic)."""
+
+    name: str
+    module: nn.Module
+    inputs: dict[str, torch.Tensor]
+    outputs: list[str]
+    dynamic: dict[str, dict[int, str]]
+
+
+def graph_specs(c: Components, tile: int = 256) -> list[GraphSpec]:
+    vq_cfg, cont_cfg = c.vq.cfg, c.cont.cfg
+    g = tile // vq_cfg.factor
+    gc = cont_cfg.channels
+    gen = torch.Generator().manual_seed(0)
+    idx = torch.randint(0, vq_cfg.n_codes, (2, g, g), generator=gen)
+    guid = torch.randn(2, gc, g, g, generator=gen)
+    low = tile // cont_cfg.downscale
+    spatial = {0: "batch", 2: "height", 3: "width"}
+    specs = [
+        GraphSpec("vq_encoder", VQEncoderGraph(c.vq), {"image": torch.rand(2, 3, tile, tile, generator=gen)},
+                  ["indices"], {"image": {0: "batch"}, "indices": {0: "batch"}}),
+        GraphSpec("vq_decoder", VQDecoderGraph(c.vq), {"indices": idx}, ["image"],
+                  {"indices": {0: "batch"}, "image": {0: "batch"}}),
+        GraphSpec("cont_analysis", ContAnalysisGraph(c.cont), {"image": torch.rand(2, 3, 2 * low, low, generator=gen)},
+                  ["y", "z"], {"image": spatial, "y": spatial, "z": spatial}),
+        GraphSpec("cont_synthesis", ContSynthesisGraph(c.cont),
+                  {"y_hat": torch.randn(2, cont_cfg.latent, 2 * low // 16, low // 16, generator=gen)},
+                  ["guidance"], {"y_hat": spatial, "guidance": spatial}),
+        GraphSpec("cont_reconstruct", ContReconstructGraph(c.cont), {"guidance": guid}, ["image"],
+                  {"guidance": spatial, "image": spatial}),
+    ]
+    if c.predictor is not None:
+        vis = torch.rand(2, g, g, generator=gen) < 0.3
+        specs.append(GraphSpec("predictor", PredictorGraph(c.predictor),
+                               {"indices": idx, "visible": vis, "guidance": guid}, ["indices_full"],
+                               {"indices": {0: "batch"}, "visible": {0: "batch"}, "guidance": {0: "batch"},
+                                "indices_full": {0: "batch"}}))
+    if c.correction is not None:
+        specs.append(GraphSpec("pixel_decoder", PixelDecoderGraph(c.pixel_decoder()),
+                               {"indices": idx, "guidance": guid}, ["image"],
+                               {"indices": {0: "batch"}, "guidance": {0: "batch"}, "image": {0: "batch"}}))
+    return specs

@@ -1,0 +1,89 @@
+"""What the runtime needs besides the graphs: entropy tables, complexity statistics, and the model id."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..models.bundle import Components
+from ..models.entropy_models import scale_table
+from ..runtime.bitstream import FORMAT_VERSION
+from ..runtime.fixedpoint import IntegerHyperSynthesis
+from ..runtime.masking import SCHEDULES
+from ..runtime.model import MODEL_FORMAT_VERSION
+
+Z_RADIUS = 32
+Y_RADIUS = 127
+HYPER_FILE = "hyper_synthesis.npz"
+
+
+def entropy_tables(c: Components) -> dict[str, Any]:
+    counts = np.asarray(c.index_counts, np.float64) + 0.5
+    return {
+        "z_pmf": np.round(c.cont.prior.pmf_table(Z_RADIUS), 9).tolist(),
+        "scale_table": scale_table().tolist(),
+        "y_radius": Y_RADIUS,
+        "index_prior": np.round(counts / counts.sum(), 9).tolist(),
+    }
+
+
+def integer_hyper(c: Components) -> IntegerHyperSynthesis:
+    layers = c.cont.h_s.layers()
+    return IntegerHyperSynthesis.quantise([lay.weight.detach().numpy() for lay in layers],
+                                          [lay.bias.detach().numpy() for lay in layers])
+
+
+def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[str, Any]:
+    hyper = integer_hyper(c)
+    hyper.save(out / HYPER_FILE)
+    manifest: dict[str, Any] = {
+        "format_version": MODEL_FORMAT_VERSION,
+        "bitstream_version": FORMAT_VERSION,
+        "name": c.name,
+        "random_init": c.random_init,
+        "tile": 256,
+        "token_pixels": c.vq.cfg.factor,
+        "n_codes": c.vq.cfg.n_codes,
+        "downscale": c.cont.cfg.downscale,
+        "latent_channels": c.cont.cfg.latent,
+        "hyper_channels": c.cont.cfg.hyper,
+        "hyper_stride": 64 * c.cont.cfg.downscale,
+        "guidance_channels": c.cont.cfg.channels,
+        "schedules": list(SCHEDULES),
+        "graphs": graphs,
+        "hyper_synthesis": HYPER_FILE,
+        "entropy": entropy_tables(c),
+        "complexity": {
+            "lo": c.complexity.lo, "hi": c.complexity.hi,
+            "low_threshold": c.complexity.low_threshold, "high_threshold": c.complexity.high_threshold,
+        },
+    }
+    manifest["model_id"] = model_id(manifest, out, hyper)
+    return manifest
+
+
+def model_id(manifest: dict[str, Any], out: Path, hyper: IntegerHyperSynthesis) -> str:
+    """SHA-256 over everything that changes decoded pixels or parsing: graph bytes, integer hyper
+    weights, tables and shapes (not the parity results or file names)."""
+    h = hashlib.sha256()
+    for name in sorted(manifest["graphs"]):
+        h.update(name.encode())
+        h.update((out / manifest["graphs"][name]["file"]).read_bytes())
+    for w, b in zip(hyper.weights, hyper.biases):
+        h.update(w.astype(np.int64).tobytes())
+        h.update(b.astype(np.int64).tobytes())
+    h.update(str(hyper.act_bits * 100 + hyper.w_bits).encode())
+    static = {k: v for k, v in manifest.items() if k not in ("graphs", "parity", "model_id")}
+    h.update(json.dumps(static, sort_keys=True).encode())
+    return h.hexdigest()
+
+
+def write(manifest: dict[str, Any], out: Path) -> None:
+    path = out / "manifest.json"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(manifest, indent=1) + "\n")
+    tmp.replace(path)

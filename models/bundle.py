@@ -1,0 +1,111 @@
+"""The release checkpoint ("bundle"): every trained part of HybridFlow in one small file.
+
+It holds each network's config (as a dict) and fp16 weights, plus the statistics the runtime needs
+that are measured on training data: the static prior of the codeword indices and the complexity
+normalisation. ``hf-export --ckpt BUNDLE`` needs nothing else."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..runtime.complexity import ComplexityModel
+from . import checkpoint
+from .correction import CorrectionNet, PixelDecoder
+from .hyperprior import ContConfig, ContinuousCodec
+from .transformer import MaskedTokenPredictor, TransformerConfig
+from .vq import VQAutoencoder, VQConfig
+
+BUNDLE_FORMAT = "hybridflow-bundle"
+BUNDLE_VERSION = 1
+
+
+@dataclass
+class Components:
+    vq: VQAutoencoder
+    cont: ContinuousCodec
+    predictor: MaskedTokenPredictor | None
+    correction: CorrectionNet | None
+    complexity: ComplexityModel
+    index_counts: np.ndarray
+    name: str
+    random_init: bool
+
+    def pixel_decoder(self) -> PixelDecoder:
+        return PixelDecoder(self.vq, self.correction)
+
+    def eval(self) -> Components:
+        for m in (self.vq, self.cont, self.predictor, self.correction):
+            if m is not None:
+                m.eval()
+        return self
+
+
+def _part(model: torch.nn.Module | None, cfg: Any) -> dict[str, Any] | None:
+    if model is None:
+        return None
+    return {"config": dataclasses.asdict(cfg) if cfg is not None else None,
+            "state": checkpoint.half_state(model.state_dict())}
+
+
+def save_bundle(path: Path, c: Components) -> None:
+    checkpoint.save(
+        path,
+        format=BUNDLE_FORMAT,
+        version=BUNDLE_VERSION,
+        name=c.name,
+        random_init=c.random_init,
+        vq=_part(c.vq, c.vq.cfg),
+        cont=_part(c.cont, c.cont.cfg),
+        predictor=_part(c.predictor, c.predictor.cfg if c.predictor else None),
+        correction=_part(c.correction, None),
+        complexity=dataclasses.asdict(c.complexity),
+        index_counts=np.asarray(c.index_counts, np.int64).tolist(),
+    )
+
+
+def load_bundle(path: Path) -> Components:
+    ck = checkpoint.load(path)
+    if ck.get("format") != BUNDLE_FORMAT:
+        raise ValueError(f"{path} is not a HybridFlow bundle (train a model and run `hf-train bundle`)")
+    if ck.get("version") != BUNDLE_VERSION:
+        raise ValueError(f"{path}: bundle version {ck.get('version')} is not supported")
+    vq_cfg = checkpoint.to_config(VQConfig, ck["vq"]["config"])
+    vq = VQAutoencoder(vq_cfg)
+    vq.load_state_dict(checkpoint.float_state(ck["vq"]["state"]))
+    cont_cfg = checkpoint.to_config(ContConfig, ck["cont"]["config"])
+    cont = ContinuousCodec(cont_cfg)
+    cont.load_state_dict(checkpoint.float_state(ck["cont"]["state"]))
+    predictor = correction = None
+    if ck.get("predictor"):
+        predictor = MaskedTokenPredictor(checkpoint.to_config(TransformerConfig, ck["predictor"]["config"]))
+        predictor.load_state_dict(checkpoint.float_state(ck["predictor"]["state"]))
+    if ck.get("correction"):
+        correction = CorrectionNet(vq_cfg, cont_cfg.channels)
+        correction.load_state_dict(checkpoint.float_state(ck["correction"]["state"]))
+    return Components(vq, cont, predictor, correction, ComplexityModel(**ck["complexity"]),
+                      np.asarray(ck["index_counts"]), ck["name"], bool(ck["random_init"])).eval()
+
+
+def tiny_components(seed: int = 0, with_stage23: bool = True) -> Components:
+    """A tiny randomly initialised model for tests of export and runtime (never for real numbers)."""
+    torch.manual_seed(seed)
+    vq_cfg = VQConfig(channels=(8, 8, 16, 16), bottleneck=16, code_dim=8)
+    cont_cfg = ContConfig(channels=16, latent=16, hyper=8)
+    vq, cont = VQAutoencoder(vq_cfg), ContinuousCodec(cont_cfg)
+    predictor = correction = None
+    if with_stage23:
+        predictor = MaskedTokenPredictor(TransformerConfig(guidance_channels=16, dim=32, heads=2,
+                                                           enc_layers=1, dec_layers=1))
+        correction = CorrectionNet(vq_cfg, cont_cfg.channels)
+        correction.init_from(vq.decoder)
+        for p in correction.proj:  # non-zero so the correction path is really exercised in tests
+            torch.nn.init.normal_(p.weight, std=0.01)
+    rng = np.random.default_rng(seed)
+    return Components(vq, cont, predictor, correction, ComplexityModel(),
+                      rng.integers(0, 50, vq_cfg.n_codes), f"tiny-random-{seed}", True).eval()

@@ -1,0 +1,68 @@
+"""Small building blocks shared by the autoencoders."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(num_groups=8 if channels % 8 == 0 else 1, num_channels=channels, eps=1e-6)
+
+
+class ResBlock(nn.Module):
+    """VQGAN-style residual block (norm → SiLU → conv, twice)."""
+
+    def __init__(self, c_in: int, c_out: int):
+        super().__init__()
+        self.norm1 = group_norm(c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2 = group_norm(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        h = self.conv2(F.silu(self.norm2(h)))
+        return self.skip(x) + h
+
+
+class Downsample(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+class Upsample(nn.Module):
+    """Nearest ×2 then conv: avoids the checkerboard artefacts of transposed convolutions."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(F.interpolate(x, scale_factor=2.0, mode="nearest"))
+
+
+class GDN(nn.Module):
+    """Generalised divisive normalisation (Ballé et al.); ``inverse=True`` gives IGDN.
+
+    Parameters are stored as square roots so that beta, gamma stay non-negative without
+    a custom reparametrisation op (exports to plain ONNX ops)."""
+
+    def __init__(self, channels: int, inverse: bool = False, beta_min: float = 1e-6):
+        super().__init__()
+        self.inverse = inverse
+        self.beta_min = beta_min
+        self.beta_sqrt = nn.Parameter(torch.ones(channels))
+        self.gamma_sqrt = nn.Parameter(torch.sqrt(0.1 * torch.eye(channels) + 1e-4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta = self.beta_sqrt.square() + self.beta_min
+        gamma = self.gamma_sqrt.square()[:, :, None, None]
+        norm = torch.sqrt(F.conv2d(x * x, gamma, beta))
+        return x * norm if self.inverse else x / norm

@@ -1,0 +1,49 @@
+"""``hf-train``: one sub-command per training stage. Every run resumes from ``RUN_DIR/last.pt``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train HybridFlow's stages.")
+
+CACHE = Path(".cache/hybridflow")
+
+
+@app.command("stage1-vq")
+def stage1_vq(
+    run_dir: Path = typer.Option(Path("runs/vq"), help="checkpoints and log.jsonl go here"),
+    steps: int = 6000,
+    batch: int = 8,
+    threads: int = 1,
+    disc_start: int = 2500,
+    cache_dir: Path = CACHE,
+) -> None:
+    """VQ autoencoder (discrete stream)."""
+    from ..vq import VQConfig
+    from .stage1_vq import VQTrainConfig, train
+
+    cfg = VQTrainConfig(steps=steps, batch=batch, threads=threads, disc_start=disc_start)
+    train(run_dir, cfg, VQConfig(), cache_dir)
+
+
+@app.command("stage1-cont")
+def stage1_cont(
+    run_dir: Path = typer.Option(Path("runs/cont"), help="checkpoints and log.jsonl go here"),
+    steps: int = 20000,
+    batch: int = 16,
+    threads: int = 1,
+    target_bpp: float = 0.025,
+    cache_dir: Path = CACHE,
+) -> None:
+    """Continuous hyperprior codec on the 4×-downsampled image."""
+    from ..hyperprior import ContConfig
+    from .stage1_cont import ContTrainConfig, train
+
+    cfg = ContTrainConfig(steps=steps, batch=batch, threads=threads, target_bpp=target_bpp)
+    train(run_dir, cfg, ContConfig(), cache_dir)
+
+
+def main() -> None:
+    app()

@@ -1,0 +1,57 @@
+"""What every stage's training loop shares: run directory, resumable checkpoints, timing, logging."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import checkpoint
+
+
+@dataclass
+class RunState:
+    """Resumable state of one training run (``last.pt`` in its run directory)."""
+
+    run_dir: Path
+    step: int = 0
+    elapsed_s: float = 0.0
+
+    @property
+    def last(self) -> Path:
+        return self.run_dir / "last.pt"
+
+    def log(self, record: dict[str, Any]) -> None:
+        with open(self.run_dir / "log.jsonl", "a") as f:
+            f.write(json.dumps({"step": self.step, "elapsed_s": round(self.elapsed_s, 1), **record}) + "\n")
+
+
+def seed_everything(seed: int, threads: int) -> np.random.Generator:
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    return np.random.default_rng(seed)
+
+
+def to_tensor(batch_u8: np.ndarray) -> torch.Tensor:
+    """(N, H, W, 3) uint8 → (N, 3, H, W) float in [-1, 1]."""
+    return torch.from_numpy(batch_u8.copy()).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+class Checkpointer:
+    """Saves every ``minutes`` of wall time (and on demand), so a killed run loses little."""
+
+    def __init__(self, minutes: float):
+        self.period = minutes * 60
+        self.t_last = time.time()
+
+    def due(self) -> bool:
+        return time.time() - self.t_last >= self.period
+
+    def save(self, state: RunState, **payload: Any) -> None:
+        checkpoint.save(state.last, step=state.step, elapsed_s=state.elapsed_s, **payload)
+        self.t_last = time.time()

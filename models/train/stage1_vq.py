@@ -1,0 +1,132 @@
+"""Stage 1a: the VQ autoencoder (discrete stream).
+
+Loss = L1 + w_p·(1 − MS-SSIM + FFT-amplitude) + codebook/commitment + w_g·hinge GAN (after
+``disc_start`` steps). Dead codes are restarted from encoder outputs every ``restart_every`` steps."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ...runtime import metrics
+from .. import checkpoint
+from ..data import ImageCache, data_root, list_images, read_rgb
+from ..discriminator import PatchDiscriminator
+from ..losses import hinge_d_loss, perceptual_loss
+from ..vq import VQAutoencoder, VQConfig
+from .loop import Checkpointer, RunState, seed_everything, to_tensor
+
+
+@dataclass
+class VQTrainConfig:
+    steps: int = 6000
+    batch: int = 8
+    crop: int = 128
+    lr: float = 4e-4
+    perceptual_weight: float = 0.5
+    disc_start: int = 2500
+    disc_weight: float = 0.1
+    restart_every: int = 100
+    val_every: int = 500
+    ckpt_minutes: float = 3.0
+    seed: int = 0
+    threads: int = 1
+
+
+@torch.no_grad()
+def validate(model: VQAutoencoder, images: list[np.ndarray]) -> dict[str, float]:
+    """PSNR and code usage on 256² centre crops of ``val`` images."""
+    model.eval()
+    x = to_tensor(np.stack(images))
+    idx = model.encode(x)
+    rec = model.decode(idx)
+    rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    psnr = float(np.mean([metrics.psnr(a, b) for a, b in zip(images, rec_u8)]))
+    counts = np.bincount(idx.flatten().numpy(), minlength=model.cfg.n_codes)
+    p = counts / counts.sum()
+    perplexity = float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum()))
+    model.train()
+    return {"val_psnr": psnr, "val_codes_used": int((counts > 0).sum()), "val_perplexity": perplexity}
+
+
+def val_tiles(n: int = 24, size: int = 256) -> list[np.ndarray]:
+    tiles = []
+    for p in list_images(data_root() / "val")[:: max(1, 86 // n)][:n]:
+        img = read_rgb(p)
+        y, x = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
+        tiles.append(np.ascontiguousarray(img[y : y + size, x : x + size]))
+    return tiles
+
+
+def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Path) -> None:
+    rng = seed_everything(cfg.seed, cfg.threads)
+    state = RunState(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    model, disc = VQAutoencoder(model_cfg), PatchDiscriminator()
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    if state.last.exists():
+        ck = checkpoint.load(state.last)
+        model.load_state_dict(ck["model"])
+        disc.load_state_dict(ck["disc"])
+        opt.load_state_dict(ck["opt"])
+        opt_d.load_state_dict(ck["opt_d"])
+        state.step, state.elapsed_s = ck["step"], ck["elapsed_s"]
+        rng = np.random.default_rng([cfg.seed, state.step])
+        torch.manual_seed(cfg.seed + state.step)
+        print(f"resumed {state.last} at step {state.step}")
+    data = ImageCache(data_root() / "train", cache_dir)
+    tiles = val_tiles()
+    ckpt = Checkpointer(cfg.ckpt_minutes)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
+
+    def save() -> None:
+        ckpt.save(state, model=model.state_dict(), disc=disc.state_dict(), opt=opt.state_dict(),
+                  opt_d=opt_d.state_dict(), config=model_cfg, train_config=cfg, kind="vq")
+
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="stage1-vq", dynamic_ncols=True)
+    while state.step < cfg.steps:
+        t0 = time.time()
+        x = to_tensor(data.random_crops(rng, cfg.batch, cfg.crop))
+        rec, idx, qloss, z = model(x)
+        l1 = (rec - x).abs().mean()
+        perc = perceptual_loss(rec, x)
+        loss = l1 + cfg.perceptual_weight * perc + qloss
+        gan_on = state.step >= cfg.disc_start
+        if gan_on:
+            g_loss = -disc(rec).mean()
+            loss = loss + cfg.disc_weight * min(1.0, (state.step - cfg.disc_start) / 500) * g_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        if gan_on:
+            d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+        restarted = 0
+        if state.step % cfg.restart_every == 0 and state.step > 0:
+            restarted = model.quantizer.restart_dead_codes(z.detach())
+        state.step += 1
+        state.elapsed_s += time.time() - t0
+        bar.update(1)
+        bar.set_postfix(l1=f"{l1.item():.3f}", perc=f"{perc.item():.3f}",
+                        used=int((model.quantizer.usage > 0.03).sum()))
+        if state.step % 50 == 0:
+            state.log({"l1": l1.item(), "perc": perc.item(), "q": qloss.item(), "restarted": restarted})
+        if state.step % cfg.val_every == 0 or state.step == cfg.steps:
+            v = validate(model, tiles)
+            state.log(v)
+            bar.write(f"step {state.step}: {v}")
+        if ckpt.due() or state.step == cfg.steps:
+            save()
+    bar.close()
+    save()
+    print("done:", asdict(cfg))

@@ -1,0 +1,151 @@
+"""Discrete stream: a VQGAN-style autoencoder with downsampling 16 and a 1024-entry codebook.
+
+The codebook uses low-dimensional, l2-normalised codes (as in ViT-VQGAN): nearest-neighbour
+search becomes a cosine similarity, which keeps far more codes alive than a raw Euclidean
+codebook at this model size. Dead codes are restarted from recent encoder outputs during
+training (see :meth:`Quantizer.restart_dead_codes`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import Downsample, ResBlock, Upsample, group_norm
+
+
+@dataclass
+class VQConfig:
+    channels: tuple[int, ...] = (32, 64, 96, 128)  # one entry per ×2 down/up stage
+    bottleneck: int = 128
+    code_dim: int = 16
+    n_codes: int = 1024
+    beta: float = 0.25  # commitment weight
+
+    @property
+    def factor(self) -> int:
+        return 2 ** len(self.channels)
+
+
+class Encoder(nn.Module):
+    def __init__(self, cfg: VQConfig):
+        super().__init__()
+        ch = cfg.channels
+        self.conv_in = nn.Conv2d(3, ch[0], 3, padding=1)
+        blocks: list[nn.Module] = []
+        c_prev = ch[0]
+        for c in ch:
+            blocks += [ResBlock(c_prev, c), Downsample(c)]
+            c_prev = c
+        self.down = nn.Sequential(*blocks)
+        self.mid = ResBlock(c_prev, cfg.bottleneck)
+        self.norm_out = group_norm(cfg.bottleneck)
+        self.conv_out = nn.Conv2d(cfg.bottleneck, cfg.code_dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.mid(self.down(self.conv_in(x)))
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Decoder(nn.Module):
+    """Mirror of the encoder. ``forward`` accepts one additive feature map per up-sampling stage:
+    this is where the correction network of stage 3 injects its features."""
+
+    def __init__(self, cfg: VQConfig, in_channels: int | None = None):
+        super().__init__()
+        ch = tuple(reversed(cfg.channels))
+        self.conv_in = nn.Conv2d(in_channels or cfg.code_dim, cfg.bottleneck, 3, padding=1)
+        self.mid = ResBlock(cfg.bottleneck, ch[0])
+        self.ups = nn.ModuleList()
+        c_prev = ch[0]
+        for c in ch:
+            self.ups.append(nn.Sequential(Upsample(c_prev), ResBlock(c_prev, c)))
+            c_prev = c
+        self.stage_channels = ch
+        self.norm_out = group_norm(c_prev)
+        self.conv_out = nn.Conv2d(c_prev, 3, 3, padding=1)
+
+    def features(self, z: torch.Tensor) -> list[torch.Tensor]:
+        """Outputs of each up-sampling stage (what the correction network adds to)."""
+        h = self.mid(self.conv_in(z))
+        feats = []
+        for up in self.ups:
+            h = up(h)
+            feats.append(h)
+        return feats
+
+    def forward(self, z: torch.Tensor, extra: list[torch.Tensor] | None = None) -> torch.Tensor:
+        h = self.mid(self.conv_in(z))
+        for i, up in enumerate(self.ups):
+            h = up(h)
+            if extra is not None:
+                h = h + extra[i]
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class Quantizer(nn.Module):
+    def __init__(self, cfg: VQConfig):
+        super().__init__()
+        self.beta = cfg.beta
+        self.codebook = nn.Parameter(torch.randn(cfg.n_codes, cfg.code_dim))
+        self.register_buffer("usage", torch.zeros(cfg.n_codes))
+
+    def normalised_codebook(self) -> torch.Tensor:
+        return F.normalize(self.codebook, dim=1)
+
+    def indices(self, z: torch.Tensor) -> torch.Tensor:
+        """Encoder output (B, D, H, W) → code indices (B, H, W)."""
+        z = F.normalize(z, dim=1)
+        sim = torch.einsum("bdhw,nd->bnhw", z, self.normalised_codebook())
+        return sim.argmax(dim=1)
+
+    def lookup(self, idx: torch.Tensor) -> torch.Tensor:
+        """Code indices (B, H, W) → code vectors (B, D, H, W)."""
+        return F.embedding(idx, self.normalised_codebook()).permute(0, 3, 1, 2)
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        z = F.normalize(z, dim=1)
+        idx = self.indices(z)
+        zq = self.lookup(idx)
+        loss = self.beta * F.mse_loss(z, zq.detach()) + F.mse_loss(zq, z.detach())
+        if self.training:
+            with torch.no_grad():
+                counts = torch.bincount(idx.flatten(), minlength=self.usage.numel()).float()
+                self.usage.mul_(0.99).add_(counts, alpha=0.01)
+        return z + (zq - z).detach(), idx, loss
+
+    @torch.no_grad()
+    def restart_dead_codes(self, z: torch.Tensor, threshold: float = 0.03) -> int:
+        """Re-seed codes whose running usage fell below ``threshold`` with random encoder outputs."""
+        dead = (self.usage < threshold).nonzero().flatten()
+        if dead.numel() == 0:
+            return 0
+        pool = F.normalize(z, dim=1).permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+        pick = torch.randint(0, pool.shape[0], (dead.numel(),))
+        self.codebook.data[dead] = pool[pick] + 0.01 * torch.randn_like(pool[pick])
+        self.usage[dead] = 1.0
+        return int(dead.numel())
+
+
+class VQAutoencoder(nn.Module):
+    def __init__(self, cfg: VQConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg)
+        self.quantizer = Quantizer(cfg)
+        self.decoder = Decoder(cfg)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x in [-1, 1]. Returns reconstruction, indices, codebook loss, raw encoder output."""
+        z = self.encoder(x)
+        zq, idx, qloss = self.quantizer(z)
+        return self.decoder(zq), idx, qloss, z
+
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.quantizer.indices(self.encoder(x))
+
+    def decode(self, idx: torch.Tensor, extra: list[torch.Tensor] | None = None) -> torch.Tensor:
+        return self.decoder(self.quantizer.lookup(idx), extra)

@@ -1,0 +1,225 @@
+"""The codec: the HybridFlow procedure, step by step, on top of the exported graphs.
+
+compress:   tiles → VQ indices → mask → ┐
+            4×-down image → y, ẑ ───────┴→ one ANS stream → container
+decompress: container → ẑ → (μ, σ) → ŷ → guidance g → per tile: sent indices + g → predictor →
+            full indices → pixel decoder (VQ decoder + correction) → tiles → image
+
+``Codec`` holds no per-call state, and onnxruntime sessions are safe to call from several threads,
+so one ``Codec`` may serve concurrent ``compress``/``decompress`` calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from . import bitstream
+from .bitstream import BitstreamError, Header
+from .entropy import Decoder, Encoder
+from .masking import SCHEDULES, schedule_code, schedule_name, sent_mask
+from .model import Model
+from .tiling import TILE, TileGrid, batches, pad, place, tile_stack
+
+STREAMS = bitstream.STREAMS
+RECON_WINDOW = 64  # guidance cells per side of a continuous-only reconstruction window (1024 px)
+RECON_MARGIN = 4
+
+
+@dataclass
+class StreamInfo:
+    stream: str
+    width: int
+    height: int
+    bytes: int
+    header_bytes: int
+    model_id: str
+    schedules: dict[str, int]
+
+    @property
+    def bpp(self) -> float:
+        return 8 * self.bytes / (self.width * self.height)
+
+
+def _to_float(tiles_u8: np.ndarray) -> np.ndarray:
+    """(B, H, W, 3) uint8 → (B, 3, H, W) float32 in [0, 1] (what every graph takes)."""
+    return np.ascontiguousarray(tiles_u8.transpose(0, 3, 1, 2), dtype=np.float32) / np.float32(255)
+
+
+def _to_u8(images: np.ndarray) -> np.ndarray:
+    """(B, 3, H, W) float in [0, 1] → (B, H, W, 3) uint8."""
+    return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
+
+
+def check_image(rgb: np.ndarray) -> None:
+    if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError("expected an (H, W, 3) uint8 RGB array")
+    if rgb.shape[0] == 0 or rgb.shape[1] == 0 or max(rgb.shape[:2]) > bitstream.MAX_SIDE:
+        raise ValueError(f"unsupported image size {rgb.shape[1]}×{rgb.shape[0]}")
+
+
+class Codec:
+    def __init__(self, model: Model, tile_batch: int = 4):
+        self.model = model
+        self.tile_batch = tile_batch
+        self.downscale = int(model.manifest["downscale"])
+        self.grid_side = TILE // int(model.manifest["token_pixels"])
+
+    @classmethod
+    def load(cls, model_dir: Path | str | None = None, provider: str = "auto", threads: int | None = None,
+             optimise: bool = True, tile_batch: int = 4) -> Codec:
+        """``model_dir=None`` loads the default model shipped inside the package."""
+        return cls(Model.load(None if model_dir is None else Path(model_dir), provider, threads, optimise), tile_batch)
+
+    # ------------------------------------------------------------------------------- compress
+    def compress(self, rgb: np.ndarray, mask: str = "auto", stream: str = "hybrid") -> bytes:
+        check_image(rgb)
+        if stream not in STREAMS:
+            raise ValueError(f"unknown stream {stream!r}; choose one of {', '.join(STREAMS)}")
+        grid = TileGrid(rgb.shape[0], rgb.shape[1])
+        padded = pad(rgb, grid)
+        enc = Encoder(self.model.tables)
+        schedules: list[int] = []
+        if stream != "continuous":
+            schedules = self._choose_schedules(rgb, grid, mask, stream)
+            enc.push_indices(self._sent_indices(padded, grid, schedules))
+        if stream != "vq":
+            y, z = self.model.run("cont_analysis", image=self._lowres(padded))
+            z_hat = np.clip(np.round(z[0]), -self.model.tables.z_radius, self.model.tables.z_radius)
+            mean, scale = self.model.hyper(z_hat)
+            radius = self.model.tables.y_radius
+            enc.push_y(np.clip(np.round(y[0].astype(np.float64) - mean), -radius, radius), scale)
+            enc.push_z(z_hat)
+        header = Header(stream, grid.width, grid.height, self.model.model_id, schedules)
+        return bitstream.write(header, enc.finish())
+
+    def _lowres(self, padded: np.ndarray) -> np.ndarray:
+        h, w = padded.shape[:2]
+        small = cv2.resize(padded, (w // self.downscale, h // self.downscale), interpolation=cv2.INTER_AREA)
+        return _to_float(small[None])
+
+    def _choose_schedules(self, rgb: np.ndarray, grid: TileGrid, mask: str, stream: str) -> list[int]:
+        if mask == "auto" and stream == "vq":
+            mask = "none"  # complexity-aware masking needs the continuous guidance
+        if mask != "auto":
+            code = schedule_code(mask)
+            if mask != "none" and not self.model.has("predictor"):
+                raise ValueError(f"model {self.model.name} has no token predictor: only --mask none works")
+            return [code] * grid.count
+        if not self.model.has("predictor"):
+            return [schedule_code("none")] * grid.count
+        cm = self.model.complexity
+        codes = []
+        for t in range(grid.count):
+            (y, x), (h, w) = grid.position(t), grid.valid_box(t)
+            codes.append(schedule_code(cm.schedule(rgb[y : y + h, x : x + w])))
+        return codes
+
+    def _sent_positions(self, grid: TileGrid, t: int, code: int) -> np.ndarray:
+        return sent_mask(schedule_name(code), self.grid_side) & grid.valid_tokens(t)
+
+    def _sent_indices(self, padded: np.ndarray, grid: TileGrid, schedules: list[int]) -> np.ndarray:
+        """Indices of every tile's sent positions, tile after tile, raster order inside a tile."""
+        todo = [t for t in range(grid.count) if self._sent_positions(grid, t, schedules[t]).any()]
+        out = []
+        for chunk in batches(len(todo), self.tile_batch):
+            ids = [todo[k] for k in chunk]
+            tiles = np.stack([tile_stack(padded, grid, range(t, t + 1))[0] for t in ids])
+            (idx,) = self.model.run("vq_encoder", image=_to_float(tiles))
+            out += [idx[k][self._sent_positions(grid, t, schedules[t])] for k, t in enumerate(ids)]
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    # ----------------------------------------------------------------------------- decompress
+    def read_header(self, data: bytes) -> tuple[Header, np.ndarray, int]:
+        header, words, header_bytes = bitstream.read(data, lambda w, h: TileGrid(h, w).count)
+        if header.model_id != self.model.model_id:
+            raise BitstreamError(f"stream was made by model {header.model_id.hex()}, but the loaded model is "
+                                 f"{self.model.model_id.hex()} ({self.model.name}); load the matching model")
+        return header, words, header_bytes
+
+    def decompress(self, data: bytes, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        header, words, _ = self.read_header(data)
+        grid = TileGrid(header.height, header.width)
+        dec = Decoder(self.model.tables, words)
+        guidance = self._decode_continuous(dec, grid) if header.stream != "vq" else None
+        sent = []
+        if header.stream != "continuous":
+            for t, code in enumerate(header.schedules):
+                pos = self._sent_positions(grid, t, code)
+                sent.append((pos, dec.pop_indices(int(pos.sum()))))
+        if not dec.is_empty():
+            raise BitstreamError("corrupt payload: data left after the last symbol")
+        if np.any(guidance is not None and not np.isfinite(guidance).all()):
+            raise BitstreamError("corrupt payload: continuous stream decodes to invalid values")
+        out = np.empty((grid.height, grid.width, 3), np.uint8)
+        if header.stream == "continuous":
+            self._reconstruct_continuous(guidance, grid, out)
+        else:
+            self._decode_tiles(header, grid, sent, guidance, out, progress)
+        return out
+
+    def _decode_continuous(self, dec: Decoder, grid: TileGrid) -> np.ndarray:
+        ph, pw = grid.padded_shape
+        m = self.model.manifest
+        z_hat = dec.pop_z((int(m["hyper_channels"]), ph // m["hyper_stride"], pw // m["hyper_stride"]))
+        mean, scale = self.model.hyper(z_hat)
+        y_hat = (dec.pop_y(scale) + mean).astype(np.float32)[None]
+        (g,) = self.model.run("cont_synthesis", y_hat=y_hat)
+        return g
+
+    def _decode_tiles(self, header: Header, grid: TileGrid, sent: list[tuple[np.ndarray, np.ndarray]],
+                      guidance: np.ndarray | None, out: np.ndarray, progress: Callable[[int, int], None] | None
+                      ) -> None:
+        g_side = self.grid_side
+        for chunk in batches(grid.count, self.tile_batch):
+            n = len(chunk)
+            idx = np.zeros((n, g_side, g_side), np.int64)
+            visible = np.zeros((n, g_side, g_side), bool)
+            for k, t in enumerate(chunk):
+                pos, values = sent[t]
+                idx[k][pos] = values
+                visible[k] = pos
+            if guidance is None:
+                g = np.zeros((n, int(self.model.manifest["guidance_channels"]), g_side, g_side), np.float32)
+            else:
+                g = np.stack([guidance[0, :, y // 16 : y // 16 + g_side, x // 16 : x // 16 + g_side]
+                              for y, x in (grid.position(t) for t in chunk)])
+            if not visible.all():
+                (idx,) = self.model.run("predictor", indices=idx, visible=visible, guidance=g)
+            if header.stream == "hybrid" and self.model.has("pixel_decoder"):
+                (rgb,) = self.model.run("pixel_decoder", indices=idx, guidance=g)
+            else:
+                (rgb,) = self.model.run("vq_decoder", indices=idx)
+            for k, t in enumerate(chunk):
+                place(out, grid, t, _to_u8(rgb[k : k + 1])[0])
+            if progress:
+                progress(chunk.stop, grid.count)
+
+    def _reconstruct_continuous(self, guidance: np.ndarray, grid: TileGrid, out: np.ndarray) -> None:
+        """Low-res reconstruction upsampled ×4, in overlapping windows so memory stays bounded."""
+        per_cell = TILE // self.grid_side  # full-resolution pixels per guidance cell
+        gh, gw = guidance.shape[2:]
+        for y0 in range(0, gh, RECON_WINDOW):
+            for x0 in range(0, gw, RECON_WINDOW):
+                ya, xa = max(0, y0 - RECON_MARGIN), max(0, x0 - RECON_MARGIN)
+                yb, xb = min(gh, y0 + RECON_WINDOW + RECON_MARGIN), min(gw, x0 + RECON_WINDOW + RECON_MARGIN)
+                (low,) = self.model.run("cont_reconstruct", guidance=np.ascontiguousarray(guidance[:, :, ya:yb, xa:xb]))
+                low_u8 = _to_u8(low)[0]
+                up = cv2.resize(low_u8, ((xb - xa) * per_cell, (yb - ya) * per_cell), interpolation=cv2.INTER_CUBIC)
+                py, px = (y0 - ya) * per_cell, (x0 - xa) * per_cell
+                oy, ox = y0 * per_cell, x0 * per_cell
+                h = min(RECON_WINDOW * per_cell, grid.height - oy)
+                w = min(RECON_WINDOW * per_cell, grid.width - ox)
+                if h > 0 and w > 0:
+                    out[oy : oy + h, ox : ox + w] = up[py : py + h, px : px + w]
+
+    # ------------------------------------------------------------------------------------ info
+    def info(self, data: bytes) -> StreamInfo:
+        header, _, header_bytes = bitstream.read(data, lambda w, h: TileGrid(h, w).count)
+        counts = {name: header.schedules.count(code) for code, name in enumerate(SCHEDULES)}
+        return StreamInfo(header.stream, header.width, header.height, len(data), header_bytes,
+                          header.model_id.hex(), {k: v for k, v in counts.items() if v})

@@ -1,0 +1,66 @@
+"""Tile complexity for the complexity-aware mask mode (NumPy/OpenCV only).
+
+Four metrics, each normalised to [0, 1] by (lo, hi) statistics measured on the training set
+(they travel in the model manifest), then averaged. Simple tiles get the sparse schedule 1_9,
+busy tiles the dense 1_2, the rest 1_4. The same code computes the training statistics, so the
+numbers cannot drift between training and runtime."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+METRICS = ("grey_entropy", "rms_contrast", "colour_entropy", "spectral_high")
+
+
+def _entropy(counts: np.ndarray) -> float:
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log2(p)).sum())
+
+
+def raw_metrics(tile: np.ndarray) -> np.ndarray:
+    """(4,) float64 for an RGB uint8 tile (any size ≥ 2×2): grey-level entropy (bits), RMS contrast
+    of luma in [0, 1], entropy of the 8×8×8 colour histogram (bits), and the share of spectral
+    energy (DC excluded) above half the Nyquist frequency."""
+    grey = cv2.cvtColor(np.ascontiguousarray(tile), cv2.COLOR_RGB2GRAY)
+    grey_entropy = _entropy(np.bincount(grey.ravel(), minlength=256))
+    contrast = float(grey.std() / 255.0)
+    q = (tile >> 5).astype(np.int32)
+    colour = _entropy(np.bincount((q[..., 0] * 64 + q[..., 1] * 8 + q[..., 2]).ravel(), minlength=512))
+    f = np.abs(np.fft.fft2(grey.astype(np.float64) - grey.mean())) ** 2
+    fy = np.abs(np.fft.fftfreq(grey.shape[0]))[:, None]
+    fx = np.abs(np.fft.fftfreq(grey.shape[1]))[None, :]
+    high = np.maximum(fy, fx) > 0.25
+    total = f.sum()
+    spectral = float(f[high].sum() / total) if total > 0 else 0.0
+    return np.array([grey_entropy, contrast, colour, spectral])
+
+
+@dataclass
+class ComplexityModel:
+    lo: list[float] = field(default_factory=lambda: [0.0, 0.0, 0.0, 0.0])
+    hi: list[float] = field(default_factory=lambda: [8.0, 0.5, 9.0, 0.5])
+    low_threshold: float = 0.24
+    high_threshold: float = 0.77
+
+    def score(self, tile: np.ndarray) -> float:
+        lo, hi = np.asarray(self.lo), np.asarray(self.hi)
+        norm = np.clip((raw_metrics(tile) - lo) / np.maximum(hi - lo, 1e-9), 0.0, 1.0)
+        return float(norm.mean())
+
+    def schedule(self, tile: np.ndarray) -> str:
+        s = self.score(tile)
+        if s < self.low_threshold:
+            return "1_9"
+        if s > self.high_threshold:
+            return "1_2"
+        return "1_4"
+
+    @classmethod
+    def fit(cls, tiles: list[np.ndarray], percentiles: tuple[float, float] = (1.0, 99.0)) -> ComplexityModel:
+        """Robust min/max (1st/99th percentiles) of each metric over training tiles."""
+        m = np.stack([raw_metrics(t) for t in tiles])
+        lo, hi = np.percentile(m, percentiles[0], axis=0), np.percentile(m, percentiles[1], axis=0)
+        return cls(lo=[float(v) for v in lo], hi=[float(v) for v in hi])

@@ -1,0 +1,52 @@
+"""Which codeword indices of a tile's 16×16 map are sent, per mask schedule.
+
+``1_k`` sends one index per cell of a regular sub-grid (checkerboard for 1_2); the kept position is
+the cell centre (offset ⌊s/2⌋ for an s×s cell), so 1_9 keeps 5×5 = 25 of 256 (90.2 % masked)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+import numpy as np
+
+SCHEDULES: tuple[str, ...] = ("none", "1_2", "1_4", "1_9", "1_16", "all")
+CHOICES: tuple[str, ...] = (*SCHEDULES, "auto")
+
+
+def schedule_code(name: str) -> int:
+    if name not in SCHEDULES:
+        raise ValueError(f"unknown mask schedule {name!r}; choose one of {', '.join(CHOICES)}")
+    return SCHEDULES.index(name)
+
+
+def schedule_name(code: int) -> str:
+    if not 0 <= code < len(SCHEDULES):
+        raise ValueError(f"invalid schedule code {code}")
+    return SCHEDULES[code]
+
+
+@lru_cache(maxsize=None)
+def _sent(name: str, grid: int) -> np.ndarray:
+    i, j = np.mgrid[:grid, :grid]
+    if name == "none":
+        m = np.ones((grid, grid), bool)
+    elif name == "all":
+        m = np.zeros((grid, grid), bool)
+    elif name == "1_2":
+        m = (i + j) % 2 == 0
+    else:
+        s = {"1_4": 2, "1_9": 3, "1_16": 4}[name]
+        off = s // 2 if s % 2 else 0
+        m = (i % s == off) & (j % s == off)
+    m.setflags(write=False)
+    return m
+
+
+def sent_mask(name: str, grid: int = 16) -> np.ndarray:
+    """(grid, grid) bool, True where the index is transmitted."""
+    schedule_code(name)
+    return _sent(name, grid)
+
+
+def masked_fraction(name: str, grid: int = 16) -> float:
+    return 1.0 - float(sent_mask(name, grid).mean())

@@ -1,0 +1,65 @@
+"""Image quality metrics in NumPy/OpenCV (the runtime's ``eval`` and the benchmarks use these)."""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+_MS_SSIM_WEIGHTS = np.array([0.0448, 0.2856, 0.3001, 0.2363, 0.1333])
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB over all RGB values of two uint8 images."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else float(10 * np.log10(255.0**2 / mse))
+
+
+def _ssim_maps(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+
+    def blur(v: np.ndarray) -> np.ndarray:
+        return cv2.GaussianBlur(v, (11, 11), 1.5, borderType=cv2.BORDER_REFLECT)[5:-5, 5:-5]
+
+    mx, my = blur(x), blur(y)
+    sxx, syy, sxy = blur(x * x) - mx**2, blur(y * y) - my**2, blur(x * y) - mx * my
+    cs = (2 * sxy + c2) / (sxx + syy + c2)
+    lum = (2 * mx * my + c1) / (mx**2 + my**2 + c1)
+    return float(np.mean(lum * cs)), float(np.mean(cs))
+
+
+def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
+    """MS-SSIM (Wang et al. 2003) averaged over RGB channels; uses fewer than 5 scales when the
+    image is too small for them (the smallest scale must stay ≥ 11 pixels)."""
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    scales = 5
+    while scales > 1 and min(x.shape[:2]) / 2 ** (scales - 1) < 11:
+        scales -= 1
+    w = _MS_SSIM_WEIGHTS[:scales] / _MS_SSIM_WEIGHTS[:scales].sum()
+    vals = []
+    for ch in range(x.shape[2] if x.ndim == 3 else 1):
+        xc = x[..., ch] if x.ndim == 3 else x
+        yc = y[..., ch] if y.ndim == 3 else y
+        parts = []
+        for s in range(scales):
+            if min(xc.shape) < 11:
+                break
+            ssim, cs = _ssim_maps(xc, yc)
+            parts.append(ssim if s == scales - 1 else cs)
+            xc = cv2.resize(xc, (xc.shape[1] // 2, xc.shape[0] // 2), interpolation=cv2.INTER_AREA)
+            yc = cv2.resize(yc, (yc.shape[1] // 2, yc.shape[0] // 2), interpolation=cv2.INTER_AREA)
+        vals.append(np.prod(np.maximum(np.array(parts), 1e-6) ** w[: len(parts)]))
+    return float(np.mean(vals))
+
+
+def luma(rgb: np.ndarray) -> np.ndarray:
+    return rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+
+def sharpness(rgb: np.ndarray) -> float:
+    """Mean squared Laplacian of the luma."""
+    return float(np.mean(cv2.Laplacian(luma(rgb), cv2.CV_64F) ** 2))
+
+
+def sharpness_ratio(reconstruction: np.ndarray, original: np.ndarray) -> float:
+    """1.0 = as sharp as the original; < 1 blurrier; > 1 more high-frequency energy."""
+    return sharpness(reconstruction) / max(sharpness(original), 1e-12)
