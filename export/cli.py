@@ -101,3 +101,7 @@ def main_cmd(
 
 def main() -> None:
     sys.exit(app())
+
+
+if __name__ == "__main__":
+    main()

@@ -5,7 +5,7 @@ the cell centre (offset ⌊s/2⌋ for an s×s cell), so 1_9 keeps 5×5 = 25 of 2
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 
 import numpy as np
 
@@ -25,7 +25,7 @@ def schedule_name(code: int) -> str:
     return SCHEDULES[code]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _sent(name: str, grid: int) -> np.ndarray:
     i, j = np.mgrid[:grid, :grid]
     if name == "none":

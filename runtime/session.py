@@ -7,7 +7,7 @@ logger muted, by opening a real graph and checking which provider the session ac
 from __future__ import annotations
 
 import os
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import onnxruntime as ort
@@ -17,7 +17,7 @@ CPU = ["CPUExecutionProvider"]
 CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
-@lru_cache(maxsize=None)
+@cache
 def cuda_works(probe_graph: str) -> bool:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
         return False

@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny randomly initialised model exported once per test session."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("HF_DATA", REPO.parent / "shared" / "data"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from hybridflow.models.bundle import save_bundle, tiny_components
+
+    path = tmp_path_factory.mktemp("bundle") / "tiny.pt"
+    save_bundle(path, tiny_components())
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from hybridflow.export.cli import export_bundle
+
+    out = tmp_path_factory.mktemp("model") / "tiny"
+    export_bundle(tiny_bundle, out, simplify=True, parity=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def codec(tiny_model: Path):  # noqa: ANN201
+    from hybridflow.runtime import Codec
+
+    return Codec.load(tiny_model, provider="cpu")
+
+
+@pytest.fixture
+def photo() -> np.ndarray:
+    """A real photo crop when the data folder is there, else a synthetic textured image."""
+    path = data_root() / "kodak" / "kodim23.png"
+    if path.exists():
+        from hybridflow.runtime.imageio import read_image
+
+        return read_image(path)[0][100:400, 200:620]
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:300, :420]
+    base = np.stack([np.sin(x / 17.0), np.cos(y / 11.0), np.sin((x + y) / 23.0)], -1) * 80 + 128
+    return np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)

@@ -1,0 +1,46 @@
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hybridflow.export.cli import export_bundle
+
+
+def test_manifest_lists_graphs_and_tables(tiny_model: Path) -> None:
+    man = json.loads((tiny_model / "manifest.json").read_text())
+    assert set(man["graphs"]) == {"vq_encoder", "vq_decoder", "cont_analysis", "cont_synthesis", "cont_reconstruct",
+                                  "predictor", "pixel_decoder"}
+    assert man["random_init"] is True
+    assert len(man["entropy"]["index_prior"]) == man["n_codes"]
+    assert np.allclose(np.sum(man["entropy"]["z_pmf"], axis=1), 1, atol=1e-6)
+    for g in man["graphs"].values():
+        assert (tiny_model / g["file"]).stat().st_size == g["bytes"]
+        assert g["opset"] == 17
+
+
+def test_reexport_gives_same_model_id(tiny_bundle: Path, tiny_model: Path, tmp_path: Path) -> None:
+    man = export_bundle(tiny_bundle, tmp_path / "again", parity=False)
+    assert man["model_id"] == json.loads((tiny_model / "manifest.json").read_text())["model_id"]
+
+
+def test_parity_with_real_tiles(tiny_bundle: Path, tmp_path: Path, photo: np.ndarray) -> None:
+    man = export_bundle(tiny_bundle, tmp_path / "p", parity=True, real_images=[photo], timing=False)
+    par = man["parity"]
+    for name, entry in par["graphs"].items():
+        for case in ("random", "real"):
+            for metric in entry[case].values():
+                if "agreement" in metric:
+                    assert metric["agreement"] >= 0.995, name
+                else:
+                    assert metric["max_abs"] < 1e-3, name
+    assert par["end_to_end"]["max_abs_pixel_diff"] <= 2
+
+
+def test_bad_checkpoint_is_refused(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    path = tmp_path / "x.pt"
+    torch.save({"hello": 1}, path)
+    with pytest.raises(ValueError, match="not a HybridFlow bundle"):
+        export_bundle(path, tmp_path / "o", parity=False)
+    assert not (tmp_path / "o").exists()

@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+
+from hybridflow.runtime.masking import SCHEDULES, masked_fraction, schedule_code, schedule_name, sent_mask
+from hybridflow.runtime.tiling import TileGrid, pad, place, tile_stack
+
+
+@pytest.mark.parametrize(("name", "fraction"), [("none", 0.0), ("1_2", 0.5), ("1_4", 0.75), ("1_9", 0.902),
+                                                ("1_16", 0.9375), ("all", 1.0)])
+def test_masked_fractions(name: str, fraction: float) -> None:
+    assert masked_fraction(name) == pytest.approx(fraction, abs=5e-4)
+
+
+def test_schedule_codes_round_trip_and_reject_unknown() -> None:
+    for code, name in enumerate(SCHEDULES):
+        assert schedule_code(name) == code and schedule_name(code) == name
+    with pytest.raises(ValueError, match="unknown mask schedule"):
+        sent_mask("1_3")
+    with pytest.raises(ValueError):
+        schedule_name(6)
+
+
+def test_checkerboard_and_cell_centres() -> None:
+    m = sent_mask("1_2")
+    assert m[0, 0] and not m[0, 1] and m[1, 1]
+    m9 = sent_mask("1_9")
+    assert m9[1, 1] and m9[4, 4] and not m9[0, 0] and m9.sum() == 25
+
+
+@pytest.mark.parametrize(("h", "w"), [(1, 1), (1, 5000), (256, 256), (257, 255), (700, 1000)])
+def test_pad_tiles_place_round_trip(h: int, w: int) -> None:
+    rng = np.random.default_rng(h * 7 + w)
+    img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+    grid = TileGrid(h, w)
+    padded = pad(img, grid)
+    assert padded.shape[:2] == grid.padded_shape
+    assert padded.shape[0] % 256 == 0 and padded.shape[1] % 256 == 0
+    out = np.zeros_like(img)
+    tiles = tile_stack(padded, grid, range(grid.count))
+    for t in range(grid.count):
+        place(out, grid, t, tiles[t])
+    np.testing.assert_array_equal(out, img)
+
+
+def test_valid_tokens_at_edges() -> None:
+    grid = TileGrid(700, 1000)  # 3×4 tiles; last column holds 1000-768 = 232 px → 15 token columns
+    assert grid.rows == 3 and grid.cols == 4
+    last = grid.valid_tokens(grid.count - 1)
+    assert last.shape == (16, 16)
+    assert last[:, :15].any() and not last[:, 15].any()
+    assert last.sum() == (-(-(700 - 512) // 16)) * 15
+    assert grid.valid_tokens(0).all()
