@@ -34,7 +34,8 @@ def export_bundle(ckpt: Path, out: Path, simplify: bool = True, parity: bool = T
             real = _real_inputs(c, real_images) if real_images else {}
             man["parity"] = {"graphs": graph_parity(tmp, specs, real, timing)}
             if real_images:
-                man["parity"]["end_to_end"] = end_to_end(tmp, specs, real_images)
+                masks = ("1_4",) if c.predictor is not None else ("none",)
+                man["parity"]["end_to_end"] = end_to_end(tmp, specs, real_images, masks)
             manifest.write(man, tmp)
         if out.exists():
             shutil.rmtree(out)

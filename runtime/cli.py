@@ -197,7 +197,7 @@ def info(file: Path = typer.Argument(..., help=f"a {SUFFIX} stream"), model: Pat
 
 @app.command("eval")
 def evaluate(
-    inp: str = typer.Argument(..., metavar="IN", help="image, directory or quoted glob"),
+    inputs: list[str] = typer.Argument(..., metavar="IN...", help="images, directories or quoted globs"),
     mask: str = typer.Option("auto", "--mask"), stream: str = typer.Option("hybrid", "--stream"),
     csv_path: Path = typer.Option(None, "--csv", help="write per-image rows here"),
     model: Path = ModelOpt, provider: str = ProviderOpt, threads: int = ThreadsOpt,
@@ -208,8 +208,7 @@ def evaluate(
         from . import metrics
         from .imageio import read_image
 
-        files, _ = _expand(inp)
-        files = [f for f in files if f.suffix != SUFFIX]
+        files = [f for spec in inputs for f in _expand(spec)[0] if f.suffix != SUFFIX]
         codec = _load(model, provider, threads)
         rows: list[dict[str, object]] = []
 

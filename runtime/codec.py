@@ -55,6 +55,17 @@ def _to_u8(images: np.ndarray) -> np.ndarray:
     return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
+def _replicate_edges(idx: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Tokens wholly in the padding were never sent: repeat the last in-image row/column there, as
+    the encoder's edge padding would have, so the decoder sees no artificial border."""
+    rows, cols = int(valid[:, 0].sum()), int(valid[0].sum())
+    if rows == idx.shape[0] and cols == idx.shape[1]:
+        return idx
+    r = np.minimum(np.arange(idx.shape[0]), rows - 1)
+    c = np.minimum(np.arange(idx.shape[1]), cols - 1)
+    return idx[r[:, None], c[None, :]]
+
+
 def check_image(rgb: np.ndarray) -> None:
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError("expected an (H, W, 3) uint8 RGB array")
@@ -188,8 +199,11 @@ class Codec:
             else:
                 g = np.stack([guidance[0, :, y // 16 : y // 16 + g_side, x // 16 : x // 16 + g_side]
                               for y, x in (grid.position(t) for t in chunk)])
-            if not visible.all():
+            valid = np.stack([grid.valid_tokens(t) for t in chunk])
+            if (valid & ~visible).any():
                 (idx,) = self.model.run("predictor", indices=idx, visible=visible, guidance=g)
+            for k, t in enumerate(chunk):
+                idx[k] = _replicate_edges(idx[k], valid[k])
             if header.stream == "hybrid" and self.model.has("pixel_decoder"):
                 (rgb,) = self.model.run("pixel_decoder", indices=idx, guidance=g)
             else:

@@ -17,7 +17,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 EXACT_LIMIT = 2.0**52
 
 
-class FixedPointError(RuntimeError):
+class FixedPointError(ValueError):
     pass
 
 

@@ -45,5 +45,25 @@ def stage1_cont(
     train(run_dir, cfg, ContConfig(), cache_dir)
 
 
+@app.command()
+def bundle(
+    out: Path = typer.Option(..., help="release bundle to write (what hf-export reads)"),
+    vq: Path = typer.Option(..., help="stage1-vq checkpoint"),
+    cont: Path = typer.Option(..., help="stage1-cont checkpoint"),
+    predictor: Path = typer.Option(None, help="stage2 checkpoint (optional)"),
+    correction: Path = typer.Option(None, help="stage3 checkpoint (optional)"),
+    name: str = typer.Option("hybridflow", help="model name shown by hf-run info"),
+    tiles: int = typer.Option(600, help="training tiles for the index prior and complexity statistics"),
+    cache_dir: Path = CACHE,
+) -> None:
+    """Collect trained stages into one small fp16 bundle with its training-set statistics."""
+    from .release import make_bundle
+
+    c = make_bundle(out, vq, cont, predictor, correction, name, cache_dir, tiles)
+    used = int((c.index_counts > 0).sum())
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); codes used on {tiles} train tiles: {used}")
+    print(f"complexity lo={c.complexity.lo} hi={c.complexity.hi}")
+
+
 def main() -> None:
     app()
