@@ -31,6 +31,17 @@ RECON_MARGIN = 4
 
 
 @dataclass
+class Symbols:
+    """One image's symbols, in the order of the procedure (see FORMAT.md for the decode order)."""
+
+    header: Header
+    indices: np.ndarray | None = None  # sent VQ indices, tile by tile
+    z_hat: np.ndarray | None = None  # (C, h, w) integers
+    y_residual: np.ndarray | None = None  # (M, 4h, 4w) integers, round(y − μ)
+    y_scale: np.ndarray | None = None  # predicted scales (before the table lookup)
+
+
+@dataclass
 class StreamInfo:
     stream: str
     width: int
@@ -88,25 +99,36 @@ class Codec:
 
     # ------------------------------------------------------------------------------- compress
     def compress(self, rgb: np.ndarray, mask: str = "auto", stream: str = "hybrid") -> bytes:
+        return self.entropy_code(self.analyse(rgb, mask, stream))
+
+    def analyse(self, rgb: np.ndarray, mask: str = "auto", stream: str = "hybrid") -> Symbols:
+        """Everything the stream will carry, before entropy coding."""
         check_image(rgb)
         if stream not in STREAMS:
             raise ValueError(f"unknown stream {stream!r}; choose one of {', '.join(STREAMS)}")
         grid = TileGrid(rgb.shape[0], rgb.shape[1])
         padded = pad(rgb, grid)
-        enc = Encoder(self.model.tables)
-        schedules: list[int] = []
+        sym = Symbols(Header(stream, grid.width, grid.height, self.model.model_id, []))
         if stream != "continuous":
-            schedules = self._choose_schedules(rgb, grid, mask, stream)
-            enc.push_indices(self._sent_indices(padded, grid, schedules))
+            sym.header.schedules = self._choose_schedules(rgb, grid, mask, stream)
+            sym.indices = self._sent_indices(padded, grid, sym.header.schedules)
         if stream != "vq":
             y, z = self.model.run("cont_analysis", image=self._lowres(padded))
-            z_hat = np.clip(np.round(z[0]), -self.model.tables.z_radius, self.model.tables.z_radius)
-            mean, scale = self.model.hyper(z_hat)
+            radius = self.model.tables.z_radius
+            sym.z_hat = np.clip(np.round(z[0]), -radius, radius)
+            mean, sym.y_scale = self.model.hyper(sym.z_hat)
             radius = self.model.tables.y_radius
-            enc.push_y(np.clip(np.round(y[0].astype(np.float64) - mean), -radius, radius), scale)
-            enc.push_z(z_hat)
-        header = Header(stream, grid.width, grid.height, self.model.model_id, schedules)
-        return bitstream.write(header, enc.finish())
+            sym.y_residual = np.clip(np.round(y[0].astype(np.float64) - mean), -radius, radius)
+        return sym
+
+    def entropy_code(self, sym: Symbols) -> bytes:
+        enc = Encoder(self.model.tables)
+        if sym.indices is not None:
+            enc.push_indices(sym.indices)
+        if sym.z_hat is not None:
+            enc.push_y(sym.y_residual, sym.y_scale)
+            enc.push_z(sym.z_hat)
+        return bitstream.write(sym.header, enc.finish())
 
     def _lowres(self, padded: np.ndarray) -> np.ndarray:
         h, w = padded.shape[:2]

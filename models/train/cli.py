@@ -45,6 +45,28 @@ def stage1_cont(
     train(run_dir, cfg, ContConfig(), cache_dir)
 
 
+@app.command("stage2")
+def stage2(
+    vq: Path = typer.Option(..., help="frozen stage1-vq checkpoint"),
+    cont: Path = typer.Option(..., help="frozen stage1-cont checkpoint"),
+    run_dir: Path = typer.Option(Path("runs/stage2"), help="checkpoints, token cache and log.jsonl go here"),
+    steps: int = 3000,
+    batch: int = 16,
+    tiles: int = 3000,
+    dim: int = 192,
+    layers: int = 4,
+    guidance: bool = typer.Option(True, help="--no-guidance trains the ablation without cross-attention"),
+    threads: int = 1,
+    cache_dir: Path = CACHE,
+) -> None:
+    """Masked-token transformer guided by the continuous stream."""
+    from ..transformer import TransformerConfig
+    from .stage2 import Stage2TrainConfig, train
+
+    cfg = Stage2TrainConfig(steps=steps, batch=batch, tiles=tiles, threads=threads, use_guidance=guidance)
+    train(run_dir, cfg, TransformerConfig(dim=dim, enc_layers=layers, dec_layers=layers), vq, cont, cache_dir)
+
+
 @app.command()
 def bundle(
     out: Path = typer.Option(..., help="release bundle to write (what hf-export reads)"),

@@ -1,0 +1,60 @@
+"""Evaluate one codec configuration on a folder of images (default: Kodak), with the runtime.
+
+Shared by the benchmark scripts: bpp from the real bytes, PSNR, MS-SSIM, sharpness ratio, seconds."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from hybridflow.models.data import data_root, list_images
+from hybridflow.runtime import Codec, metrics
+from hybridflow.runtime.imageio import read_image
+
+
+@dataclass
+class Row:
+    image: str
+    bpp: float
+    psnr: float
+    ms_ssim: float
+    sharpness: float
+    encode_s: float
+    decode_s: float
+
+
+def load_images(folder: Path | None = None, limit: int | None = None) -> list[tuple[str, np.ndarray]]:
+    folder = folder or data_root() / "kodak"
+    paths = list_images(folder)[:limit]
+    if not paths:
+        raise SystemExit(f"no images in {folder} (set HF_DATA or pass a folder)")
+    return [(p.name, read_image(p)[0]) for p in paths]
+
+
+def evaluate(codec: Codec, images: list[tuple[str, np.ndarray]], mask: str, stream: str) -> list[Row]:
+    rows = []
+    for name, rgb in images:
+        t0 = time.perf_counter()
+        data = codec.compress(rgb, mask=mask, stream=stream)
+        t1 = time.perf_counter()
+        rec = codec.decompress(data)
+        t2 = time.perf_counter()
+        rows.append(Row(name, 8 * len(data) / (rgb.shape[0] * rgb.shape[1]), metrics.psnr(rgb, rec),
+                        metrics.ms_ssim(rgb, rec), metrics.sharpness_ratio(rec, rgb), t1 - t0, t2 - t1))
+    return rows
+
+
+def mean(rows: list[Row]) -> Row:
+    return Row("mean", *(float(np.mean([getattr(r, f) for r in rows]))
+                         for f in ("bpp", "psnr", "ms_ssim", "sharpness", "encode_s", "decode_s")))
+
+
+def table(results: dict[str, Row]) -> str:
+    lines = ["| configuration | bpp | PSNR (dB) | MS-SSIM | sharpness | enc s | dec s |", "|---|---|---|---|---|---|---|"]
+    for label, r in results.items():
+        lines.append(f"| {label} | {r.bpp:.4f} | {r.psnr:.2f} | {r.ms_ssim:.4f} | {r.sharpness:.2f} | "
+                     f"{r.encode_s:.2f} | {r.decode_s:.2f} |")
+    return "\n".join(lines)

@@ -1,0 +1,162 @@
+"""Runtime figures for the closing notes: coder and header overhead, padding cost, seams, speed, RSS.
+
+    python -m benchmarks.runtime_stats [--model DIR] [--skip-large]
+
+- coder overhead: payload bits vs the ideal −log2 p of the very same symbols under the same models
+- header overhead: container bytes that are not payload, for a 512×512 image
+- padding: bits of continuous symbols whose 64×64 footprint lies wholly in the padding (1000×700);
+  the discrete stream never sends indices there
+- seams: mean |Δluma| across tile borders vs inside tiles, reconstruction ÷ original
+- seconds per Kodak image (encode / decode) and peak RSS of a separate process for big images"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from benchmarks.kodak import load_images
+from hybridflow.runtime import Codec, metrics
+from hybridflow.runtime.codec import Symbols
+from hybridflow.runtime.tiling import TileGrid
+
+_erf = np.frompyfunc(math.erf, 1, 1)
+
+
+def ideal_bits(codec: Codec, sym: Symbols) -> float:
+    t = codec.model.tables
+    bits = 0.0
+    if sym.indices is not None and sym.indices.size:
+        bits -= np.log2(t.index_prior[sym.indices] / t.index_prior.sum()).sum()
+    if sym.z_hat is not None:
+        c = np.arange(sym.z_hat.shape[0])[:, None, None]
+        bits -= np.log2(t.z_pmf[c, sym.z_hat.astype(int) + t.z_radius]).sum()
+        bits += y_bits(codec, sym).sum()
+    return float(bits)
+
+
+def y_bits(codec: Codec, sym: Symbols) -> np.ndarray:
+    t = codec.model.tables
+    s = t.stds(sym.y_scale).reshape(sym.y_scale.shape) * math.sqrt(2)
+    q = sym.y_residual
+    p = 0.5 * (_erf((q + 0.5) / s).astype(float) - _erf((q - 0.5) / s).astype(float))
+    return -np.log2(np.maximum(p, 1e-12))
+
+
+def mosaic(images: list[np.ndarray], h: int, w: int) -> np.ndarray:
+    """A large, photo-like test image: Kodak images laid side by side (mirrored to hide joins)."""
+    out = np.empty((h, w, 3), np.uint8)
+    k = 0
+    for y in range(0, h, 512):
+        for x in range(0, w, 768):
+            img = images[k % len(images)][:512, :768]
+            img = img[:, ::-1] if (x // 768) % 2 else img
+            out[y : y + 512, x : x + 768] = img[: min(512, h - y), : min(768, w - x)]
+            k += 1
+    return out
+
+
+def seam_ratio(orig: np.ndarray, rec: np.ndarray) -> tuple[float, float]:
+    """Mean |Δluma| between neighbouring columns/rows at tile borders and inside tiles, rec ÷ orig."""
+    def grads(img: np.ndarray) -> tuple[float, float]:
+        lum = metrics.luma(img)
+        dx, dy = np.abs(np.diff(lum, axis=1)), np.abs(np.diff(lum, axis=0))
+        bx = np.arange(dx.shape[1]) % 256 == 255
+        by = np.arange(dy.shape[0]) % 256 == 255
+        border = np.concatenate([dx[:, bx].ravel(), dy[by].ravel()]).mean()
+        inside = np.concatenate([dx[:, ~bx].ravel(), dy[~by].ravel()]).mean()
+        return border, inside
+
+    (ob, oi), (rb, ri) = grads(orig), grads(rec)
+    return rb / ob, ri / oi
+
+
+CHILD = """
+import sys, time, resource, numpy as np
+sys.path.insert(0, {root!r})
+from hybridflow.runtime import Codec
+from benchmarks.runtime_stats import mosaic, seam_ratio
+from benchmarks.kodak import load_images
+codec = Codec.load({model!r}, provider="cpu")
+img = mosaic([im for _, im in load_images(limit=6)], {h}, {w})
+t = time.perf_counter(); data = codec.compress(img, mask="auto"); te = time.perf_counter() - t
+rss_enc = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter(); rec = codec.decompress(data); td = time.perf_counter() - t
+border, inside = seam_ratio(img, rec)
+print({{"bytes": len(data), "bpp": 8 * len(data) / img.shape[0] / img.shape[1], "encode_s": te, "decode_s": td,
+       "peak_rss_after_encode_mb": rss_enc / 1024,
+       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+       "image_mb": img.nbytes / 2**20, "seam_grad_ratio_border": border, "seam_grad_ratio_inside": inside}})
+"""
+
+
+def large(model: str | None, h: int, w: int) -> dict:
+    code = CHILD.format(root=str(Path(__file__).resolve().parents[1]), model=model, h=h, w=w)
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if p.returncode:
+        raise SystemExit(p.stderr)
+    return eval(p.stdout.strip().splitlines()[-1])  # our own child's dict literal
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--skip-large", action="store_true")
+    args = ap.parse_args()
+    codec = Codec.load(args.model, provider="cpu")
+    images = load_images()
+    report: dict[str, object] = {"model": codec.model.manifest["model_id"][:8]}
+
+    ideal = actual = 0.0
+    enc_s, dec_s, bpps = [], [], []
+    mask = "auto" if codec.model.has("predictor") else "none"
+    for _, rgb in images:
+        t0 = time.perf_counter()
+        sym = codec.analyse(rgb, mask=mask)
+        data = codec.entropy_code(sym)
+        t1 = time.perf_counter()
+        codec.decompress(data)
+        enc_s.append(t1 - t0)
+        dec_s.append(time.perf_counter() - t1)
+        bpps.append(8 * len(data) / rgb.shape[0] / rgb.shape[1])
+        _, words, header_bytes = codec.read_header(data)
+        ideal += ideal_bits(codec, sym)
+        actual += 8 * (len(data) - header_bytes)
+    report["kodak_mask"] = mask
+    report["kodak_mean_bpp"] = float(np.mean(bpps))
+    report["coder_overhead_pct"] = 100 * (actual / ideal - 1)
+    report["kodak_encode_s"] = float(np.mean(enc_s))
+    report["kodak_decode_s"] = float(np.mean(dec_s))
+
+    crop = cv2.resize(images[0][1], (512, 512), interpolation=cv2.INTER_AREA)
+    data = codec.compress(crop, mask=mask)
+    _, _, header_bytes = codec.read_header(data)
+    report["header_512"] = {"file_bytes": len(data), "header_and_crc_bytes": header_bytes,
+                            "bpp": 8 * len(data) / 512**2, "pct": 100 * header_bytes / len(data)}
+
+    img = mosaic([im for _, im in images[:4]], 700, 1000)
+    sym = codec.analyse(img, mask=mask)
+    grid = TileGrid(700, 1000)
+    bits = y_bits(codec, sym)
+    ys = np.arange(bits.shape[1]) * 64 >= grid.height
+    xs = np.arange(bits.shape[2]) * 64 >= grid.width
+    pad_bits = float(bits[:, ys[:, None] | xs[None, :]].sum())
+    total = 8 * len(codec.entropy_code(sym))
+    report["padding_1000x700"] = {"file_bits": total, "padding_bits": pad_bits, "pct": 100 * pad_bits / total}
+
+    if not args.skip_large:
+        report["large_6000x4000"] = large(args.model, 4000, 6000)
+        report["large_8000x6000"] = large(args.model, 6000, 8000)
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,176 @@
+"""Stage 2: the masked-token predictor, with the stage-1 models frozen.
+
+Token maps and continuous guidance are precomputed once for random 256² training crops (the
+expensive part) and cached next to the run; the transformer then trains on them quickly.
+Masks mix MAGE-style random ratios (truncated Gaussian, mean 0.55, in [0.5, 1]) with the codec's
+own structured schedules; the loss is cross-entropy on masked positions only. With probability
+``guidance_dropout`` the guidance is zeroed, so one network also serves streams without it;
+``--no-guidance`` trains the ablation that never sees it."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from ...runtime.masking import SCHEDULES, sent_mask
+from .. import checkpoint
+from ..data import ImageCache, data_root
+from ..hyperprior import ContConfig, ContinuousCodec
+from ..transformer import MaskedTokenPredictor, TransformerConfig
+from ..vq import VQAutoencoder, VQConfig
+from .loop import Checkpointer, RunState, seed_everything, to_tensor
+
+
+@dataclass
+class Stage2TrainConfig:
+    steps: int = 3000
+    batch: int = 16
+    lr: float = 5e-4
+    weight_decay: float = 0.05
+    tiles: int = 3000
+    structured_prob: float = 0.5
+    guidance_dropout: float = 0.1
+    use_guidance: bool = True
+    val_every: int = 250
+    ckpt_minutes: float = 3.0
+    seed: int = 0
+    threads: int = 1
+
+
+def load_frozen(vq_ckpt: Path, cont_ckpt: Path) -> tuple[VQAutoencoder, ContinuousCodec]:
+    ck = checkpoint.load(vq_ckpt)
+    vq = VQAutoencoder(checkpoint.to_config(VQConfig, ck["config"]))
+    vq.load_state_dict(ck["model"])
+    ck = checkpoint.load(cont_ckpt)
+    cont = ContinuousCodec(checkpoint.to_config(ContConfig, ck["config"]))
+    cont.load_state_dict(ck["model"])
+    return vq.eval(), cont.eval()
+
+
+@torch.no_grad()
+def tokens_and_guidance(vq: VQAutoencoder, cont: ContinuousCodec, tiles_u8: np.ndarray
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """What the decoder will have for these tiles: VQ indices and decoded continuous guidance."""
+    x = to_tensor(tiles_u8)
+    idx = vq.encode(x)
+    low = F.avg_pool2d((x + 1) / 2, cont.cfg.downscale)
+    y, z = cont.analysis(low)
+    mean, _ = cont.h_s(torch.round(z))
+    g = cont.guidance(torch.round(y - mean) + mean)
+    return idx, g
+
+
+def build_cache(path: Path, vq: VQAutoencoder, cont: ContinuousCodec, n: int, cache_dir: Path,
+                seed: int = 77, batch: int = 16) -> None:
+    data = ImageCache(data_root() / "train", cache_dir)
+    rng = np.random.default_rng(seed)
+    toks, guid = [], []
+    for _ in tqdm(range(0, n, batch), desc="stage2 cache"):
+        idx, g = tokens_and_guidance(vq, cont, data.random_crops(rng, batch, 256))
+        toks.append(idx.numpy().astype(np.int16))
+        guid.append(g.numpy().astype(np.float16))
+    np.savez(path, tokens=np.concatenate(toks)[:n], guidance=np.concatenate(guid)[:n])
+
+
+def random_visible(rng: np.random.Generator, n: int, grid: int, structured_prob: float) -> np.ndarray:
+    vis = np.empty((n, grid, grid), bool)
+    structured = [s for s in SCHEDULES if s != "none"]
+    for k in range(n):
+        if rng.random() < structured_prob:
+            vis[k] = sent_mask(structured[rng.integers(len(structured))], grid)
+        else:
+            ratio = float(np.clip(rng.normal(0.55, 0.25), 0.5, 1.0))
+            n_masked = int(round(ratio * grid * grid))
+            flat = np.ones(grid * grid, bool)
+            flat[rng.permutation(grid * grid)[:n_masked]] = False
+            vis[k] = flat.reshape(grid, grid)
+    return vis
+
+
+def stage1_key(vq_ckpt: Path, cont_ckpt: Path) -> str:
+    h = hashlib.sha1()
+    for p in (vq_ckpt, cont_ckpt):
+        h.update(Path(p).read_bytes()[-1 << 20:])
+    return h.hexdigest()[:10]
+
+
+def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, vq_ckpt: Path, cont_ckpt: Path,
+          cache_dir: Path) -> None:
+    rng = seed_everything(cfg.seed, cfg.threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cache = run_dir / f"tokens_{stage1_key(vq_ckpt, cont_ckpt)}_{cfg.tiles}.npz"
+    vq, cont = load_frozen(vq_ckpt, cont_ckpt)
+    if not cache.exists():
+        build_cache(cache, vq, cont, cfg.tiles, cache_dir)
+    with np.load(cache) as f:
+        tokens = torch.from_numpy(f["tokens"].astype(np.int64))
+        guidance = torch.from_numpy(f["guidance"].astype(np.float32))
+    n_val = min(max(64, len(tokens) // 20), len(tokens) // 2)  # held-out *training-folder* crops, only for the progress line
+    model_cfg.guidance_channels = guidance.shape[1]
+    model = MaskedTokenPredictor(model_cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
+    state = RunState(run_dir)
+    if state.last.exists():
+        ck = checkpoint.load(state.last)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        state.step, state.elapsed_s = ck["step"], ck["elapsed_s"]
+        rng = np.random.default_rng([cfg.seed, state.step])
+        print(f"resumed {state.last} at step {state.step}")
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / cfg.steps))))
+    for _ in range(state.step):
+        sched.step()
+    ckpt = Checkpointer(cfg.ckpt_minutes)
+
+    def save() -> None:
+        ckpt.save(state, model=model.state_dict(), opt=opt.state_dict(), config=model_cfg, train_config=cfg,
+                  kind="predictor", vq_ckpt=str(vq_ckpt), cont_ckpt=str(cont_ckpt))
+
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="stage2", dynamic_ncols=True)
+    while state.step < cfg.steps:
+        t0 = time.time()
+        pick = torch.from_numpy(rng.integers(n_val, len(tokens), cfg.batch))
+        idx, g = tokens[pick], guidance[pick]
+        vis = torch.from_numpy(random_visible(rng, cfg.batch, model_cfg.grid, cfg.structured_prob))
+        if cfg.use_guidance:
+            drop = torch.from_numpy(rng.random(cfg.batch) < cfg.guidance_dropout)
+            g = torch.where(drop[:, None, None, None], torch.zeros_like(g), g)
+        logits = model(idx, vis, g if cfg.use_guidance else None)
+        masked = ~vis.reshape(cfg.batch, -1)
+        loss = F.cross_entropy(logits[masked], idx.reshape(cfg.batch, -1)[masked])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        state.step += 1
+        state.elapsed_s += time.time() - t0
+        bar.update(1)
+        bar.set_postfix(ce=f"{loss.item():.3f}")
+        if state.step % 50 == 0:
+            state.log({"ce": loss.item()})
+        if state.step % cfg.val_every == 0 or state.step == cfg.steps:
+            acc = held_out_accuracy(model, tokens[:n_val], guidance[:n_val] if cfg.use_guidance else None)
+            state.log({"heldout_acc_1_4": acc})
+            bar.write(f"step {state.step}: held-out token accuracy at 1_4 = {acc:.3f}")
+        if ckpt.due() or state.step == cfg.steps:
+            save()
+    bar.close()
+    save()
+
+
+@torch.no_grad()
+def held_out_accuracy(model: MaskedTokenPredictor, tokens: torch.Tensor, guidance: torch.Tensor | None) -> float:
+    model.eval()
+    vis = torch.from_numpy(np.broadcast_to(sent_mask("1_4", model.cfg.grid), tokens.shape).copy())
+    pred = model.predict(tokens, vis, guidance)
+    model.train()
+    return float((pred == tokens)[~vis].float().mean())
