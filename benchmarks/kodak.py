@@ -53,7 +53,8 @@ def mean(rows: list[Row]) -> Row:
 
 
 def table(results: dict[str, Row]) -> str:
-    lines = ["| configuration | bpp | PSNR (dB) | MS-SSIM | sharpness | enc s | dec s |", "|---|---|---|---|---|---|---|"]
+    lines = ["| configuration | bpp | PSNR (dB) | MS-SSIM | sharpness | enc s | dec s |",
+             "|---|---|---|---|---|---|---|"]
     for label, r in results.items():
         lines.append(f"| {label} | {r.bpp:.4f} | {r.psnr:.2f} | {r.ms_ssim:.4f} | {r.sharpness:.2f} | "
                      f"{r.encode_s:.2f} | {r.decode_s:.2f} |")

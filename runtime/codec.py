@@ -224,7 +224,7 @@ class Codec:
             valid = np.stack([grid.valid_tokens(t) for t in chunk])
             if (valid & ~visible).any():
                 (idx,) = self.model.run("predictor", indices=idx, visible=visible, guidance=g)
-            for k, t in enumerate(chunk):
+            for k in range(n):
                 idx[k] = _replicate_edges(idx[k], valid[k])
             if header.stream == "hybrid" and self.model.has("pixel_decoder"):
                 (rgb,) = self.model.run("pixel_decoder", indices=idx, guidance=g)

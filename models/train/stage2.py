@@ -112,7 +112,8 @@ def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, v
     with np.load(cache) as f:
         tokens = torch.from_numpy(f["tokens"].astype(np.int64))
         guidance = torch.from_numpy(f["guidance"].astype(np.float32))
-    n_val = min(max(64, len(tokens) // 20), len(tokens) // 2)  # held-out *training-folder* crops, only for the progress line
+    # held-out crops of the *training* folder, only for the progress line (real evaluation: benchmarks/)
+    n_val = min(max(64, len(tokens) // 20), len(tokens) // 2)
     model_cfg.guidance_channels = guidance.shape[1]
     model = MaskedTokenPredictor(model_cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
