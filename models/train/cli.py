@@ -67,6 +67,25 @@ def stage2(
     train(run_dir, cfg, TransformerConfig(dim=dim, enc_layers=layers, dec_layers=layers), vq, cont, cache_dir)
 
 
+@app.command("stage3")
+def stage3(
+    vq: Path = typer.Option(..., help="frozen stage1-vq checkpoint"),
+    cont: Path = typer.Option(..., help="frozen stage1-cont checkpoint"),
+    predictor: Path = typer.Option(..., help="frozen stage2 checkpoint"),
+    run_dir: Path = typer.Option(Path("runs/stage3"), help="checkpoints, tile cache and log.jsonl go here"),
+    steps: int = 3000,
+    batch: int = 8,
+    tiles: int = 1500,
+    threads: int = 1,
+    cache_dir: Path = CACHE,
+) -> None:
+    """Correction network (L1 + MS-SSIM/FFT term), everything else frozen."""
+    from .stage3 import Stage3TrainConfig, train
+
+    cfg = Stage3TrainConfig(steps=steps, batch=batch, tiles=tiles, threads=threads)
+    train(run_dir, cfg, vq, cont, predictor, cache_dir)
+
+
 @app.command()
 def bundle(
     out: Path = typer.Option(..., help="release bundle to write (what hf-export reads)"),

@@ -1,0 +1,108 @@
+"""Stage 3: the correction network, with VQ autoencoder, continuous codec and predictor frozen.
+
+Each step draws cached training tiles, masks their token maps with one of the codec's schedules,
+lets the frozen predictor restore them (so the correction learns to fix prediction errors too),
+crops a random window of ``crop_tokens``² tokens (and the matching pixels and guidance) and trains
+L1 + w·(1 − MS-SSIM + FFT-amplitude) through the VQ decoder with the correction features added."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from ...runtime.masking import sent_mask
+from .. import checkpoint
+from ..correction import CorrectionNet, PixelDecoder
+from ..data import ImageCache, data_root
+from ..losses import perceptual_loss
+from ..transformer import MaskedTokenPredictor, TransformerConfig
+from .loop import Checkpointer, RunState, seed_everything, to_tensor
+from .stage2 import load_frozen, stage1_key, tokens_and_guidance
+
+
+@dataclass
+class Stage3TrainConfig:
+    steps: int = 3000
+    batch: int = 8
+    crop_tokens: int = 8
+    lr: float = 2e-4
+    perceptual_weight: float = 0.5
+    tiles: int = 1500
+    schedules: tuple[str, ...] = ("1_2", "1_4", "1_4", "1_9", "none")
+    ckpt_minutes: float = 3.0
+    seed: int = 0
+    threads: int = 1
+
+
+def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path, predictor_ckpt: Path,
+          cache_dir: Path) -> None:
+    rng = seed_everything(cfg.seed, cfg.threads)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    vq, cont = load_frozen(vq_ckpt, cont_ckpt)
+    ck = checkpoint.load(predictor_ckpt)
+    predictor = MaskedTokenPredictor(checkpoint.to_config(TransformerConfig, ck["config"]))
+    predictor.load_state_dict(ck["model"])
+    predictor.eval()
+    cache = run_dir / f"tiles_{stage1_key(vq_ckpt, cont_ckpt)}_{cfg.tiles}.npz"
+    if not cache.exists():
+        data = ImageCache(data_root() / "train", cache_dir)
+        tiles = data.random_crops(np.random.default_rng(99), cfg.tiles, 256)
+        toks, guid = zip(*(tokens_and_guidance(vq, cont, tiles[s : s + 16]) for s in range(0, len(tiles), 16)))
+        np.savez(cache, tiles=tiles, tokens=torch.cat(toks).numpy().astype(np.int16),
+                 guidance=torch.cat(guid).numpy().astype(np.float16))
+    with np.load(cache) as f:
+        tiles, tokens = f["tiles"], torch.from_numpy(f["tokens"].astype(np.int64))
+        guidance = torch.from_numpy(f["guidance"].astype(np.float32))
+    for p in (*vq.parameters(), *cont.parameters(), *predictor.parameters()):
+        p.requires_grad_(False)
+    correction = CorrectionNet(vq.cfg, cont.cfg.channels)
+    correction.init_from(vq.decoder)
+    decoder = PixelDecoder(vq, correction)
+    opt = torch.optim.Adam(correction.parameters(), lr=cfg.lr)
+    state = RunState(run_dir)
+    if state.last.exists():
+        ck = checkpoint.load(state.last)
+        correction.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["opt"])
+        state.step, state.elapsed_s = ck["step"], ck["elapsed_s"]
+        rng = np.random.default_rng([cfg.seed, state.step])
+    ckpt = Checkpointer(cfg.ckpt_minutes)
+
+    def save() -> None:
+        ckpt.save(state, model=correction.state_dict(), opt=opt.state_dict(), train_config=cfg, kind="correction",
+                  vq_ckpt=str(vq_ckpt), cont_ckpt=str(cont_ckpt), predictor_ckpt=str(predictor_ckpt))
+
+    bar = tqdm(total=cfg.steps, initial=state.step, desc="stage3", dynamic_ncols=True)
+    ct, px = cfg.crop_tokens, cfg.crop_tokens * vq.cfg.factor
+    while state.step < cfg.steps:
+        t0 = time.time()
+        pick = rng.integers(0, len(tiles), cfg.batch)
+        idx, g = tokens[pick], guidance[pick]
+        name = cfg.schedules[rng.integers(len(cfg.schedules))]
+        vis = torch.from_numpy(np.broadcast_to(sent_mask(name), idx.shape).copy())
+        with torch.no_grad():
+            idx = predictor.predict(idx, vis, g) if name != "none" else idx
+        oy, ox = (int(v) for v in rng.integers(0, 16 - ct + 1, 2))
+        target = to_tensor(tiles[pick][:, oy * 16 : oy * 16 + px, ox * 16 : ox * 16 + px])
+        out = decoder(idx[:, oy : oy + ct, ox : ox + ct], g[:, :, oy : oy + ct, ox : ox + ct])
+        l1 = (out - target).abs().mean()
+        perc = perceptual_loss(out, target)
+        loss = l1 + cfg.perceptual_weight * perc
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        state.step += 1
+        state.elapsed_s += time.time() - t0
+        bar.update(1)
+        bar.set_postfix(l1=f"{l1.item():.3f}", perc=f"{perc.item():.3f}")
+        if state.step % 50 == 0:
+            state.log({"l1": l1.item(), "perc": perc.item(), "schedule": name})
+        if ckpt.due() or state.step == cfg.steps:
+            save()
+    bar.close()
+    save()
