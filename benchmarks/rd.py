@@ -113,7 +113,8 @@ def summarise(rows: list[dict[str, object]], n_images: int, codec: Codec) -> str
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     lines = [f"Images: {n_images}; model {codec.model.name} ({codec.model.manifest['model_id'][:8]}); commit {commit}; "
              f"{platform.processor() or platform.machine()}, {platform.system()}; ORT CPU provider.", "",
-             "| codec | setting | bpp | PSNR | MS-SSIM | sharpness | enc s | dec s |", "|---|---|---|---|---|---|---|---|"]
+             "| codec | setting | bpp | PSNR | MS-SSIM | sharpness | enc s | dec s |",
+             "|---|---|---|---|---|---|---|---|"]
     cs = curves(rows)
     for name, pts in cs.items():
         for p in pts:
@@ -125,7 +126,8 @@ def summarise(rows: list[dict[str, object]], n_images: int, codec: Codec) -> str
     ours = [p for p in cs.get("HybridFlow", []) if p["setting"] != "auto"]
     if len(ours) >= 2:
         lines += ["", "BD-rate / BD-PSNR of HybridFlow (schedules none…all) against each codec, "
-                  f"points ≤ {MAX_BPP} bpp, overlapping range only (negative BD-rate = HybridFlow needs fewer bits):", ""]
+                  f"points ≤ {MAX_BPP} bpp, overlapping range only "
+                  "(negative BD-rate = HybridFlow needs fewer bits):", ""]
         r1 = np.array([p["bpp"] for p in ours])
         d1 = np.array([p["psnr"] for p in ours])
         for name, pts in cs.items():
