@@ -1,0 +1,54 @@
+"""Regenerate benchmarks/RESULTS.md: every benchmark script in one command.
+
+    python -m benchmarks.results [--model DIR] [--quick]
+
+--quick uses 6 Kodak images and skips the large-image runs (for a fast look, not for reporting)."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+OUT = Path("benchmarks/out")
+
+
+def run(title: str, args: list[str]) -> str:
+    t = time.time()
+    p = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True)
+    body = p.stdout if p.returncode == 0 else f"FAILED ({p.returncode}):\n{p.stderr[-3000:]}"
+    print(f"{title}: {time.time() - t:.0f} s", flush=True)
+    return f"## {title}\n\n`python -m {' '.join(args)}` ({time.time() - t:.0f} s)\n\n{body}\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--quick", action="store_true")
+    args = ap.parse_args()
+    model = ["--model", args.model] if args.model else []
+    limit = ["--limit", "6"] if args.quick else []
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").exists() else "?"
+    sections = [
+        "# HybridFlow benchmark results\n",
+        f"Generated {datetime.date.today()} at commit {commit} on {cpu} ({platform.system()}), "
+        "onnxruntime CPU provider. Regenerate with `python -m benchmarks.results`.\n",
+        run("Stage 1: single-stream codecs on Kodak", ["benchmarks.stage1", *model, *limit]),
+        run("Rate–distortion on Kodak", ["benchmarks.rd", *model, *limit, "--out", str(OUT)]),
+        "Plots: `benchmarks/out/rd_psnr.png`, `rd_msssim.png`, `rd_sharpness.png`; all points in "
+        "`benchmarks/out/rd_points.csv`.\n",
+        run("Runtime: overheads, speed, memory", ["benchmarks.runtime_stats", *model,
+                                                   *(["--skip-large"] if args.quick else [])]),
+    ]
+    Path("benchmarks/RESULTS.md").write_text("\n".join(sections))
+    print("wrote benchmarks/RESULTS.md")
+
+
+if __name__ == "__main__":
+    main()
