@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,17 @@ def seed_everything(seed: int, threads: int) -> np.random.Generator:
 def to_tensor(batch_u8: np.ndarray) -> torch.Tensor:
     """(N, H, W, 3) uint8 → (N, 3, H, W) float in [-1, 1]."""
     return torch.from_numpy(batch_u8.copy()).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
+
+
+@contextlib.contextmanager
+def save_on_interrupt(save: Callable[[], None]) -> Iterator[None]:
+    """Ctrl-C (or ``kill -INT``) saves a checkpoint before exiting, so stopping a run loses nothing."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        save()
+        print("\ninterrupted: checkpoint saved")
+        raise SystemExit(130) from None
 
 
 class Checkpointer:

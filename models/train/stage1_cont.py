@@ -20,7 +20,7 @@ from ...runtime import metrics
 from .. import checkpoint
 from ..data import ImageCache, data_root, downscale, list_images, read_rgb
 from ..hyperprior import ContConfig, ContinuousCodec
-from .loop import Checkpointer, RunState, seed_everything, to_tensor
+from .loop import Checkpointer, RunState, save_on_interrupt, seed_everything, to_tensor
 
 
 @dataclass
@@ -93,31 +93,32 @@ def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir:
                   config=model_cfg, train_config=cfg, kind="cont")
 
     bar = tqdm(total=cfg.steps, initial=state.step, desc="stage1-cont", dynamic_ncols=True)
-    while state.step < cfg.steps:
-        t0 = time.time()
-        x = (to_tensor(data.random_crops(rng, cfg.batch, cfg.crop)) + 1) / 2
-        out = model(x)
-        bpp = bpp_full(out, cfg.batch * cfg.crop**2, model_cfg.downscale)
-        mse = F.mse_loss(out["x_hat"], x)
-        loss = bpp + math.exp(log_lmbda) * mse
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        # Rate controller: too many bits → lower λ, too few → raise it.
-        log_lmbda -= cfg.lmbda_rate * float(np.clip((bpp.item() - cfg.target_bpp) / cfg.target_bpp, -1, 1))
-        state.step += 1
-        state.elapsed_s += time.time() - t0
-        bar.update(1)
-        psnr = 10 * math.log10(1 / max(mse.item(), 1e-10))
-        bar.set_postfix(bpp=f"{bpp.item():.4f}", psnr_lr=f"{psnr:.2f}", lmbda=f"{math.exp(log_lmbda):.1f}")
-        if state.step % 50 == 0:
-            state.log({"bpp": bpp.item(), "psnr_lowres": psnr, "lmbda": math.exp(log_lmbda)})
-        if state.step % cfg.val_every == 0 or state.step == cfg.steps:
-            v = validate(model, images)
-            state.log(v)
-            bar.write(f"step {state.step}: {v}")
-        if ckpt.due() or state.step == cfg.steps:
-            save()
+    with save_on_interrupt(save):
+        while state.step < cfg.steps:
+            t0 = time.time()
+            x = (to_tensor(data.random_crops(rng, cfg.batch, cfg.crop)) + 1) / 2
+            out = model(x)
+            bpp = bpp_full(out, cfg.batch * cfg.crop**2, model_cfg.downscale)
+            mse = F.mse_loss(out["x_hat"], x)
+            loss = bpp + math.exp(log_lmbda) * mse
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            # Rate controller: too many bits → lower λ, too few → raise it.
+            log_lmbda -= cfg.lmbda_rate * float(np.clip((bpp.item() - cfg.target_bpp) / cfg.target_bpp, -1, 1))
+            state.step += 1
+            state.elapsed_s += time.time() - t0
+            bar.update(1)
+            psnr = 10 * math.log10(1 / max(mse.item(), 1e-10))
+            bar.set_postfix(bpp=f"{bpp.item():.4f}", psnr_lr=f"{psnr:.2f}", lmbda=f"{math.exp(log_lmbda):.1f}")
+            if state.step % 50 == 0:
+                state.log({"bpp": bpp.item(), "psnr_lowres": psnr, "lmbda": math.exp(log_lmbda)})
+            if state.step % cfg.val_every == 0 or state.step == cfg.steps:
+                v = validate(model, images)
+                state.log(v)
+                bar.write(f"step {state.step}: {v}")
+            if ckpt.due() or state.step == cfg.steps:
+                save()
     bar.close()
     save()

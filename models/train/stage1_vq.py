@@ -19,7 +19,7 @@ from ..data import ImageCache, data_root, list_images, read_rgb
 from ..discriminator import PatchDiscriminator
 from ..losses import hinge_d_loss, perceptual_loss
 from ..vq import VQAutoencoder, VQConfig
-from .loop import Checkpointer, RunState, seed_everything, to_tensor
+from .loop import Checkpointer, RunState, save_on_interrupt, seed_everything, to_tensor
 
 
 @dataclass
@@ -90,43 +90,44 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
                   opt_d=opt_d.state_dict(), config=model_cfg, train_config=cfg, kind="vq")
 
     bar = tqdm(total=cfg.steps, initial=state.step, desc="stage1-vq", dynamic_ncols=True)
-    while state.step < cfg.steps:
-        t0 = time.time()
-        x = to_tensor(data.random_crops(rng, cfg.batch, cfg.crop))
-        rec, idx, qloss, z = model(x)
-        l1 = (rec - x).abs().mean()
-        perc = perceptual_loss(rec, x)
-        loss = l1 + cfg.perceptual_weight * perc + qloss
-        gan_on = state.step >= cfg.disc_start
-        if gan_on:
-            g_loss = -disc(rec).mean()
-            loss = loss + cfg.disc_weight * min(1.0, (state.step - cfg.disc_start) / 500) * g_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        if gan_on:
-            d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-        restarted = 0
-        if state.step % cfg.restart_every == 0 and state.step > 0:
-            restarted = model.quantizer.restart_dead_codes(z.detach())
-        state.step += 1
-        state.elapsed_s += time.time() - t0
-        bar.update(1)
-        bar.set_postfix(l1=f"{l1.item():.3f}", perc=f"{perc.item():.3f}",
-                        used=int((model.quantizer.usage > 0.03).sum()))
-        if state.step % 50 == 0:
-            state.log({"l1": l1.item(), "perc": perc.item(), "q": qloss.item(), "restarted": restarted})
-        if state.step % cfg.val_every == 0 or state.step == cfg.steps:
-            v = validate(model, tiles)
-            state.log(v)
-            bar.write(f"step {state.step}: {v}")
-        if ckpt.due() or state.step == cfg.steps:
-            save()
+    with save_on_interrupt(save):
+        while state.step < cfg.steps:
+            t0 = time.time()
+            x = to_tensor(data.random_crops(rng, cfg.batch, cfg.crop))
+            rec, idx, qloss, z = model(x)
+            l1 = (rec - x).abs().mean()
+            perc = perceptual_loss(rec, x)
+            loss = l1 + cfg.perceptual_weight * perc + qloss
+            gan_on = state.step >= cfg.disc_start
+            if gan_on:
+                g_loss = -disc(rec).mean()
+                loss = loss + cfg.disc_weight * min(1.0, (state.step - cfg.disc_start) / 500) * g_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            if gan_on:
+                d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+            restarted = 0
+            if state.step % cfg.restart_every == 0 and state.step > 0:
+                restarted = model.quantizer.restart_dead_codes(z.detach())
+            state.step += 1
+            state.elapsed_s += time.time() - t0
+            bar.update(1)
+            bar.set_postfix(l1=f"{l1.item():.3f}", perc=f"{perc.item():.3f}",
+                            used=int((model.quantizer.usage > 0.03).sum()))
+            if state.step % 50 == 0:
+                state.log({"l1": l1.item(), "perc": perc.item(), "q": qloss.item(), "restarted": restarted})
+            if state.step % cfg.val_every == 0 or state.step == cfg.steps:
+                v = validate(model, tiles)
+                state.log(v)
+                bar.write(f"step {state.step}: {v}")
+            if ckpt.due() or state.step == cfg.steps:
+                save()
     bar.close()
     save()
     print("done:", asdict(cfg))

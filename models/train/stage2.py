@@ -25,7 +25,7 @@ from ..data import ImageCache, data_root
 from ..hyperprior import ContConfig, ContinuousCodec
 from ..transformer import MaskedTokenPredictor, TransformerConfig
 from ..vq import VQAutoencoder, VQConfig
-from .loop import Checkpointer, RunState, seed_everything, to_tensor
+from .loop import Checkpointer, RunState, save_on_interrupt, seed_everything, to_tensor
 
 
 @dataclass
@@ -105,7 +105,7 @@ def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, v
           cache_dir: Path) -> None:
     rng = seed_everything(cfg.seed, cfg.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cache = run_dir / f"tokens_{stage1_key(vq_ckpt, cont_ckpt)}_{cfg.tiles}.npz"
+    cache = cache_dir / f"stage2_tokens_{stage1_key(vq_ckpt, cont_ckpt)}_{cfg.tiles}.npz"
     vq, cont = load_frozen(vq_ckpt, cont_ckpt)
     if not cache.exists():
         build_cache(cache, vq, cont, cfg.tiles, cache_dir)
@@ -136,34 +136,35 @@ def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, v
                   kind="predictor", vq_ckpt=str(vq_ckpt), cont_ckpt=str(cont_ckpt))
 
     bar = tqdm(total=cfg.steps, initial=state.step, desc="stage2", dynamic_ncols=True)
-    while state.step < cfg.steps:
-        t0 = time.time()
-        pick = torch.from_numpy(rng.integers(n_val, len(tokens), cfg.batch))
-        idx, g = tokens[pick], guidance[pick]
-        vis = torch.from_numpy(random_visible(rng, cfg.batch, model_cfg.grid, cfg.structured_prob))
-        if cfg.use_guidance:
-            drop = torch.from_numpy(rng.random(cfg.batch) < cfg.guidance_dropout)
-            g = torch.where(drop[:, None, None, None], torch.zeros_like(g), g)
-        logits = model(idx, vis, g if cfg.use_guidance else None)
-        masked = ~vis.reshape(cfg.batch, -1)
-        loss = F.cross_entropy(logits[masked], idx.reshape(cfg.batch, -1)[masked])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        state.step += 1
-        state.elapsed_s += time.time() - t0
-        bar.update(1)
-        bar.set_postfix(ce=f"{loss.item():.3f}")
-        if state.step % 50 == 0:
-            state.log({"ce": loss.item()})
-        if state.step % cfg.val_every == 0 or state.step == cfg.steps:
-            acc = held_out_accuracy(model, tokens[:n_val], guidance[:n_val] if cfg.use_guidance else None)
-            state.log({"heldout_acc_1_4": acc})
-            bar.write(f"step {state.step}: held-out token accuracy at 1_4 = {acc:.3f}")
-        if ckpt.due() or state.step == cfg.steps:
-            save()
+    with save_on_interrupt(save):
+        while state.step < cfg.steps:
+            t0 = time.time()
+            pick = torch.from_numpy(rng.integers(n_val, len(tokens), cfg.batch))
+            idx, g = tokens[pick], guidance[pick]
+            vis = torch.from_numpy(random_visible(rng, cfg.batch, model_cfg.grid, cfg.structured_prob))
+            if cfg.use_guidance:
+                drop = torch.from_numpy(rng.random(cfg.batch) < cfg.guidance_dropout)
+                g = torch.where(drop[:, None, None, None], torch.zeros_like(g), g)
+            logits = model(idx, vis, g if cfg.use_guidance else None)
+            masked = ~vis.reshape(cfg.batch, -1)
+            loss = F.cross_entropy(logits[masked], idx.reshape(cfg.batch, -1)[masked])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            state.step += 1
+            state.elapsed_s += time.time() - t0
+            bar.update(1)
+            bar.set_postfix(ce=f"{loss.item():.3f}")
+            if state.step % 50 == 0:
+                state.log({"ce": loss.item()})
+            if state.step % cfg.val_every == 0 or state.step == cfg.steps:
+                acc = held_out_accuracy(model, tokens[:n_val], guidance[:n_val] if cfg.use_guidance else None)
+                state.log({"heldout_acc_1_4": acc})
+                bar.write(f"step {state.step}: held-out token accuracy at 1_4 = {acc:.3f}")
+            if ckpt.due() or state.step == cfg.steps:
+                save()
     bar.close()
     save()
 

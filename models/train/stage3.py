@@ -21,7 +21,7 @@ from ..correction import CorrectionNet, PixelDecoder
 from ..data import ImageCache, data_root
 from ..losses import perceptual_loss
 from ..transformer import MaskedTokenPredictor, TransformerConfig
-from .loop import Checkpointer, RunState, seed_everything, to_tensor
+from .loop import Checkpointer, RunState, save_on_interrupt, seed_everything, to_tensor
 from .stage2 import load_frozen, stage1_key, tokens_and_guidance
 
 
@@ -48,7 +48,7 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
     predictor = MaskedTokenPredictor(checkpoint.to_config(TransformerConfig, ck["config"]))
     predictor.load_state_dict(ck["model"])
     predictor.eval()
-    cache = run_dir / f"tiles_{stage1_key(vq_ckpt, cont_ckpt)}_{cfg.tiles}.npz"
+    cache = cache_dir / f"stage3_tiles_{stage1_key(vq_ckpt, cont_ckpt)}_{cfg.tiles}.npz"
     if not cache.exists():
         data = ImageCache(data_root() / "train", cache_dir)
         tiles = data.random_crops(np.random.default_rng(99), cfg.tiles, 256)
@@ -79,30 +79,31 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
 
     bar = tqdm(total=cfg.steps, initial=state.step, desc="stage3", dynamic_ncols=True)
     ct, px = cfg.crop_tokens, cfg.crop_tokens * vq.cfg.factor
-    while state.step < cfg.steps:
-        t0 = time.time()
-        pick = rng.integers(0, len(tiles), cfg.batch)
-        idx, g = tokens[pick], guidance[pick]
-        name = cfg.schedules[rng.integers(len(cfg.schedules))]
-        vis = torch.from_numpy(np.broadcast_to(sent_mask(name), idx.shape).copy())
-        with torch.no_grad():
-            idx = predictor.predict(idx, vis, g) if name != "none" else idx
-        oy, ox = (int(v) for v in rng.integers(0, 16 - ct + 1, 2))
-        target = to_tensor(tiles[pick][:, oy * 16 : oy * 16 + px, ox * 16 : ox * 16 + px])
-        out = decoder(idx[:, oy : oy + ct, ox : ox + ct], g[:, :, oy : oy + ct, ox : ox + ct])
-        l1 = (out - target).abs().mean()
-        perc = perceptual_loss(out, target)
-        loss = l1 + cfg.perceptual_weight * perc
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        state.step += 1
-        state.elapsed_s += time.time() - t0
-        bar.update(1)
-        bar.set_postfix(l1=f"{l1.item():.3f}", perc=f"{perc.item():.3f}")
-        if state.step % 50 == 0:
-            state.log({"l1": l1.item(), "perc": perc.item(), "schedule": name})
-        if ckpt.due() or state.step == cfg.steps:
-            save()
+    with save_on_interrupt(save):
+        while state.step < cfg.steps:
+            t0 = time.time()
+            pick = rng.integers(0, len(tiles), cfg.batch)
+            idx, g = tokens[pick], guidance[pick]
+            name = cfg.schedules[rng.integers(len(cfg.schedules))]
+            vis = torch.from_numpy(np.broadcast_to(sent_mask(name), idx.shape).copy())
+            with torch.no_grad():
+                idx = predictor.predict(idx, vis, g) if name != "none" else idx
+            oy, ox = (int(v) for v in rng.integers(0, 16 - ct + 1, 2))
+            target = to_tensor(tiles[pick][:, oy * 16 : oy * 16 + px, ox * 16 : ox * 16 + px])
+            out = decoder(idx[:, oy : oy + ct, ox : ox + ct], g[:, :, oy : oy + ct, ox : ox + ct])
+            l1 = (out - target).abs().mean()
+            perc = perceptual_loss(out, target)
+            loss = l1 + cfg.perceptual_weight * perc
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            state.step += 1
+            state.elapsed_s += time.time() - t0
+            bar.update(1)
+            bar.set_postfix(l1=f"{l1.item():.3f}", perc=f"{perc.item():.3f}")
+            if state.step % 50 == 0:
+                state.log({"l1": l1.item(), "perc": perc.item(), "schedule": name})
+            if ckpt.due() or state.step == cfg.steps:
+                save()
     bar.close()
     save()
