@@ -52,6 +52,7 @@ def y_bits(codec: Codec, sym: Symbols) -> np.ndarray:
 
 def mosaic(images: list[np.ndarray], h: int, w: int) -> np.ndarray:
     """A large, photo-like test image: Kodak images laid side by side (mirrored to hide joins)."""
+    images = [im for im in images if im.shape[:2] == (512, 768)]  # landscape Kodak only
     out = np.empty((h, w, 3), np.uint8)
     k = 0
     for y in range(0, h, 512):

@@ -43,6 +43,19 @@ def downscale(img: np.ndarray, factor: int) -> np.ndarray:
     return cv2.resize(img, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
 
 
+def val_crops(n: int, whole_tiles_only: bool = False, size: int = 256) -> list[np.ndarray]:
+    """Centre crops of ``n`` images spread over ``val``: one ``size``² tile each, or (with
+    ``whole_tiles_only``) the largest centred area that is a multiple of ``size`` on both sides."""
+    out = []
+    paths = list_images(data_root() / "val")
+    for p in paths[:: max(1, len(paths) // n)][:n]:
+        img = read_rgb(p)
+        h, w = (img.shape[0] // size * size, img.shape[1] // size * size) if whole_tiles_only else (size, size)
+        y, x = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
+        out.append(np.ascontiguousarray(img[y : y + h, x : x + w]))
+    return out
+
+
 class ImageCache:
     """All images of a folder, decoded once (optionally downscaled), in one flat uint8 array."""
 

@@ -44,6 +44,25 @@ def to_tensor(batch_u8: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(batch_u8.copy()).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
+def resume(state: RunState, seed: int, **parts: Any) -> dict[str, Any] | None:
+    """Load ``last.pt`` (if any) into ``parts`` (modules/optimisers by checkpoint key) and restore
+    step, elapsed time and the torch RNG. Returns the checkpoint for stage-specific extras."""
+    if not state.last.exists():
+        return None
+    ck = checkpoint.load(state.last)
+    for key, obj in parts.items():
+        obj.load_state_dict(ck[key])
+    state.step, state.elapsed_s = ck["step"], ck["elapsed_s"]
+    torch.manual_seed(seed + state.step)
+    print(f"resumed {state.last} at step {state.step}")
+    return ck
+
+
+def resumed_rng(seed: int, state: RunState) -> np.random.Generator:
+    """A fresh, reproducible stream per resume point (the crop sampler's state is not saved)."""
+    return np.random.default_rng([seed, state.step])
+
+
 @contextlib.contextmanager
 def save_on_interrupt(save: Callable[[], None]) -> Iterator[None]:
     """Ctrl-C (or ``kill -INT``) saves a checkpoint before exiting, so stopping a run loses nothing."""

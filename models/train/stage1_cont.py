@@ -17,10 +17,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ...runtime import metrics
-from .. import checkpoint
-from ..data import ImageCache, data_root, downscale, list_images, read_rgb
+from ..data import ImageCache, data_root, downscale, val_crops
 from ..hyperprior import ContConfig, ContinuousCodec
-from .loop import Checkpointer, RunState, save_on_interrupt, seed_everything, to_tensor
+from .loop import Checkpointer, RunState, resume, resumed_rng, save_on_interrupt, seed_everything, to_tensor
 
 
 @dataclass
@@ -58,17 +57,6 @@ def validate(model: ContinuousCodec, images: list[np.ndarray]) -> dict[str, floa
     return {"val_bpp": float(np.mean(bpps)), "val_psnr_lowres": float(np.mean(psnrs))}
 
 
-def val_images(n: int = 16) -> list[np.ndarray]:
-    """Centre 256·k crops of ``val`` images (multiples of 256 so every stage aligns)."""
-    out = []
-    for p in list_images(data_root() / "val")[:: max(1, 86 // n)][:n]:
-        img = read_rgb(p)
-        h, w = img.shape[0] // 256 * 256, img.shape[1] // 256 * 256
-        y, x = (img.shape[0] - h) // 2, (img.shape[1] - w) // 2
-        out.append(np.ascontiguousarray(img[y : y + h, x : x + w]))
-    return out
-
-
 def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir: Path) -> None:
     rng = seed_everything(cfg.seed, cfg.threads)
     state = RunState(run_dir)
@@ -76,16 +64,10 @@ def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir:
     model = ContinuousCodec(model_cfg)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     log_lmbda = math.log(cfg.lmbda)
-    if state.last.exists():
-        ck = checkpoint.load(state.last)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        state.step, state.elapsed_s, log_lmbda = ck["step"], ck["elapsed_s"], ck["log_lmbda"]
-        rng = np.random.default_rng([cfg.seed, state.step])
-        torch.manual_seed(cfg.seed + state.step)
-        print(f"resumed {state.last} at step {state.step}")
+    if ck := resume(state, cfg.seed, model=model, opt=opt):
+        log_lmbda, rng = ck["log_lmbda"], resumed_rng(cfg.seed, state)
     data = ImageCache(data_root() / "train", cache_dir, downscale_by=model_cfg.downscale)
-    images = val_images()
+    images = val_crops(16, whole_tiles_only=True)
     ckpt = Checkpointer(cfg.ckpt_minutes)
 
     def save() -> None:

@@ -14,12 +14,11 @@ import torch
 from tqdm import tqdm
 
 from ...runtime import metrics
-from .. import checkpoint
-from ..data import ImageCache, data_root, list_images, read_rgb
+from ..data import ImageCache, data_root, val_crops
 from ..discriminator import PatchDiscriminator
 from ..losses import hinge_d_loss, perceptual_loss
 from ..vq import VQAutoencoder, VQConfig
-from .loop import Checkpointer, RunState, save_on_interrupt, seed_everything, to_tensor
+from .loop import Checkpointer, RunState, resume, resumed_rng, save_on_interrupt, seed_everything, to_tensor
 
 
 @dataclass
@@ -54,15 +53,6 @@ def validate(model: VQAutoencoder, images: list[np.ndarray]) -> dict[str, float]
     return {"val_psnr": psnr, "val_codes_used": int((counts > 0).sum()), "val_perplexity": perplexity}
 
 
-def val_tiles(n: int = 24, size: int = 256) -> list[np.ndarray]:
-    tiles = []
-    for p in list_images(data_root() / "val")[:: max(1, 86 // n)][:n]:
-        img = read_rgb(p)
-        y, x = (img.shape[0] - size) // 2, (img.shape[1] - size) // 2
-        tiles.append(np.ascontiguousarray(img[y : y + size, x : x + size]))
-    return tiles
-
-
 def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Path) -> None:
     rng = seed_everything(cfg.seed, cfg.threads)
     state = RunState(run_dir)
@@ -70,18 +60,10 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
     model, disc = VQAutoencoder(model_cfg), PatchDiscriminator()
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
-    if state.last.exists():
-        ck = checkpoint.load(state.last)
-        model.load_state_dict(ck["model"])
-        disc.load_state_dict(ck["disc"])
-        opt.load_state_dict(ck["opt"])
-        opt_d.load_state_dict(ck["opt_d"])
-        state.step, state.elapsed_s = ck["step"], ck["elapsed_s"]
-        rng = np.random.default_rng([cfg.seed, state.step])
-        torch.manual_seed(cfg.seed + state.step)
-        print(f"resumed {state.last} at step {state.step}")
+    if resume(state, cfg.seed, model=model, disc=disc, opt=opt, opt_d=opt_d):
+        rng = resumed_rng(cfg.seed, state)
     data = ImageCache(data_root() / "train", cache_dir)
-    tiles = val_tiles()
+    tiles = val_crops(24)
     ckpt = Checkpointer(cfg.ckpt_minutes)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
 

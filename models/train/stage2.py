@@ -25,7 +25,7 @@ from ..data import ImageCache, data_root
 from ..hyperprior import ContConfig, ContinuousCodec
 from ..transformer import MaskedTokenPredictor, TransformerConfig
 from ..vq import VQAutoencoder, VQConfig
-from .loop import Checkpointer, RunState, save_on_interrupt, seed_everything, to_tensor
+from .loop import Checkpointer, RunState, resume, resumed_rng, save_on_interrupt, seed_everything, to_tensor
 
 
 @dataclass
@@ -118,13 +118,8 @@ def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, v
     model = MaskedTokenPredictor(model_cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     state = RunState(run_dir)
-    if state.last.exists():
-        ck = checkpoint.load(state.last)
-        model.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        state.step, state.elapsed_s = ck["step"], ck["elapsed_s"]
-        rng = np.random.default_rng([cfg.seed, state.step])
-        print(f"resumed {state.last} at step {state.step}")
+    if resume(state, cfg.seed, model=model, opt=opt):
+        rng = resumed_rng(cfg.seed, state)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / cfg.steps))))
     for _ in range(state.step):

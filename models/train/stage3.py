@@ -21,7 +21,7 @@ from ..correction import CorrectionNet, PixelDecoder
 from ..data import ImageCache, data_root
 from ..losses import perceptual_loss
 from ..transformer import MaskedTokenPredictor, TransformerConfig
-from .loop import Checkpointer, RunState, save_on_interrupt, seed_everything, to_tensor
+from .loop import Checkpointer, RunState, resume, resumed_rng, save_on_interrupt, seed_everything, to_tensor
 from .stage2 import load_frozen, stage1_key, tokens_and_guidance
 
 
@@ -65,12 +65,8 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
     decoder = PixelDecoder(vq, correction)
     opt = torch.optim.Adam(correction.parameters(), lr=cfg.lr)
     state = RunState(run_dir)
-    if state.last.exists():
-        ck = checkpoint.load(state.last)
-        correction.load_state_dict(ck["model"])
-        opt.load_state_dict(ck["opt"])
-        state.step, state.elapsed_s = ck["step"], ck["elapsed_s"]
-        rng = np.random.default_rng([cfg.seed, state.step])
+    if resume(state, cfg.seed, model=correction, opt=opt):
+        rng = resumed_rng(cfg.seed, state)
     ckpt = Checkpointer(cfg.ckpt_minutes)
 
     def save() -> None:
