@@ -55,7 +55,9 @@ def stage2(
     tiles: int = 3000,
     dim: int = 192,
     layers: int = 4,
+    lr: float = 5e-4,
     guidance: bool = typer.Option(True, help="--no-guidance trains the ablation without cross-attention"),
+    cache_only: bool = typer.Option(False, help="only build the token/guidance cache, then exit"),
     threads: int = 1,
     cache_dir: Path = CACHE,
 ) -> None:
@@ -63,8 +65,9 @@ def stage2(
     from ..transformer import TransformerConfig
     from .stage2 import Stage2TrainConfig, train
 
-    cfg = Stage2TrainConfig(steps=steps, batch=batch, tiles=tiles, threads=threads, use_guidance=guidance)
-    train(run_dir, cfg, TransformerConfig(dim=dim, enc_layers=layers, dec_layers=layers), vq, cont, cache_dir)
+    cfg = Stage2TrainConfig(steps=steps, batch=batch, tiles=tiles, threads=threads, use_guidance=guidance, lr=lr)
+    model_cfg = TransformerConfig(dim=dim, enc_layers=layers, dec_layers=layers)
+    train(run_dir, cfg, model_cfg, vq, cont, cache_dir, cache_only)
 
 
 @app.command("stage3")

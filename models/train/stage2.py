@@ -102,13 +102,15 @@ def stage1_key(vq_ckpt: Path, cont_ckpt: Path) -> str:
 
 
 def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, vq_ckpt: Path, cont_ckpt: Path,
-          cache_dir: Path) -> None:
+          cache_dir: Path, cache_only: bool = False) -> None:
     rng = seed_everything(cfg.seed, cfg.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     cache = cache_dir / f"stage2_tokens_{stage1_key(vq_ckpt, cont_ckpt)}_{cfg.tiles}.npz"
     vq, cont = load_frozen(vq_ckpt, cont_ckpt)
     if not cache.exists():
         build_cache(cache, vq, cont, cfg.tiles, cache_dir)
+    if cache_only:
+        return
     with np.load(cache) as f:
         tokens = torch.from_numpy(f["tokens"].astype(np.int64))
         guidance = torch.from_numpy(f["guidance"].astype(np.float32))
