@@ -1,0 +1,55 @@
+"""Entropy-path determinism on every ``val`` image: streams written under one execution configuration
+must decode under another (any disagreement in the entropy parameters makes decoding fail or return
+garbage), and decoded pixels may differ only by float noise in the synthesis graphs.
+
+    python -m benchmarks.determinism [--model DIR --ckpt BUNDLE] [--limit N]
+
+Pairs checked per image: ORT 2 threads + full graph optimisation → ORT 1 thread + no optimisation
+(both directions), and the PyTorch reference encoder → ORT decoder (needs --ckpt, the model's bundle)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.kodak import load_images
+from hybridflow.models.data import data_root
+from hybridflow.runtime import Codec
+from hybridflow.runtime.model import DEFAULT_MODEL_DIR
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
+    ap.add_argument("--ckpt", type=Path, default=Path("models/release/hybridflow.pt"))
+    ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--mask", default="auto")
+    args = ap.parse_args()
+    fast = Codec.load(args.model, provider="cpu", threads=2, optimise=True)
+    plain = Codec.load(args.model, provider="cpu", threads=1, optimise=False)
+    pairs = [("ort-2t-opt → ort-1t-noopt", fast, plain), ("ort-1t-noopt → ort-2t-opt", plain, fast)]
+    if args.ckpt.exists():
+        from hybridflow.export.graphs import graph_specs
+        from hybridflow.export.parity import TorchModel
+        from hybridflow.models.bundle import load_bundle
+
+        torch_codec = Codec(TorchModel.from_specs(args.model, graph_specs(load_bundle(args.ckpt))))
+        pairs.append(("torch → ort-2t-opt", torch_codec, fast))
+    images = load_images(data_root() / "val", args.limit)
+    print(f"{len(images)} val images, mask {args.mask}")
+    for label, enc, dec in pairs:
+        max_diff, same_bytes = 0, 0
+        for _, rgb in images:
+            data = enc.compress(rgb, mask=args.mask)
+            same_bytes += data == fast.compress(rgb, mask=args.mask)
+            ref = enc.decompress(data)
+            got = dec.decompress(data)
+            max_diff = max(max_diff, int(np.abs(ref.astype(int) - got.astype(int)).max()))
+        print(f"{label}: {len(images)}/{len(images)} decoded; bytes identical to ort-2t-opt's for "
+              f"{same_bytes}/{len(images)}; max pixel difference between the two decoders {max_diff}")
+
+
+if __name__ == "__main__":
+    main()
