@@ -90,11 +90,11 @@ img = mosaic([im for _, im in load_images(limit=6)], {h}, {w})
 t = time.perf_counter(); data = codec.compress(img, mask="auto"); te = time.perf_counter() - t
 rss_enc = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.perf_counter(); rec = codec.decompress(data); td = time.perf_counter() - t
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 border, inside = seam_ratio(img, rec)
 print({{"bytes": len(data), "bpp": 8 * len(data) / img.shape[0] / img.shape[1], "encode_s": te, "decode_s": td,
-       "peak_rss_after_encode_mb": rss_enc / 1024,
-       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-       "image_mb": img.nbytes / 2**20, "seam_grad_ratio_border": border, "seam_grad_ratio_inside": inside}})
+       "peak_rss_after_encode_mb": rss_enc / 1024, "peak_rss_after_decode_mb": rss / 1024,
+       "image_mb": img.nbytes / 2**20, "seam_grad_ratio_border": float(border), "seam_grad_ratio_inside": float(inside)}})
 """
 
 
