@@ -94,7 +94,8 @@ rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 border, inside = seam_ratio(img, rec)
 print({{"bytes": len(data), "bpp": 8 * len(data) / img.shape[0] / img.shape[1], "encode_s": te, "decode_s": td,
        "peak_rss_after_encode_mb": rss_enc / 1024, "peak_rss_after_decode_mb": rss / 1024,
-       "image_mb": img.nbytes / 2**20, "seam_grad_ratio_border": float(border), "seam_grad_ratio_inside": float(inside)}})
+       "image_mb": img.nbytes / 2**20,
+       "seam_grad_ratio_border": float(border), "seam_grad_ratio_inside": float(inside)}})
 """
 
 
