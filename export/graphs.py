@@ -100,11 +100,12 @@ def graph_specs(c: Components, tile: int = 256) -> list[GraphSpec]:
     guid = torch.randn(2, gc, g, g, generator=gen)
     low = tile // cont_cfg.downscale
     spatial = {0: "batch", 2: "height", 3: "width"}
+    tokens = {0: "batch", 1: "height", 2: "width"}
     specs = [
         GraphSpec("vq_encoder", VQEncoderGraph(c.vq), {"image": torch.rand(2, 3, tile, tile, generator=gen)},
                   ["indices"], {"image": {0: "batch"}, "indices": {0: "batch"}}),
         GraphSpec("vq_decoder", VQDecoderGraph(c.vq), {"indices": idx}, ["image"],
-                  {"indices": {0: "batch"}, "image": {0: "batch"}}),
+                  {"indices": tokens, "image": spatial}),
         GraphSpec("cont_analysis", ContAnalysisGraph(c.cont), {"image": torch.rand(2, 3, 2 * low, low, generator=gen)},
                   ["y", "z"], {"image": spatial, "y": spatial, "z": spatial}),
         GraphSpec("cont_synthesis", ContSynthesisGraph(c.cont),
@@ -122,5 +123,5 @@ def graph_specs(c: Components, tile: int = 256) -> list[GraphSpec]:
     if c.correction is not None:
         specs.append(GraphSpec("pixel_decoder", PixelDecoderGraph(c.pixel_decoder()),
                                {"indices": idx, "guidance": guid}, ["image"],
-                               {"indices": {0: "batch"}, "guidance": {0: "batch"}, "image": {0: "batch"}}))
+                               {"indices": tokens, "guidance": spatial, "image": spatial}))
     return specs

@@ -28,6 +28,7 @@ from .tiling import TILE, TileGrid, batches, pad, place, tile_stack
 STREAMS = bitstream.STREAMS
 RECON_WINDOW = 64  # guidance cells per side of a continuous-only reconstruction window (1024 px)
 RECON_MARGIN = 4
+DECODE_MARGIN = 2  # tokens of neighbouring tiles decoded around each tile, then cropped away
 
 
 @dataclass
@@ -89,7 +90,8 @@ class Codec:
         self.model = model
         self.tile_batch = tile_batch
         self.downscale = int(model.manifest["downscale"])
-        self.grid_side = TILE // int(model.manifest["token_pixels"])
+        self.token_px = int(model.manifest["token_pixels"])
+        self.grid_side = TILE // self.token_px
 
     @classmethod
     def load(cls, model_dir: Path | str | None = None, provider: str = "auto", threads: int | None = None,
@@ -207,31 +209,56 @@ class Codec:
     def _decode_tiles(self, header: Header, grid: TileGrid, sent: list[tuple[np.ndarray, np.ndarray]],
                       guidance: np.ndarray | None, out: np.ndarray, progress: Callable[[int, int], None] | None
                       ) -> None:
-        g_side = self.grid_side
+        tokens = self._restore_tokens(grid, sent, guidance)
+        self._decode_pixels(header, grid, tokens, guidance, out, progress)
+
+    def _tile_guidance(self, guidance: np.ndarray | None, grid: TileGrid, tiles: range) -> np.ndarray:
+        g = self.grid_side
+        if guidance is None:  # vq stream: the predictor runs with its "no guidance" input (zeros)
+            return np.zeros((len(tiles), int(self.model.manifest["guidance_channels"]), g, g), np.float32)
+        return np.stack([guidance[0, :, y // self.token_px : y // self.token_px + g,
+                                  x // self.token_px : x // self.token_px + g]
+                         for y, x in (grid.position(t) for t in tiles)])
+
+    def _restore_tokens(self, grid: TileGrid, sent: list[tuple[np.ndarray, np.ndarray]],
+                        guidance: np.ndarray | None) -> np.ndarray:
+        """Pass 1: every tile's full index map (sent indices + predictor), as one token image."""
+        g = self.grid_side
+        tokens = np.zeros((grid.rows * g, grid.cols * g), np.int64)
         for chunk in batches(grid.count, self.tile_batch):
-            n = len(chunk)
-            idx = np.zeros((n, g_side, g_side), np.int64)
-            visible = np.zeros((n, g_side, g_side), bool)
+            idx = np.zeros((len(chunk), g, g), np.int64)
+            visible = np.zeros((len(chunk), g, g), bool)
             for k, t in enumerate(chunk):
                 pos, values = sent[t]
                 idx[k][pos] = values
                 visible[k] = pos
-            if guidance is None:
-                g = np.zeros((n, int(self.model.manifest["guidance_channels"]), g_side, g_side), np.float32)
-            else:
-                g = np.stack([guidance[0, :, y // 16 : y // 16 + g_side, x // 16 : x // 16 + g_side]
-                              for y, x in (grid.position(t) for t in chunk)])
             valid = np.stack([grid.valid_tokens(t) for t in chunk])
             if (valid & ~visible).any():
-                (idx,) = self.model.run("predictor", indices=idx, visible=visible, guidance=g)
-            for k in range(n):
-                idx[k] = _replicate_edges(idx[k], valid[k])
-            if header.stream == "hybrid" and self.model.has("pixel_decoder"):
-                (rgb,) = self.model.run("pixel_decoder", indices=idx, guidance=g)
+                (idx,) = self.model.run("predictor", indices=idx, visible=visible,
+                                        guidance=self._tile_guidance(guidance, grid, chunk))
+            for k, t in enumerate(chunk):
+                y, x = (v // self.token_px for v in grid.position(t))
+                tokens[y : y + g, x : x + g] = _replicate_edges(idx[k], valid[k])
+        return tokens
+
+    def _decode_pixels(self, header: Header, grid: TileGrid, tokens: np.ndarray, guidance: np.ndarray | None,
+                       out: np.ndarray, progress: Callable[[int, int], None] | None) -> None:
+        """Pass 2: decode each tile with a margin of neighbouring tokens, keep the centre (no seams)."""
+        g, m, px = self.grid_side, DECODE_MARGIN, self.token_px
+        tok = np.pad(tokens, m, mode="edge")
+        fused = header.stream == "hybrid" and self.model.has("pixel_decoder")
+        guid = np.pad(guidance[0], ((0, 0), (m, m), (m, m)), mode="edge") if fused else None
+        for chunk in batches(grid.count, self.tile_batch):
+            corners = [(y // px, x // px) for y, x in (grid.position(t) for t in chunk)]
+            idx = np.stack([tok[y : y + g + 2 * m, x : x + g + 2 * m] for y, x in corners])
+            if fused:
+                gw = np.stack([guid[:, y : y + g + 2 * m, x : x + g + 2 * m] for y, x in corners])
+                (rgb,) = self.model.run("pixel_decoder", indices=idx, guidance=gw)
             else:
                 (rgb,) = self.model.run("vq_decoder", indices=idx)
+            tiles = _to_u8(rgb[:, :, m * px : m * px + TILE, m * px : m * px + TILE])
             for k, t in enumerate(chunk):
-                place(out, grid, t, _to_u8(rgb[k : k + 1])[0])
+                place(out, grid, t, tiles[k])
             if progress:
                 progress(chunk.stop, grid.count)
 
