@@ -111,6 +111,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--skip-large", action="store_true")
+    ap.add_argument("--large", default="6000x4000,8000x6000", help="sizes WxH for the RSS/seam runs")
     args = ap.parse_args()
     codec = Codec.load(args.model, provider="cpu")
     images = load_images()
@@ -154,8 +155,9 @@ def main() -> None:
     report["padding_1000x700"] = {"file_bits": total, "padding_bits": pad_bits, "pct": 100 * pad_bits / total}
 
     if not args.skip_large:
-        report["large_6000x4000"] = large(args.model, 4000, 6000)
-        report["large_8000x6000"] = large(args.model, 6000, 8000)
+        for size in args.large.split(","):
+            w, h = (int(v) for v in size.split("x"))
+            report[f"large_{size}"] = large(args.model, h, w)
     print(json.dumps(report, indent=1))
 
 
