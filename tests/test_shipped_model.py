@@ -39,8 +39,8 @@ def test_end_to_end_on_a_kodak_image() -> None:
         rec = codec.decompress(data)
         results[stream] = (8 * len(data) / (rgb.shape[0] * rgb.shape[1]), metrics.psnr(rgb, rec))
     bpp, psnr = results["continuous"]
-    assert bpp < 0.05 and psnr > 22.0, results
+    assert bpp < 0.03 and psnr > 22.0, results
     bpp, psnr = results["vq"]
-    assert bpp < 0.05 and psnr > 18.0, results
+    assert bpp < 0.045 and psnr > 18.0, results
     bpp, psnr = results["hybrid"]
-    assert bpp < 0.08 and psnr > 18.0, results
+    assert bpp < 0.05 and psnr > 16.0, results
