@@ -12,7 +12,8 @@ from .masking import SCHEDULES
 MAGIC = b"HF"
 FORMAT_VERSION = 1
 STREAMS = ("hybrid", "vq", "continuous")
-MAX_SIDE = 1 << 20
+MAX_SIDE = 1 << 16
+MAX_PIXELS = 1 << 28  # 268 MP: bounds what a (possibly forged) header can make the decoder allocate
 
 
 class BitstreamError(ValueError):
@@ -101,7 +102,7 @@ def read(data: bytes, n_tiles_of) -> tuple[Header, np.ndarray, int]:  # noqa: AN
     stream = STREAMS[flags & 3]
     width, pos = _read_varint(data, 8)
     height, pos = _read_varint(data, pos)
-    if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE):
+    if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE and width * height <= MAX_PIXELS):
         raise BitstreamError(f"invalid image size {width}×{height}")
     n_tiles = n_tiles_of(width, height)
     schedules: list[int] = []

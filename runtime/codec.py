@@ -81,7 +81,8 @@ def _replicate_edges(idx: np.ndarray, valid: np.ndarray) -> np.ndarray:
 def check_image(rgb: np.ndarray) -> None:
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError("expected an (H, W, 3) uint8 RGB array")
-    if rgb.shape[0] == 0 or rgb.shape[1] == 0 or max(rgb.shape[:2]) > bitstream.MAX_SIDE:
+    if (rgb.shape[0] == 0 or rgb.shape[1] == 0 or max(rgb.shape[:2]) > bitstream.MAX_SIDE
+            or rgb.shape[0] * rgb.shape[1] > bitstream.MAX_PIXELS):
         raise ValueError(f"unsupported image size {rgb.shape[1]}×{rgb.shape[0]}")
 
 
@@ -174,7 +175,23 @@ class Codec:
         if header.model_id != self.model.model_id:
             raise BitstreamError(f"stream was made by model {header.model_id.hex()}, but the loaded model is "
                                  f"{self.model.model_id.hex()} ({self.model.name}); load the matching model")
+        self._check_plausible(header, words)
         return header, words, header_bytes
+
+    def _check_plausible(self, header: Header, words: np.ndarray) -> None:
+        """Refuse a header that declares more symbols than its payload could possibly hold: every
+        symbol costs at least −log2 of its model's largest probability. This stops a forged size
+        from making the decoder allocate or work for a huge image."""
+        t, grid = self.model.tables, TileGrid(header.height, header.width)
+        need = 0.0
+        if header.stream != "vq":
+            cells = grid.count * (TILE * TILE) // int(self.model.manifest["hyper_stride"]) ** 2
+            need += cells * float(-np.log2(t.z_pmf.max(axis=1)).sum())
+        if header.stream != "continuous":
+            sent = sum(int(self._sent_positions(grid, k, c).sum()) for k, c in enumerate(header.schedules))
+            need += sent * float(-np.log2(t.index_prior.max() / t.index_prior.sum()))
+        if 0.9 * need > 32 * len(words) + 64:
+            raise BitstreamError("corrupt stream: payload too short for the declared image size")
 
     def decompress(self, data: bytes, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         header, words, _ = self.read_header(data)
