@@ -50,7 +50,7 @@ def main() -> None:
     ap.add_argument("--cont", type=Path, required=True)
     ap.add_argument("--predictor", type=Path, required=True)
     ap.add_argument("--ablation", type=Path, default=None)
-    ap.add_argument("--grid", type=Path, default=Path("benchmarks/out/stage2_grid.png"))
+    ap.add_argument("--grid", type=Path, default=Path("benchmarks/out/stage2_grid.jpg"))
     ap.add_argument("--limit", type=int, default=None)
     args = ap.parse_args()
     torch.set_num_threads(2)
