@@ -205,7 +205,7 @@ class Codec:
                 sent.append((pos, dec.pop_indices(int(pos.sum()))))
         if not dec.is_empty():
             raise BitstreamError("corrupt payload: data left after the last symbol")
-        if np.any(guidance is not None and not np.isfinite(guidance).all()):
+        if guidance is not None and not np.isfinite(guidance).all():
             raise BitstreamError("corrupt payload: continuous stream decodes to invalid values")
         out = np.empty((grid.height, grid.width, 3), np.uint8)
         if header.stream == "continuous":

@@ -8,7 +8,9 @@ One stream for all of them avoids a 32-bit flush per segment (≈ several % of a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import constriction
 import numpy as np
@@ -80,7 +82,7 @@ class Decoder:
         self.t = tables
         self.coder = _stack.AnsCoder(words.astype(np.uint32))
 
-    def _guard(self, fn, *args):  # noqa: ANN001, ANN202
+    def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
             return fn(*args)
         except (KeyError, ValueError, RuntimeError, AssertionError) as e:
