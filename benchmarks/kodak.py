@@ -42,8 +42,7 @@ def evaluate(codec: Codec, images: list[tuple[str, np.ndarray]], mask: str, stre
         t1 = time.perf_counter()
         rec = codec.decompress(data)
         t2 = time.perf_counter()
-        rows.append(Row(name, 8 * len(data) / (rgb.shape[0] * rgb.shape[1]), metrics.psnr(rgb, rec),
-                        metrics.ms_ssim(rgb, rec), metrics.sharpness_ratio(rec, rgb), t1 - t0, t2 - t1))
+        rows.append(Row(name, **metrics.quality(rgb, len(data), rec), encode_s=t1 - t0, decode_s=t2 - t1))
     return rows
 
 

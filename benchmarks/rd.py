@@ -26,11 +26,6 @@ ABLATIONS = [("VQ-only (full indices)", "none", "vq"), ("continuous-only", "none
 MAX_BPP = 0.12
 
 
-def measure(rgb: np.ndarray, data: bytes, rec: np.ndarray) -> dict[str, float]:
-    return {"bpp": 8 * len(data) / (rgb.shape[0] * rgb.shape[1]), "psnr": metrics.psnr(rgb, rec),
-            "ms_ssim": metrics.ms_ssim(rgb, rec), "sharpness": metrics.sharpness_ratio(rec, rgb)}
-
-
 def bd(r1: np.ndarray, d1: np.ndarray, r2: np.ndarray, d2: np.ndarray) -> tuple[float | None, float | None]:
     """Bjøntegaard delta of curve 2 against curve 1: (BD-rate %, BD-PSNR dB); None without overlap."""
     if len(r1) < 2 or len(r2) < 2:
@@ -71,7 +66,7 @@ def main() -> None:
             data = codec.compress(rgb, mask=mask, stream=stream)
             t1 = time.perf_counter()
             rec = codec.decompress(data)
-            rows.append({"codec": label, "setting": mask, "image": name, **measure(rgb, data, rec),
+            rows.append({"codec": label, "setting": mask, "image": name, **metrics.quality(rgb, len(data), rec),
                          "encode_s": t1 - t0, "decode_s": time.perf_counter() - t1})
         print(f"{label} {mask}: done", flush=True)
     for b in available():
@@ -81,7 +76,7 @@ def main() -> None:
                 data = b.encode(rgb, q)
                 t1 = time.perf_counter()
                 rec = b.decode(data)
-                rows.append({"codec": b.name, "setting": q, "image": name, **measure(rgb, data, rec),
+                rows.append({"codec": b.name, "setting": q, "image": name, **metrics.quality(rgb, len(data), rec),
                              "encode_s": t1 - t0, "decode_s": time.perf_counter() - t1})
         print(f"{b.name}: done", flush=True)
     with open(args.out / "rd_points.csv", "w", newline="") as f:

@@ -14,7 +14,7 @@ import numpy as np
 
 from benchmarks.kodak import evaluate, load_images, mean, table
 from hybridflow.models.data import data_root
-from hybridflow.runtime import Codec
+from hybridflow.runtime import Codec, metrics
 
 
 def codebook_usage(codec: Codec, folder: Path) -> tuple[float, float, int]:
@@ -26,9 +26,7 @@ def codebook_usage(codec: Codec, folder: Path) -> tuple[float, float, int]:
         x = np.stack(tiles).transpose(0, 3, 1, 2).astype(np.float32) / 255
         (idx,) = codec.model.run("vq_encoder", image=x)
         counts += np.bincount(idx.ravel(), minlength=counts.size)
-    p = counts / counts.sum()
-    perplexity = float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum()))
-    return float((counts > 0).mean()), perplexity, int(counts.sum())
+    return float((counts > 0).mean()), metrics.perplexity(counts), int(counts.sum())
 
 
 def main() -> None:

@@ -220,9 +220,7 @@ def evaluate(
             rec = codec.decompress(data)
             t2 = time.perf_counter()
             row = {"image": src.name, "width": rgb.shape[1], "height": rgb.shape[0], "bytes": len(data),
-                   "bpp": 8 * len(data) / (rgb.shape[0] * rgb.shape[1]), "psnr": metrics.psnr(rgb, rec),
-                   "ms_ssim": metrics.ms_ssim(rgb, rec), "sharpness": metrics.sharpness_ratio(rec, rgb),
-                   "encode_s": t1 - t0, "decode_s": t2 - t1}
+                   **metrics.quality(rgb, len(data), rec), "encode_s": t1 - t0, "decode_s": t2 - t1}
             rows.append(row)
             return (f"{src.name:24s} {row['bpp']:.4f} bpp  {row['psnr']:.2f} dB  MS-SSIM {row['ms_ssim']:.4f}  "
                     f"sharpness {row['sharpness']:.2f}  enc {row['encode_s']:.2f}s dec {row['decode_s']:.2f}s")

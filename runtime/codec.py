@@ -67,6 +67,10 @@ def _to_u8(images: np.ndarray) -> np.ndarray:
     return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
+def _tile_count(width: int, height: int) -> int:
+    return TileGrid(height, width).count
+
+
 def _replicate_edges(idx: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Tokens wholly in the padding were never sent: repeat the last in-image row/column there, as
     the encoder's edge padding would have, so the decoder sees no artificial border."""
@@ -171,7 +175,7 @@ class Codec:
 
     # ----------------------------------------------------------------------------- decompress
     def read_header(self, data: bytes) -> tuple[Header, np.ndarray, int]:
-        header, words, header_bytes = bitstream.read(data, lambda w, h: TileGrid(h, w).count)
+        header, words, header_bytes = bitstream.read(data, _tile_count)
         if header.model_id != self.model.model_id:
             raise BitstreamError(f"stream was made by model {header.model_id.hex()}, but the loaded model is "
                                  f"{self.model.model_id.hex()} ({self.model.name}); load the matching model")
@@ -299,7 +303,7 @@ class Codec:
 
     # ------------------------------------------------------------------------------------ info
     def info(self, data: bytes) -> StreamInfo:
-        header, _, header_bytes = bitstream.read(data, lambda w, h: TileGrid(h, w).count)
+        header, _, header_bytes = bitstream.read(data, _tile_count)
         counts = {name: header.schedules.count(code) for code, name in enumerate(SCHEDULES)}
         return StreamInfo(header.stream, header.width, header.height, len(data), header_bytes,
                           header.model_id.hex(), {k: v for k, v in counts.items() if v})

@@ -51,6 +51,19 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(vals))
 
 
+def quality(original: np.ndarray, n_bytes: int, reconstruction: np.ndarray) -> dict[str, float]:
+    """Everything we report for one coded image; bpp is file bits ÷ original pixels."""
+    return {"bpp": 8 * n_bytes / (original.shape[0] * original.shape[1]),
+            "psnr": psnr(original, reconstruction), "ms_ssim": ms_ssim(original, reconstruction),
+            "sharpness": sharpness_ratio(reconstruction, original)}
+
+
+def perplexity(counts: np.ndarray) -> float:
+    """exp(entropy) of a histogram: the effective number of codes in use."""
+    p = counts[counts > 0] / counts.sum()
+    return float(np.exp(-(p * np.log(p)).sum()))
+
+
 def luma(rgb: np.ndarray) -> np.ndarray:
     return rgb.astype(np.float64) @ np.array([0.299, 0.587, 0.114])
 

@@ -47,10 +47,8 @@ def validate(model: VQAutoencoder, images: list[np.ndarray]) -> dict[str, float]
     rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     psnr = float(np.mean([metrics.psnr(a, b) for a, b in zip(images, rec_u8)]))
     counts = np.bincount(idx.flatten().numpy(), minlength=model.cfg.n_codes)
-    p = counts / counts.sum()
-    perplexity = float(np.exp(-(p[p > 0] * np.log(p[p > 0])).sum()))
     model.train()
-    return {"val_psnr": psnr, "val_codes_used": int((counts > 0).sum()), "val_perplexity": perplexity}
+    return {"val_psnr": psnr, "val_codes_used": int((counts > 0).sum()), "val_perplexity": metrics.perplexity(counts)}
 
 
 def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Path) -> None:
