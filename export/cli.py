@@ -61,6 +61,7 @@ def _real_inputs(c, images: list[np.ndarray]) -> dict[str, dict[str, np.ndarray]
         "vq_encoder": {"image": x.numpy()},
         "vq_decoder": {"indices": idx.numpy()},
         "cont_analysis": {"image": low.numpy()},
+        "hyper_analysis": {"y": y.numpy()},
         "cont_synthesis": {"y_hat": torch.round(y).numpy()},
         "cont_reconstruct": {"guidance": g.numpy()},
     }

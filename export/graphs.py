@@ -40,8 +40,19 @@ class ContAnalysisGraph(nn.Module):
         super().__init__()
         self.cont = cont
 
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.cont.analysis(image)
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.cont.g_a(image)
+
+
+class HyperAnalysisGraph(nn.Module):
+    """y → z, separate from the analysis so the runtime can run the analysis in windows."""
+
+    def __init__(self, cont: ContinuousCodec):
+        super().__init__()
+        self.cont = cont
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.cont.h_a(y)
 
 
 class ContSynthesisGraph(nn.Module):
@@ -107,7 +118,10 @@ def graph_specs(c: Components, tile: int = 256) -> list[GraphSpec]:
         GraphSpec("vq_decoder", VQDecoderGraph(c.vq), {"indices": idx}, ["image"],
                   {"indices": tokens, "image": spatial}),
         GraphSpec("cont_analysis", ContAnalysisGraph(c.cont), {"image": torch.rand(2, 3, 2 * low, low, generator=gen)},
-                  ["y", "z"], {"image": spatial, "y": spatial, "z": spatial}),
+                  ["y"], {"image": spatial, "y": spatial}),
+        GraphSpec("hyper_analysis", HyperAnalysisGraph(c.cont),
+                  {"y": torch.randn(2, cont_cfg.latent, 2 * low // 16, low // 16, generator=gen)},
+                  ["z"], {"y": spatial, "z": spatial}),
         GraphSpec("cont_synthesis", ContSynthesisGraph(c.cont),
                   {"y_hat": torch.randn(2, cont_cfg.latent, 2 * low // 16, low // 16, generator=gen)},
                   ["guidance"], {"y_hat": spatial, "guidance": spatial}),

@@ -51,7 +51,8 @@ def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[s
         "downscale": c.cont.cfg.downscale,
         "latent_channels": c.cont.cfg.latent,
         "hyper_channels": c.cont.cfg.hyper,
-        "hyper_stride": 64 * c.cont.cfg.downscale,
+        "latent_stride": 16 * c.cont.cfg.downscale,  # full-res pixels per y cell
+        "hyper_stride": 64 * c.cont.cfg.downscale,  # full-res pixels per z cell
         "guidance_channels": c.cont.cfg.channels,
         "schedules": list(SCHEDULES),
         "graphs": graphs,

@@ -18,7 +18,7 @@ from .entropy import EntropyTables
 from .fixedpoint import IntegerHyperSynthesis
 from .session import open_session, providers_for
 
-MODEL_FORMAT_VERSION = 1
+MODEL_FORMAT_VERSION = 2  # 2: cont_analysis → y only, hyper_analysis y → z
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
 
 

@@ -49,6 +49,9 @@ def open_session(path: Path, providers: list[str], threads: int | None = None,
     """``threads`` (or $HF_THREADS) caps intra-op threads; 0/None lets onnxruntime decide."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    # Memory patterns pre-plan one block per input shape; measured on the VQ decoder (one 320² tile)
+    # they raise peak RSS from 180 to 280 MB for no speed gain on CPU.
+    opts.enable_mem_pattern = False
     n = threads if threads is not None else int(os.environ.get("HF_THREADS", "0"))
     if n:
         opts.intra_op_num_threads = n

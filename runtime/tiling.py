@@ -6,7 +6,7 @@ continuous stream a little and the discrete stream nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,3 +81,30 @@ def place(out: np.ndarray, grid: TileGrid, t: int, tile: np.ndarray) -> None:
     y, x = grid.position(t)
     h, w = grid.valid_box(t)
     out[y : y + h, x : x + w] = tile[:h, :w]
+
+
+def windowed(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, in_per_cell: int, out_per_cell: int,
+             window: int, margin: int) -> np.ndarray:
+    """Run a fully convolutional ``fn`` over overlapping windows of ``x`` (1, C, H, W), keep each
+    window's centre. Memory then grows with the window, not with the image; a margin at least the
+    receptive field makes the stitched result equal to one whole-image call up to float rounding.
+
+    Sizes are in *cells* of the coarser grid: ``fn`` maps ``in_per_cell`` input pixels per cell to
+    ``out_per_cell`` output pixels per cell (analysis: 16 → 1; synthesis: 1 → 4)."""
+    i, o = in_per_cell, out_per_cell
+    h, w = x.shape[2] // i, x.shape[3] // i
+    if h <= window and w <= window:
+        return fn(x)
+    out: np.ndarray | None = None
+    for y0 in range(0, h, window):
+        for x0 in range(0, w, window):
+            ya, xa = max(0, y0 - margin), max(0, x0 - margin)
+            yb, xb = min(h, y0 + window + margin), min(w, x0 + window + margin)
+            ye, xe = min(h, y0 + window), min(w, x0 + window)
+            res = fn(np.ascontiguousarray(x[:, :, ya * i : yb * i, xa * i : xb * i]))
+            if out is None:
+                out = np.empty((x.shape[0], res.shape[1], h * o, w * o), res.dtype)
+            out[:, :, y0 * o : ye * o, x0 * o : xe * o] = res[:, :, (y0 - ya) * o : (ye - ya) * o,
+                                                                 (x0 - xa) * o : (xe - xa) * o]
+    assert out is not None
+    return out

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from hybridflow.runtime.masking import SCHEDULES, masked_fraction, schedule_code, schedule_name, sent_mask
-from hybridflow.runtime.tiling import TileGrid, pad, place, tile_stack
+from hybridflow.runtime.tiling import TileGrid, pad, place, tile_stack, windowed
 
 
 @pytest.mark.parametrize(("name", "fraction"), [("none", 0.0), ("1_2", 0.5), ("1_4", 0.75), ("1_9", 0.902),
@@ -50,3 +50,20 @@ def test_valid_tokens_at_edges() -> None:
     assert last[:, :15].any() and not last[:, 15].any()
     assert last.sum() == (-(-(700 - 512) // 16)) * 15
     assert grid.valid_tokens(0).all()
+
+
+def _blur_down(x: np.ndarray, factor: int) -> np.ndarray:
+    """A 5×5 zero-padded box filter then ×factor subsampling: a stand-in for a strided conv net."""
+    p = np.pad(x, ((0, 0), (0, 0), (2, 2), (2, 2)))
+    acc = sum(p[:, :, dy : dy + x.shape[2], dx : dx + x.shape[3]] for dy in range(5) for dx in range(5))
+    return acc[:, :, ::factor, ::factor]
+
+
+@pytest.mark.parametrize(("h", "w"), [(13, 29), (8, 8), (3, 40)])
+def test_windowed_equals_whole_call(h: int, w: int) -> None:
+    x = np.random.default_rng(h * w).normal(size=(1, 2, 4 * h, 4 * w))
+    whole = _blur_down(x, 4)
+    down = windowed(lambda t: _blur_down(t, 4), x, 4, 1, window=3, margin=1)
+    assert down.shape == whole.shape and np.allclose(down, whole)
+    up = windowed(lambda t: np.repeat(np.repeat(t, 2, axis=2), 2, axis=3), whole, 1, 2, window=4, margin=1)
+    assert np.array_equal(up, np.repeat(np.repeat(whole, 2, axis=2), 2, axis=3))

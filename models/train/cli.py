@@ -18,13 +18,19 @@ def stage1_vq(
     batch: int = 8,
     threads: int = 1,
     disc_start: int = 2500,
+    disc_weight: float = 0.1,
+    adaptive_gan: bool = typer.Option(False, help="VQGAN's gradient-balanced GAN weight"),
+    lr: float = 4e-4,
+    init: Path = typer.Option(None, help="start from this stage1-vq checkpoint (model + discriminator)"),
+    decoder_only: bool = typer.Option(False, help="freeze encoder and codebook: token maps stay as in --init"),
     cache_dir: Path = CACHE,
 ) -> None:
     """VQ autoencoder (discrete stream)."""
     from ..vq import VQConfig
     from .stage1_vq import VQTrainConfig, train
 
-    cfg = VQTrainConfig(steps=steps, batch=batch, threads=threads, disc_start=disc_start)
+    cfg = VQTrainConfig(steps=steps, batch=batch, threads=threads, disc_start=disc_start, disc_weight=disc_weight,
+                        adaptive_gan=adaptive_gan, lr=lr, init=str(init or ""), decoder_only=decoder_only)
     train(run_dir, cfg, VQConfig(), cache_dir)
 
 

@@ -1,7 +1,14 @@
 """Stage 1a: the VQ autoencoder (discrete stream).
 
 Loss = L1 + w_p·(1 − MS-SSIM + FFT-amplitude) + codebook/commitment + w_g·hinge GAN (after
-``disc_start`` steps). Dead codes are restarted from encoder outputs every ``restart_every`` steps."""
+``disc_start`` steps). Dead codes are restarted from encoder outputs every ``restart_every`` steps.
+
+With ``adaptive_gan`` the GAN weight is VQGAN's: w_g · ‖∇ rec-loss‖ / ‖∇ GAN-loss‖ at the decoder's last
+layer, so the adversarial push stays commensurate with the reconstruction loss as both change.
+
+``decoder_only`` fine-tunes the decoder of an ``init`` checkpoint (its discriminator too) with encoder
+and codebook frozen: the token maps do not change, so a stage-2 predictor trained on them stays valid
+while the decoder learns to draw sharper textures from the same indices."""
 
 from __future__ import annotations
 
@@ -14,6 +21,7 @@ import torch
 from tqdm import tqdm
 
 from ...runtime import metrics
+from .. import checkpoint
 from ..data import ImageCache, data_root, val_crops
 from ..discriminator import PatchDiscriminator
 from ..losses import hinge_d_loss, perceptual_loss
@@ -35,6 +43,16 @@ class VQTrainConfig:
     ckpt_minutes: float = 3.0
     seed: int = 0
     threads: int = 1
+    adaptive_gan: bool = False
+    decoder_only: bool = False
+    init: str = ""  # checkpoint whose model and discriminator start this run
+
+
+def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """‖∇ rec‖ / ‖∇ gan‖ at the last layer (Esser et al., VQGAN), detached and clamped."""
+    g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0]
+    g_gan = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+    return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
 @torch.no_grad()
@@ -46,9 +64,11 @@ def validate(model: VQAutoencoder, images: list[np.ndarray]) -> dict[str, float]
     rec = model.decode(idx)
     rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
     psnr = float(np.mean([metrics.psnr(a, b) for a, b in zip(images, rec_u8)]))
+    sharp = float(np.mean([metrics.sharpness_ratio(b, a) for a, b in zip(images, rec_u8)]))
     counts = np.bincount(idx.flatten().numpy(), minlength=model.cfg.n_codes)
     model.train()
-    return {"val_psnr": psnr, "val_codes_used": int((counts > 0).sum()), "val_perplexity": metrics.perplexity(counts)}
+    return {"val_psnr": psnr, "val_sharpness": sharp, "val_codes_used": int((counts > 0).sum()),
+            "val_perplexity": metrics.perplexity(counts)}
 
 
 def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Path) -> None:
@@ -56,7 +76,15 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
     state = RunState(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     model, disc = VQAutoencoder(model_cfg), PatchDiscriminator()
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    if cfg.init:
+        start = checkpoint.load(Path(cfg.init))
+        model.load_state_dict(start["model"])
+        disc.load_state_dict(start["disc"])
+    trained = model.decoder if cfg.decoder_only else model
+    if cfg.decoder_only:
+        for p in (*model.encoder.parameters(), *model.quantizer.parameters()):
+            p.requires_grad_(False)
+    opt = torch.optim.Adam(trained.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     if resume(state, cfg.seed, model=model, disc=disc, opt=opt, opt_d=opt_d):
         rng = resumed_rng(cfg.seed, state)
@@ -74,17 +102,29 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
         while state.step < cfg.steps:
             t0 = time.time()
             x = to_tensor(data.random_crops(rng, cfg.batch, cfg.crop))
-            rec, idx, qloss, z = model(x)
+            if cfg.decoder_only:
+                with torch.no_grad():
+                    z = model.encoder(x)
+                    zq, _, qloss = model.quantizer(z)
+                rec = model.decoder(zq)
+            else:
+                rec, _, qloss, z = model(x)
             l1 = (rec - x).abs().mean()
             perc = perceptual_loss(rec, x)
-            loss = l1 + cfg.perceptual_weight * perc + qloss
+            loss = l1 + cfg.perceptual_weight * perc
             gan_on = state.step >= cfg.disc_start
+            w_gan = 0.0
             if gan_on:
                 g_loss = -disc(rec).mean()
-                loss = loss + cfg.disc_weight * min(1.0, (state.step - cfg.disc_start) / 500) * g_loss
+                w_gan = cfg.disc_weight * min(1.0, (state.step - cfg.disc_start) / 500)
+                if cfg.adaptive_gan:
+                    w_gan = w_gan * adaptive_weight(loss, g_loss, model.decoder.conv_out.weight)
+                loss = loss + w_gan * g_loss
+            if not cfg.decoder_only:
+                loss = loss + qloss
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
             opt.step()
             sched.step()
             if gan_on:
@@ -93,7 +133,7 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
                 d_loss.backward()
                 opt_d.step()
             restarted = 0
-            if state.step % cfg.restart_every == 0 and state.step > 0:
+            if state.step % cfg.restart_every == 0 and state.step > 0 and not cfg.decoder_only:
                 restarted = model.quantizer.restart_dead_codes(z.detach())
             state.step += 1
             state.elapsed_s += time.time() - t0
@@ -101,7 +141,8 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
             bar.set_postfix(l1=f"{l1.item():.3f}", perc=f"{perc.item():.3f}",
                             used=int((model.quantizer.usage > 0.03).sum()))
             if state.step % 50 == 0:
-                state.log({"l1": l1.item(), "perc": perc.item(), "q": qloss.item(), "restarted": restarted})
+                state.log({"l1": l1.item(), "perc": perc.item(), "q": qloss.item(), "restarted": restarted,
+                           "w_gan": float(w_gan)})
             if state.step % cfg.val_every == 0 or state.step == cfg.steps:
                 v = validate(model, tiles)
                 state.log(v)
