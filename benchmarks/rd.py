@@ -1,15 +1,18 @@
 """Rate–distortion of HybridFlow (every schedule, both single-stream ablations) against classic codecs.
 
-    python -m benchmarks.rd [--model DIR] [--folder DIR] [--out benchmarks/out]
+    python -m benchmarks.rd [--model DIR] [--folder DIR] [--out benchmarks/out] [--lpips DIR]
 
 Writes ``rd_points.csv`` (one row per image × codec × setting), ``rd_psnr.png``, ``rd_msssim.png``,
 ``rd_sharpness.png`` and ``rd_summary.md`` (mean points, BD-rate/BD-PSNR over the overlapping range,
-each codec's lowest reachable rate). bpp always comes from real file bytes."""
+each codec's lowest reachable rate). bpp always comes from real file bytes. With LPIPS-Alex weights
+on disk (``--lpips DIR`` or ``$HF_LPIPS_WEIGHTS``, see ``benchmarks/lpips.py``) every row, the summary
+and ``rd_lpips.png`` also carry LPIPS; without them it is skipped with a one-line note."""
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import platform
 import subprocess
 import time
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import lpips
 from benchmarks.baselines import available
 from benchmarks.kodak import load_images
 from hybridflow.runtime import Codec, metrics
@@ -24,6 +28,7 @@ from hybridflow.runtime import Codec, metrics
 HYBRID = [("HybridFlow", m, "hybrid") for m in ("none", "1_2", "1_4", "1_9", "1_16", "all", "auto")]
 ABLATIONS = [("VQ-only (full indices)", "none", "vq"), ("continuous-only", "none", "continuous")]
 MAX_BPP = 0.12
+METRICS = ("bpp", "psnr", "ms_ssim", "sharpness", "encode_s", "decode_s")
 
 
 def bd(r1: np.ndarray, d1: np.ndarray, r2: np.ndarray, d2: np.ndarray) -> tuple[float | None, float | None]:
@@ -53,10 +58,13 @@ def main() -> None:
     ap.add_argument("--folder", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--lpips", default=os.environ.get(lpips.ENV),
+                    help=f"folder with {lpips.ALEXNET_FILE} and {lpips.LINEAR_FILE} (default ${lpips.ENV})")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     images = load_images(args.folder, args.limit)
     codec = Codec.load(args.model, provider="cpu")
+    perceptual = lpips.maybe_load(args.lpips)
     rows: list[dict[str, object]] = []
     for label, mask, stream in HYBRID + ABLATIONS:
         if mask not in ("none", "all") and not codec.model.has("predictor"):
@@ -66,8 +74,9 @@ def main() -> None:
             data = codec.compress(rgb, mask=mask, stream=stream)
             t1 = time.perf_counter()
             rec = codec.decompress(data)
-            rows.append({"codec": label, "setting": mask, "image": name, **metrics.quality(rgb, len(data), rec),
-                         "encode_s": t1 - t0, "decode_s": time.perf_counter() - t1})
+            t2 = time.perf_counter()
+            rows.append({"codec": label, "setting": mask, "image": name,
+                         **quality(rgb, len(data), rec, perceptual), "encode_s": t1 - t0, "decode_s": t2 - t1})
         print(f"{label} {mask}: done", flush=True)
     for b in available():
         for q in b.settings:
@@ -76,8 +85,9 @@ def main() -> None:
                 data = b.encode(rgb, q)
                 t1 = time.perf_counter()
                 rec = b.decode(data)
-                rows.append({"codec": b.name, "setting": q, "image": name, **metrics.quality(rgb, len(data), rec),
-                             "encode_s": t1 - t0, "decode_s": time.perf_counter() - t1})
+                t2 = time.perf_counter()
+                rows.append({"codec": b.name, "setting": q, "image": name,
+                             **quality(rgb, len(data), rec, perceptual), "encode_s": t1 - t0, "decode_s": t2 - t1})
         print(f"{b.name}: done", flush=True)
     with open(args.out / "rd_points.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -89,14 +99,29 @@ def main() -> None:
     print(summary)
 
 
+def quality(original: np.ndarray, n_bytes: int, rec: np.ndarray, perceptual: lpips.Lpips | None) -> dict[str, float]:
+    """``metrics.quality``, plus ``lpips`` when the LPIPS weights were found."""
+    q = metrics.quality(original, n_bytes, rec)
+    if perceptual is not None:
+        q["lpips"] = perceptual(original, rec)
+    return q
+
+
+def has_lpips(rows: list[dict[str, object]]) -> bool:
+    return bool(rows) and "lpips" in rows[0]
+
+
+def metric_keys(rows: list[dict[str, object]]) -> tuple[str, ...]:
+    return METRICS + (("lpips",) if has_lpips(rows) else ())
+
+
 def curves(rows: list[dict[str, object]]) -> dict[str, list[dict[str, float]]]:
     """Mean over images for each (codec, setting), sorted by bpp."""
     out: dict[str, list[dict[str, float]]] = {}
     keys = sorted({(str(r["codec"]), str(r["setting"])) for r in rows})
     for codec, setting in keys:
         sel = [r for r in rows if r["codec"] == codec and str(r["setting"]) == setting]
-        point = {k: float(np.mean([float(r[k]) for r in sel])) for k in
-                 ("bpp", "psnr", "ms_ssim", "sharpness", "encode_s", "decode_s")}
+        point = {k: float(np.mean([float(r[k]) for r in sel])) for k in metric_keys(rows)}
         point["setting"] = setting  # type: ignore[assignment]
         out.setdefault(codec, []).append(point)
     for pts in out.values():
@@ -106,15 +131,18 @@ def curves(rows: list[dict[str, object]]) -> dict[str, list[dict[str, float]]]:
 
 def summarise(rows: list[dict[str, object]], n_images: int, codec: Codec) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    with_lpips = has_lpips(rows)
+    header = ["codec", "setting", "bpp", "PSNR", "MS-SSIM", "sharpness", "enc s", "dec s"]
+    header += ["LPIPS-Alex"] if with_lpips else []
     lines = [f"Images: {n_images}; model {codec.model.name} ({codec.model.manifest['model_id'][:8]}); commit {commit}; "
              f"{platform.processor() or platform.machine()}, {platform.system()}; ORT CPU provider.", "",
-             "| codec | setting | bpp | PSNR | MS-SSIM | sharpness | enc s | dec s |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     cs = curves(rows)
     for name, pts in cs.items():
         for p in pts:
+            extra = f" {p['lpips']:.4f} |" if with_lpips else ""
             lines.append(f"| {name} | {p['setting']} | {p['bpp']:.4f} | {p['psnr']:.2f} | {p['ms_ssim']:.4f} | "
-                         f"{p['sharpness']:.2f} | {p['encode_s']:.2f} | {p['decode_s']:.2f} |")
+                         f"{p['sharpness']:.2f} | {p['encode_s']:.2f} | {p['decode_s']:.2f} |{extra}")
     lines += ["", "Lowest mean rate each codec reached (no extrapolation):", ""]
     for name, pts in cs.items():
         lines.append(f"- {name}: {pts[0]['bpp']:.4f} bpp (setting {pts[0]['setting']})")
@@ -148,7 +176,10 @@ def plot(rows: list[dict[str, object]], out: Path) -> None:
         print("matplotlib missing: no plots")
         return
     cs = curves(rows)
-    for metric, label in (("psnr", "PSNR (dB)"), ("ms_ssim", "MS-SSIM"), ("sharpness", "sharpness ratio")):
+    panels = [("psnr", "PSNR (dB)"), ("ms_ssim", "MS-SSIM"), ("sharpness", "sharpness ratio")]
+    if has_lpips(rows):
+        panels.append(("lpips", "LPIPS-Alex (lower is better)"))
+    for metric, label in panels:
         fig, ax = plt.subplots(figsize=(6.5, 4.5))
         for name, pts in cs.items():
             pts = [p for p in pts if p["bpp"] <= 0.3]

@@ -23,6 +23,7 @@ def stage1_vq(
     lr: float = 4e-4,
     init: Path = typer.Option(None, help="start from this stage1-vq checkpoint (model + discriminator)"),
     decoder_only: bool = typer.Option(False, help="freeze encoder and codebook: token maps stay as in --init"),
+    val_every: int = 500,
     cache_dir: Path = CACHE,
 ) -> None:
     """VQ autoencoder (discrete stream)."""
@@ -30,7 +31,8 @@ def stage1_vq(
     from .stage1_vq import VQTrainConfig, train
 
     cfg = VQTrainConfig(steps=steps, batch=batch, threads=threads, disc_start=disc_start, disc_weight=disc_weight,
-                        adaptive_gan=adaptive_gan, lr=lr, init=str(init or ""), decoder_only=decoder_only)
+                        adaptive_gan=adaptive_gan, lr=lr, init=str(init or ""), decoder_only=decoder_only,
+                        val_every=val_every)
     train(run_dir, cfg, VQConfig(), cache_dir)
 
 

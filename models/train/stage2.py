@@ -95,9 +95,15 @@ def random_visible(rng: np.random.Generator, n: int, grid: int, structured_prob:
 
 
 def stage1_key(vq_ckpt: Path, cont_ckpt: Path) -> str:
+    """Cache key: a hash of exactly what the cached tokens and guidance depend on (VQ encoder and
+    codebook, continuous codec), so a decoder-only fine-tune of the VQ model reuses the caches."""
     h = hashlib.sha1()
-    for p in (vq_ckpt, cont_ckpt):
-        h.update(Path(p).read_bytes()[-1 << 20:])
+    vq_state, cont_state = (checkpoint.load(p)["model"] for p in (vq_ckpt, cont_ckpt))
+    parts = [(k, v) for k, v in vq_state.items() if not k.startswith("decoder.") and k != "quantizer.usage"]
+    parts += sorted(cont_state.items())
+    for k, v in parts:
+        h.update(k.encode())
+        h.update(v.detach().float().contiguous().numpy().tobytes())
     return h.hexdigest()[:10]
 
 

@@ -33,7 +33,7 @@ class Stage3TrainConfig:
     lr: float = 2e-4
     perceptual_weight: float = 0.5
     tiles: int = 1500
-    schedules: tuple[str, ...] = ("1_2", "1_4", "1_4", "1_9", "none")
+    schedules: tuple[str, ...] = ("1_2", "1_4", "1_4", "1_9", "1_9", "1_16", "none")
     ckpt_minutes: float = 3.0
     seed: int = 0
     threads: int = 1
