@@ -45,6 +45,10 @@ def main() -> None:
         "`benchmarks/out/rd_points.csv`.\n",
         run("Runtime: overheads, speed, memory", ["benchmarks.runtime_stats", *model,
                                                    *(["--skip-large"] if args.quick else [])]),
+        run("Speed: per-stage breakdown, threads, sizes",
+            ["benchmarks.speed", *model, *limit, "--out", str(OUT),
+             *(["--sizes", "256,512,1024"] if args.quick else [])]),
+        "Plot: `benchmarks/out/speed_sweep.png` (time and peak RSS vs megapixels).\n",
     ]
     Path("benchmarks/RESULTS.md").write_text("\n".join(sections))
     print("wrote benchmarks/RESULTS.md")

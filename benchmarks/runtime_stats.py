@@ -7,15 +7,18 @@
 - padding: bits of continuous symbols whose 64×64 footprint lies wholly in the padding (1000×700);
   the discrete stream never sends indices there
 - seams: mean |Δluma| across tile borders vs inside tiles, reconstruction ÷ original
-- seconds per Kodak image (encode / decode) and peak RSS of a separate process for big images"""
+- seconds per Kodak image (encode / decode) and peak RSS of separate encode and decode processes
+  for big images"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -79,32 +82,48 @@ def seam_ratio(orig: np.ndarray, rec: np.ndarray) -> tuple[float, float]:
     return rb / ob, ri / oi
 
 
-CHILD = """
-import sys, time, resource, numpy as np
-sys.path.insert(0, {root!r})
-from hybridflow.runtime import Codec
-from benchmarks.runtime_stats import mosaic, seam_ratio
-from benchmarks.kodak import load_images
-codec = Codec.load({model!r}, provider="cpu")
-img = mosaic([im for _, im in load_images(limit=6)], {h}, {w})
-t = time.perf_counter(); data = codec.compress(img, mask="auto"); te = time.perf_counter() - t
-rss_enc = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-t = time.perf_counter(); rec = codec.decompress(data); td = time.perf_counter() - t
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-border, inside = seam_ratio(img, rec)
-print({{"bytes": len(data), "bpp": 8 * len(data) / img.shape[0] / img.shape[1], "encode_s": te, "decode_s": td,
-       "peak_rss_after_encode_mb": rss_enc / 1024, "peak_rss_after_decode_mb": rss / 1024,
-       "image_mb": img.nbytes / 2**20,
-       "seam_grad_ratio_border": float(border), "seam_grad_ratio_inside": float(inside)}})
-"""
+def peak_rss_mb() -> float:
+    """Peak RSS of this process's own address space. On Linux ``ru_maxrss`` is carried over from the
+    parent across fork + exec (a child of a 400 MB process reports ≥ 400 MB), so the per-address-space
+    high-water mark ``VmHWM`` is read instead; ``ru_maxrss`` only where /proc is missing."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+
+
+def large_child(model: str | None, h: int, w: int, stream_file: str, decode: bool) -> None:
+    """In a fresh process: encode an h×w mosaic to ``stream_file``, or decode it and measure seams.
+    Prints one JSON line; peak RSS is this process's own (encode and decode never share one)."""
+    codec = Codec.load(model, provider="cpu")
+    img = mosaic([im for _, im in load_images(limit=6)], h, w)
+    t = time.perf_counter()
+    if not decode:
+        data = codec.compress(img, mask="auto")
+        Path(stream_file).write_bytes(data)
+        print(json.dumps({"bytes": len(data), "bpp": 8 * len(data) / h / w, "encode_s": time.perf_counter() - t,
+                          "peak_rss_encode_mb": peak_rss_mb(), "image_mb": img.nbytes / 2**20}))
+        return
+    rec = codec.decompress(Path(stream_file).read_bytes())
+    seconds = time.perf_counter() - t
+    border, inside = seam_ratio(img, rec)
+    print(json.dumps({"decode_s": seconds, "peak_rss_decode_mb": peak_rss_mb(),
+                      "seam_grad_ratio_border": float(border), "seam_grad_ratio_inside": float(inside)}))
 
 
 def large(model: str | None, h: int, w: int) -> dict:
-    code = CHILD.format(root=str(Path(__file__).resolve().parents[1]), model=model, h=h, w=w)
-    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if p.returncode:
-        raise SystemExit(p.stderr)
-    return eval(p.stdout.strip().splitlines()[-1])  # our own child's dict literal
+    out: dict = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for decode in (False, True):
+            call = f"large_child({model!r}, {h}, {w}, {str(Path(tmp) / 'x.hfc')!r}, {decode})"
+            p = subprocess.run([sys.executable, "-c", f"from benchmarks.runtime_stats import large_child; {call}"],
+                               capture_output=True, text=True)
+            if p.returncode:
+                raise SystemExit(p.stderr)
+            out.update(json.loads(p.stdout.strip().splitlines()[-1]))
+    return out
 
 
 def main() -> None:
