@@ -57,5 +57,22 @@ def perceptual_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return (1 - ms_ssim(x01.clamp(0, 1), y01)) + fft_amplitude_loss(x01, y01)
 
 
+_LAPLACIAN = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]])[None, None]
+
+
+def local_detail(x: torch.Tensor, window: int = 8) -> torch.Tensor:
+    """RMS of the luma Laplacian in ``window``² cells: how much fine detail each region holds."""
+    y = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+    energy = F.conv2d(y, _LAPLACIAN.to(x)) ** 2
+    return F.avg_pool2d(energy, window).clamp_min(1e-8).sqrt()
+
+
+def texture_energy_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """L1 between the local detail energy of reconstruction and original. It asks for the *amount*
+    of fine detail in each 8×8 region, not its exact phase, so the decoder may draw plausible
+    texture instead of the blur that pixel losses favour when the codes cannot say more."""
+    return F.l1_loss(local_detail(x), local_detail(y))
+
+
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     return 0.5 * (F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean())

@@ -24,6 +24,7 @@ def stage1_vq(
     init: Path = typer.Option(None, help="start from this stage1-vq checkpoint (model + discriminator)"),
     decoder_only: bool = typer.Option(False, help="freeze encoder and codebook: token maps stay as in --init"),
     val_every: int = 500,
+    texture_weight: float = typer.Option(0.0, help="weight of the local detail-energy loss"),
     cache_dir: Path = CACHE,
 ) -> None:
     """VQ autoencoder (discrete stream)."""
@@ -32,7 +33,7 @@ def stage1_vq(
 
     cfg = VQTrainConfig(steps=steps, batch=batch, threads=threads, disc_start=disc_start, disc_weight=disc_weight,
                         adaptive_gan=adaptive_gan, lr=lr, init=str(init or ""), decoder_only=decoder_only,
-                        val_every=val_every)
+                        val_every=val_every, texture_weight=texture_weight)
     train(run_dir, cfg, VQConfig(), cache_dir)
 
 

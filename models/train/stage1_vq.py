@@ -1,7 +1,7 @@
 """Stage 1a: the VQ autoencoder (discrete stream).
 
-Loss = L1 + w_p·(1 − MS-SSIM + FFT-amplitude) + codebook/commitment + w_g·hinge GAN (after
-``disc_start`` steps). Dead codes are restarted from encoder outputs every ``restart_every`` steps.
+Loss = L1 + w_p·(1 − MS-SSIM + FFT-amplitude) [+ w_t·texture energy] + codebook/commitment + w_g·hinge
+GAN (after ``disc_start`` steps). Dead codes are restarted from encoder outputs every ``restart_every`` steps.
 
 With ``adaptive_gan`` the GAN weight is VQGAN's: w_g · ‖∇ rec-loss‖ / ‖∇ GAN-loss‖ at the decoder's last
 layer, so the adversarial push stays commensurate with the reconstruction loss as both change.
@@ -24,7 +24,7 @@ from ...runtime import metrics
 from .. import checkpoint
 from ..data import ImageCache, data_root, val_crops
 from ..discriminator import PatchDiscriminator
-from ..losses import hinge_d_loss, perceptual_loss
+from ..losses import hinge_d_loss, perceptual_loss, texture_energy_loss
 from ..vq import VQAutoencoder, VQConfig
 from .loop import Checkpointer, RunState, resume, resumed_rng, save_on_interrupt, seed_everything, to_tensor
 
@@ -43,6 +43,7 @@ class VQTrainConfig:
     ckpt_minutes: float = 3.0
     seed: int = 0
     threads: int = 1
+    texture_weight: float = 0.0  # weight of the local detail-energy loss (losses.texture_energy_loss)
     adaptive_gan: bool = False
     decoder_only: bool = False
     init: str = ""  # checkpoint whose model and discriminator start this run
@@ -112,6 +113,8 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
             l1 = (rec - x).abs().mean()
             perc = perceptual_loss(rec, x)
             loss = l1 + cfg.perceptual_weight * perc
+            if cfg.texture_weight:
+                loss = loss + cfg.texture_weight * texture_energy_loss(rec, x)
             gan_on = state.step >= cfg.disc_start
             w_gan = 0.0
             if gan_on:
