@@ -118,5 +118,18 @@ def bundle(
     print(f"complexity lo={c.complexity.lo} hi={c.complexity.hi}")
 
 
+@app.command()
+def unbundle(
+    bundle_path: Path = typer.Argument(..., help="release bundle (e.g. models/release/hybridflow.pt)"),
+    out: Path = typer.Option(..., help="folder for vq.pt, cont.pt, predictor.pt, correction.pt"),
+) -> None:
+    """Split a bundle into stage checkpoints, so training can start again from a shipped release
+    (fp16-rounded weights; the VQ discriminator is not in a bundle and starts fresh)."""
+    from .release import split_bundle
+
+    for path in split_bundle(bundle_path, out):
+        print(path)
+
+
 def main() -> None:
     app()

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from ...runtime.complexity import ComplexityModel
 from .. import checkpoint
-from ..bundle import Components, save_bundle
+from ..bundle import Components, load_bundle, save_bundle
 from ..correction import CorrectionNet
 from ..data import ImageCache, data_root
 from ..hyperprior import ContConfig, ContinuousCodec
@@ -56,3 +56,20 @@ def make_bundle(out: Path, vq_ckpt: Path, cont_ckpt: Path, predictor_ckpt: Path 
     c = Components(vq, cont, predictor, correction, complexity, counts, name, random_init=False)
     save_bundle(out, c)
     return c
+
+
+def split_bundle(bundle: Path, out: Path) -> list[Path]:
+    """Stage checkpoints (the format ``hf-train`` stages read) rebuilt from a release bundle."""
+    c = load_bundle(bundle)
+    parts = {"vq": (c.vq, c.vq.cfg), "cont": (c.cont, c.cont.cfg)}
+    if c.predictor is not None:
+        parts["predictor"] = (c.predictor, c.predictor.cfg)
+    if c.correction is not None:
+        parts["correction"] = (c.correction, None)
+    written = []
+    for kind, (model, cfg) in parts.items():
+        path = Path(out) / f"{kind}.pt"
+        extra = {"config": cfg} if cfg is not None else {}
+        checkpoint.save(path, model=model.state_dict(), kind=kind, step=0, from_bundle=str(bundle), **extra)
+        written.append(path)
+    return written

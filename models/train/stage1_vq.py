@@ -80,7 +80,8 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
     if cfg.init:
         start = checkpoint.load(Path(cfg.init))
         model.load_state_dict(start["model"])
-        disc.load_state_dict(start["disc"])
+        if "disc" in start:  # a checkpoint split from a release bundle has no discriminator
+            disc.load_state_dict(start["disc"])
     trained = model.decoder if cfg.decoder_only else model
     if cfg.decoder_only:
         for p in (*model.encoder.parameters(), *model.quantizer.parameters()):
