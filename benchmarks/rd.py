@@ -16,6 +16,7 @@ import os
 import platform
 import subprocess
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,13 @@ from benchmarks.kodak import load_images
 from hybridflow.runtime import Codec, metrics
 
 HYBRID = [("HybridFlow", m, "hybrid") for m in ("none", "1_2", "1_4", "1_9", "1_16", "all", "auto")]
-ABLATIONS = [("VQ-only (full indices)", "none", "vq"), ("continuous-only", "none", "continuous")]
+# the paper's ablations: VQ-only at the same schedules (no continuous stream: the predictor runs
+# unguided, plain VQ decoder), continuous-only, and the hybrid stream decoded without the correction net
+VQ_ONLY = "VQ-only"
+NO_CORRECTION = "HybridFlow w/o correction"
+ABLATIONS = [(VQ_ONLY, m, "vq") for m in ("none", "1_2", "1_4", "1_9", "1_16")]
+ABLATIONS += [("continuous-only", "none", "continuous")]
+ABLATIONS += [(NO_CORRECTION, m, "hybrid") for m in ("1_4", "1_9")]
 MAX_BPP = 0.12
 METRICS = ("bpp", "psnr", "ms_ssim", "sharpness", "encode_s", "decode_s")
 
@@ -66,18 +73,25 @@ def main() -> None:
     codec = Codec.load(args.model, provider="cpu")
     perceptual = lpips.maybe_load(args.lpips)
     rows: list[dict[str, object]] = []
+    picked: Counter[str] = Counter()  # the schedules `auto` chose, over all tiles
     for label, mask, stream in HYBRID + ABLATIONS:
         if mask not in ("none", "all") and not codec.model.has("predictor"):
             continue
+        if label == NO_CORRECTION and not codec.model.has("pixel_decoder"):
+            continue
+        codec.correction = label != NO_CORRECTION
         for name, rgb in images:
             t0 = time.perf_counter()
             data = codec.compress(rgb, mask=mask, stream=stream)
             t1 = time.perf_counter()
             rec = codec.decompress(data)
             t2 = time.perf_counter()
+            if mask == "auto":
+                picked.update(codec.info(data).schedules)
             rows.append({"codec": label, "setting": mask, "image": name,
                          **quality(rgb, len(data), rec, perceptual), "encode_s": t1 - t0, "decode_s": t2 - t1})
         print(f"{label} {mask}: done", flush=True)
+    codec.correction = True
     for b in available():
         for q in b.settings:
             for name, rgb in images:
@@ -93,7 +107,7 @@ def main() -> None:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    summary = summarise(rows, len(images), codec)
+    summary = summarise(rows, len(images), codec, picked)
     (args.out / "rd_summary.md").write_text(summary)
     plot(rows, args.out)
     print(summary)
@@ -129,7 +143,7 @@ def curves(rows: list[dict[str, object]]) -> dict[str, list[dict[str, float]]]:
     return out
 
 
-def summarise(rows: list[dict[str, object]], n_images: int, codec: Codec) -> str:
+def summarise(rows: list[dict[str, object]], n_images: int, codec: Codec, picked: Counter[str]) -> str:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     with_lpips = has_lpips(rows)
     header = ["codec", "setting", "bpp", "PSNR", "MS-SSIM", "sharpness", "enc s", "dec s"]
@@ -146,6 +160,11 @@ def summarise(rows: list[dict[str, object]], n_images: int, codec: Codec) -> str
     lines += ["", "Lowest mean rate each codec reached (no extrapolation):", ""]
     for name, pts in cs.items():
         lines.append(f"- {name}: {pts[0]['bpp']:.4f} bpp (setting {pts[0]['setting']})")
+    if picked:
+        total = sum(picked.values())
+        lines += ["", f"`auto` chose, over {total} tiles: "
+                  + ", ".join(f"{k} {100 * v / total:.0f} %" for k, v in sorted(picked.items()))]
+    lines += targets(cs)
     ours = [p for p in cs.get("HybridFlow", []) if p["setting"] != "auto"]
     if len(ours) >= 2:
         lines += ["", "BD-rate / BD-PSNR of HybridFlow (schedules none…all) against each codec, "
@@ -164,6 +183,35 @@ def summarise(rows: list[dict[str, object]], n_images: int, codec: Codec) -> str
             fmt = (lambda v, u: "no overlap" if v is None else f"{v:+.1f}{u}")  # noqa: E731
             lines.append(f"- vs {name}: BD-rate {fmt(rate, ' %')}, BD-PSNR {fmt(dpsnr, ' dB')}")
     return "\n".join(lines) + "\n"
+
+
+def targets(cs: dict[str, list[dict[str, float]]]) -> list[str]:
+    """The stage-3 issue's claims, checked on the mean points (paper's figures in brackets)."""
+    def at(codec: str, setting: str) -> dict[str, float] | None:
+        return next((p for p in cs.get(codec, []) if p["setting"] == setting), None)
+
+    h4, v4, cont = at("HybridFlow", "1_4"), at(VQ_ONLY, "1_4"), at("continuous-only", "none")
+    auto = at("HybridFlow", "auto")
+    if not (h4 and v4 and cont and auto):
+        return []
+    ok = (lambda c: "✔" if c else "✘")  # noqa: E731
+    gain = h4["psnr"] - v4["psnr"]
+    sharp = h4["sharpness"] / max(cont["sharpness"], 1e-9)
+    gap = cont["psnr"] - h4["psnr"]
+    saving = 100 * (1 - auto["bpp"] / h4["bpp"])
+    loss = h4["psnr"] - auto["psnr"]
+    lines = ["", "Stage-3 targets (issue 6), on the mean points above:", "",
+             f"- hybrid 1_4 at {h4['bpp']:.4f} bpp ≤ 0.05 {ok(h4['bpp'] <= 0.05)}; PSNR {gain:+.2f} dB over VQ-only "
+             f"1_4 (target ≥ +2.0, paper +3.5) {ok(gain >= 2.0)}",
+             f"- hybrid 1_4 sharpness {sharp:.1f}× continuous-only's (target ≥ 1.3) {ok(sharp >= 1.3)}; PSNR "
+             f"{gap:.2f} dB below continuous-only (target ≤ 1.5) {ok(gap <= 1.5)}",
+             f"- auto saves {saving:.1f} % bpp against 1_4 at {loss:+.2f} dB PSNR loss (target ≥ 10 % at ≤ 0.3 dB, "
+             f"paper 12.5 %) {ok(saving >= 10 and loss <= 0.3)}"]
+    nc = at(NO_CORRECTION, "1_4")
+    if nc:
+        lines.append(f"- the correction network adds {h4['psnr'] - nc['psnr']:+.2f} dB at 1_4 "
+                     f"(same stream decoded by the plain VQ decoder: {nc['psnr']:.2f} dB)")
+    return lines
 
 
 def plot(rows: list[dict[str, object]], out: Path) -> None:

@@ -93,9 +93,11 @@ def check_image(rgb: np.ndarray) -> None:
 
 
 class Codec:
-    def __init__(self, model: Model, tile_batch: int = 1):
+    def __init__(self, model: Model, tile_batch: int = 1, correction: bool = True):
         self.model = model
         self.tile_batch = tile_batch
+        # False decodes hybrid streams with the plain VQ decoder: the stage-3 ablation of the benchmarks
+        self.correction = correction
         self.downscale = int(model.manifest["downscale"])
         self.token_px = int(model.manifest["token_pixels"])
         self.y_stride = int(model.manifest["latent_stride"])  # full-res pixels per y cell
@@ -274,7 +276,7 @@ class Codec:
         """Pass 2: decode each tile with a margin of neighbouring tokens, keep the centre (no seams)."""
         g, m, px = self.grid_side, DECODE_MARGIN, self.token_px
         tok = np.pad(tokens, m, mode="edge")
-        fused = header.stream == "hybrid" and self.model.has("pixel_decoder")
+        fused = header.stream == "hybrid" and self.correction and self.model.has("pixel_decoder")
         guid = np.pad(guidance[0], ((0, 0), (m, m), (m, m)), mode="edge") if fused else None
         for chunk in batches(grid.count, self.tile_batch):
             corners = [(y // px, x // px) for y, x in (grid.position(t) for t in chunk)]

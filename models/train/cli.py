@@ -88,13 +88,14 @@ def stage3(
     steps: int = 3000,
     batch: int = 8,
     tiles: int = 1500,
+    texture_weight: float = typer.Option(0.0, help="weight of the local-detail (sharpness) term"),
     threads: int = 1,
     cache_dir: Path = CACHE,
 ) -> None:
     """Correction network (L1 + MS-SSIM/FFT term), everything else frozen."""
     from .stage3 import Stage3TrainConfig, train
 
-    cfg = Stage3TrainConfig(steps=steps, batch=batch, tiles=tiles, threads=threads)
+    cfg = Stage3TrainConfig(steps=steps, batch=batch, tiles=tiles, threads=threads, texture_weight=texture_weight)
     train(run_dir, cfg, vq, cont, predictor, cache_dir)
 
 

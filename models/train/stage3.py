@@ -3,7 +3,8 @@
 Each step draws cached training tiles, masks their token maps with one of the codec's schedules,
 lets the frozen predictor restore them (so the correction learns to fix prediction errors too),
 crops a random window of ``crop_tokens``² tokens (and the matching pixels and guidance) and trains
-L1 + w·(1 − MS-SSIM + FFT-amplitude) through the VQ decoder with the correction features added."""
+L1 + w·(1 − MS-SSIM + FFT-amplitude) [+ w_t·texture energy] through the VQ decoder with the
+correction features added."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from ...runtime.masking import sent_mask
 from .. import checkpoint
 from ..correction import CorrectionNet, PixelDecoder
 from ..data import ImageCache, data_root
-from ..losses import perceptual_loss
+from ..losses import perceptual_loss, texture_energy_loss
 from ..transformer import MaskedTokenPredictor, TransformerConfig
 from .loop import Checkpointer, RunState, resume, resumed_rng, save_on_interrupt, seed_everything, to_tensor
 from .stage2 import load_frozen, stage1_key, tokens_and_guidance
@@ -32,6 +33,7 @@ class Stage3TrainConfig:
     crop_tokens: int = 8
     lr: float = 2e-4
     perceptual_weight: float = 0.5
+    texture_weight: float = 0.0  # > 0 asks for the original's amount of local detail (sharpness), see losses.py
     tiles: int = 1500
     schedules: tuple[str, ...] = ("1_2", "1_4", "1_4", "1_9", "1_9", "1_16", "none")
     ckpt_minutes: float = 3.0
@@ -89,7 +91,8 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
             out = decoder(idx[:, oy : oy + ct, ox : ox + ct], g[:, :, oy : oy + ct, ox : ox + ct])
             l1 = (out - target).abs().mean()
             perc = perceptual_loss(out, target)
-            loss = l1 + cfg.perceptual_weight * perc
+            tex = texture_energy_loss(out, target) if cfg.texture_weight else torch.zeros(())
+            loss = l1 + cfg.perceptual_weight * perc + cfg.texture_weight * tex
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -98,7 +101,7 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
             bar.update(1)
             bar.set_postfix(l1=f"{l1.item():.3f}", perc=f"{perc.item():.3f}")
             if state.step % 50 == 0:
-                state.log({"l1": l1.item(), "perc": perc.item(), "schedule": name})
+                state.log({"l1": l1.item(), "perc": perc.item(), "texture": tex.item(), "schedule": name})
             if ckpt.due() or state.step == cfg.steps:
                 save()
     bar.close()
