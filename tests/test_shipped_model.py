@@ -42,8 +42,7 @@ def test_end_to_end_on_a_kodak_image() -> None:
     assert bpp < 0.03 and psnr > 22.0, results
     bpp, psnr = results["vq"]
     assert bpp < 0.045 and psnr > 18.0, results
-    # Session-1 model: the stage-2 predictor is still weak (README: masked hybrid streams currently decode
-    # *below* continuous-only, kodim23 at auto ≈ 11.5 dB), so only the rate and a loose floor are asserted
-    # here; tighten both when stage 2/3 are retrained.
+    # Stage-3 model (measured: kodim23 at auto 0.0337 bpp / 21.37 dB; VQ-only 18.43 dB; continuous 22.98 dB):
+    # the correction network must lift the hybrid stream well above the plain VQ decoder's ≈ 14 dB.
     bpp, psnr = results["hybrid"]
-    assert bpp < 0.05 and psnr > 10.0, results
+    assert bpp < 0.05 and psnr > 20.0, results
