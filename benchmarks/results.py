@@ -87,7 +87,6 @@ def main() -> None:
         "Figures: `benchmarks/out/crops_streams.png`, `benchmarks/out/crops_codecs.png`.\n",
         done["Runtime: overheads, speed, memory"],
         speed,
-        "Plot: `benchmarks/out/speed_sweep.png` (time and peak RSS vs megapixels).\n",
         *(quoted(*item) for item in SEPARATE),
     ]
     Path("benchmarks/RESULTS.md").write_text("\n".join(sections))
