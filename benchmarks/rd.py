@@ -71,6 +71,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     images = load_images(args.folder, args.limit)
     codec = Codec.load(args.model, provider="cpu")
+    plain = Codec(codec.model, correction=False)  # same graphs, hybrid streams through the plain VQ decoder
     perceptual = lpips.maybe_load(args.lpips)
     rows: list[dict[str, object]] = []
     picked: Counter[str] = Counter()  # the schedules `auto` chose, over all tiles
@@ -79,19 +80,18 @@ def main() -> None:
             continue
         if label == NO_CORRECTION and not codec.model.has("pixel_decoder"):
             continue
-        codec.correction = label != NO_CORRECTION
+        c = plain if label == NO_CORRECTION else codec
         for name, rgb in images:
             t0 = time.perf_counter()
-            data = codec.compress(rgb, mask=mask, stream=stream)
+            data = c.compress(rgb, mask=mask, stream=stream)
             t1 = time.perf_counter()
-            rec = codec.decompress(data)
+            rec = c.decompress(data)
             t2 = time.perf_counter()
             if mask == "auto":
                 picked.update(codec.info(data).schedules)
             rows.append({"codec": label, "setting": mask, "image": name,
                          **quality(rgb, len(data), rec, perceptual), "encode_s": t1 - t0, "decode_s": t2 - t1})
         print(f"{label} {mask}: done", flush=True)
-    codec.correction = True
     for b in available():
         for q in b.settings:
             for name, rgb in images:

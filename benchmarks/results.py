@@ -60,16 +60,16 @@ def main() -> None:
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
                 if ln.startswith("model name")), platform.machine()) if Path("/proc/cpuinfo").exists() else "?"
-    parallel = [
+    parallel = [  # the order they are unpacked in below
+        ("Stage 1: single-stream codecs on Kodak", ["benchmarks.stage1", *model, *limit]),
         ("Rate–distortion on Kodak", ["benchmarks.rd", *model, *limit, "--out", str(OUT)]),
         ("Runtime: overheads, speed, memory",
          ["benchmarks.runtime_stats", *model, *(["--skip-large"] if args.quick else [])]),
-        ("Stage 1: single-stream codecs on Kodak", ["benchmarks.stage1", *model, *limit]),
         ("Crops: streams and codecs at matched bpp", ["benchmarks.crops", *model, "--out", str(OUT)]),
     ]
     threads = 1 if args.jobs > 1 else None
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        done = dict(zip([t for t, _ in parallel], pool.map(lambda job: run(*job, threads), parallel)))
+        stage1, rd, runtime, crops = pool.map(lambda job: run(*job, threads), parallel)
     speed = run("Speed: per-stage breakdown, threads, sizes",
                 ["benchmarks.speed", *model, *limit, "--out", str(OUT),
                  *(["--sizes", "256,512,1024"] if args.quick else [])])
@@ -79,13 +79,13 @@ def main() -> None:
         "# HybridFlow benchmark results\n",
         f"Generated {datetime.date.today()} at commit {commit} on {cpu} ({platform.system()}), "
         f"onnxruntime CPU provider. Regenerate with `python -m benchmarks.results`. {side}\n",
-        done["Stage 1: single-stream codecs on Kodak"],
-        done["Rate–distortion on Kodak"],
+        stage1,
+        rd,
         "Plots: `benchmarks/out/rd_psnr.png`, `rd_msssim.png`, `rd_sharpness.png`; all points in "
         "`benchmarks/out/rd_points.csv`.\n",
-        done["Crops: streams and codecs at matched bpp"],
+        crops,
         "Figures: `benchmarks/out/crops_streams.png`, `benchmarks/out/crops_codecs.png`.\n",
-        done["Runtime: overheads, speed, memory"],
+        runtime,
         speed,
         *(quoted(*item) for item in SEPARATE),
     ]

@@ -98,18 +98,19 @@ def large_child(model: str | None, h: int, w: int, stream_file: str, decode: boo
     """In a fresh process: encode an h×w mosaic to ``stream_file``, or decode it and measure seams.
     Prints one JSON line; peak RSS is this process's own (encode and decode never share one)."""
     codec = Codec.load(model, provider="cpu")
-    t = time.perf_counter()
+    test_image = lambda: mosaic([im for _, im in load_images(limit=6)], h, w)  # noqa: E731
     if not decode:
-        img = mosaic([im for _, im in load_images(limit=6)], h, w)
+        img = test_image()
         t = time.perf_counter()
         data = codec.compress(img, mask="auto")
         Path(stream_file).write_bytes(data)
         print(json.dumps({"bytes": len(data), "bpp": 8 * len(data) / h / w, "encode_s": time.perf_counter() - t,
                           "peak_rss_encode_mb": peak_rss_mb(), "image_mb": img.nbytes / 2**20}))
         return
+    t = time.perf_counter()
     rec = codec.decompress(Path(stream_file).read_bytes())
     seconds, peak = time.perf_counter() - t, peak_rss_mb()  # before the seam analysis allocates its own
-    border, inside = seam_ratio(mosaic([im for _, im in load_images(limit=6)], h, w), rec)
+    border, inside = seam_ratio(test_image(), rec)
     print(json.dumps({"decode_s": seconds, "peak_rss_decode_mb": peak,
                       "seam_grad_ratio_border": float(border), "seam_grad_ratio_inside": float(inside)}))
 
