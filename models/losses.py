@@ -60,18 +60,33 @@ def perceptual_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 _LAPLACIAN = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]])[None, None]
 
 
-def local_detail(x: torch.Tensor, window: int = 8) -> torch.Tensor:
-    """RMS of the luma Laplacian in ``window``² cells: how much fine detail each region holds."""
+def local_energy(x: torch.Tensor, window: int = 8) -> torch.Tensor:
+    """Mean squared luma Laplacian in ``window``² cells: how much fine detail each region holds
+    (the benchmarks' sharpness ratio is the image-wide mean of the same quantity)."""
     y = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
-    energy = F.conv2d(y, _LAPLACIAN.to(x)) ** 2
-    return F.avg_pool2d(energy, window).clamp_min(1e-8).sqrt()
+    return F.avg_pool2d(F.conv2d(y, _LAPLACIAN.to(x)) ** 2, window)
 
 
-def texture_energy_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """L1 between the local detail energy of reconstruction and original. It asks for the *amount*
-    of fine detail in each 8×8 region, not its exact phase, so the decoder may draw plausible
-    texture instead of the blur that pixel losses favour when the codes cannot say more."""
-    return F.l1_loss(local_detail(x), local_detail(y))
+def local_detail(x: torch.Tensor, window: int = 8) -> torch.Tensor:
+    """RMS of the luma Laplacian in ``window``² cells."""
+    return local_energy(x, window).clamp_min(1e-8).sqrt()
+
+
+def texture_energy_loss(x: torch.Tensor, y: torch.Tensor, match: str = "rms") -> torch.Tensor:
+    """L1 between the local detail of reconstruction and original. It asks for the *amount* of fine
+    detail in each 8×8 region, not its exact phase, so the decoder may draw plausible texture
+    instead of the blur that pixel losses favour when the codes cannot say more.
+
+    ``match="rms"`` compares RMS values: every region pulls equally, and a decoder that cannot tell
+    where detail belongs spreads it evenly (noise on flat regions, too little on busy ones).
+    ``match="energy"`` compares squared values relative to the original's mean energy: busy regions,
+    where most of the detail is, pull hardest, and flat ones barely ask for any."""
+    if match == "rms":
+        return F.l1_loss(local_detail(x), local_detail(y))
+    if match == "energy":
+        ey = local_energy(y)
+        return (local_energy(x) - ey).abs().mean() / ey.mean().detach().clamp_min(1e-6)
+    raise ValueError(f"unknown texture match {match!r}")
 
 
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ def stage1_vq(
     decoder_only: bool = typer.Option(False, help="freeze encoder and codebook: token maps stay as in --init"),
     val_every: int = 500,
     texture_weight: float = typer.Option(0.0, help="weight of the local detail-energy loss"),
+    texture_match: str = typer.Option("rms", help="rms|energy: what that loss compares (losses.py)"),
     cache_dir: Path = CACHE,
 ) -> None:
     """VQ autoencoder (discrete stream)."""
@@ -33,7 +34,8 @@ def stage1_vq(
 
     cfg = VQTrainConfig(steps=steps, batch=batch, threads=threads, disc_start=disc_start, disc_weight=disc_weight,
                         adaptive_gan=adaptive_gan, lr=lr, init=str(init or ""), decoder_only=decoder_only,
-                        val_every=val_every, texture_weight=texture_weight)
+                        val_every=val_every, texture_weight=texture_weight,
+                        texture_match=texture_match)
     train(run_dir, cfg, VQConfig(), cache_dir)
 
 
@@ -89,13 +91,16 @@ def stage3(
     batch: int = 8,
     tiles: int = 1500,
     texture_weight: float = typer.Option(0.0, help="weight of the local-detail (sharpness) term"),
+    texture_match: str = typer.Option("rms", help="rms|energy: what that term compares (losses.py)"),
     threads: int = 1,
+    init: Path = typer.Option(None, help="start from this stage3 checkpoint instead of a copy of the VQ decoder"),
     cache_dir: Path = CACHE,
 ) -> None:
     """Correction network (L1 + MS-SSIM/FFT term), everything else frozen."""
     from .stage3 import Stage3TrainConfig, train
 
-    cfg = Stage3TrainConfig(steps=steps, batch=batch, tiles=tiles, threads=threads, texture_weight=texture_weight)
+    cfg = Stage3TrainConfig(steps=steps, batch=batch, tiles=tiles, threads=threads, texture_weight=texture_weight,
+                            texture_match=texture_match, init=str(init) if init else "")
     train(run_dir, cfg, vq, cont, predictor, cache_dir)
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -65,13 +66,23 @@ def resumed_rng(seed: int, state: RunState) -> np.random.Generator:
 
 @contextlib.contextmanager
 def save_on_interrupt(save: Callable[[], None]) -> Iterator[None]:
-    """Ctrl-C (or ``kill -INT``) saves a checkpoint before exiting, so stopping a run loses nothing."""
+    """Ctrl-C, ``kill -INT`` or ``kill`` (TERM) saves a checkpoint before exiting, so stopping a run
+    loses nothing. SIGINT is re-armed because a shell starts background jobs (``nohup … &``) with it
+    ignored."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = {sig: signal.signal(sig, interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     except KeyboardInterrupt:
         save()
         print("\ninterrupted: checkpoint saved")
         raise SystemExit(130) from None
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 class Checkpointer:

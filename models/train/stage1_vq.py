@@ -44,6 +44,7 @@ class VQTrainConfig:
     seed: int = 0
     threads: int = 1
     texture_weight: float = 0.0  # weight of the local detail-energy loss (losses.texture_energy_loss)
+    texture_match: str = "rms"  # what that loss compares: "rms" or "energy"
     adaptive_gan: bool = False
     decoder_only: bool = False
     init: str = ""  # checkpoint whose model and discriminator start this run
@@ -115,7 +116,7 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
             perc = perceptual_loss(rec, x)
             loss = l1 + cfg.perceptual_weight * perc
             if cfg.texture_weight:
-                loss = loss + cfg.texture_weight * texture_energy_loss(rec, x)
+                loss = loss + cfg.texture_weight * texture_energy_loss(rec, x, cfg.texture_match)
             gan_on = state.step >= cfg.disc_start
             w_gan = 0.0
             if gan_on:

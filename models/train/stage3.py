@@ -34,11 +34,13 @@ class Stage3TrainConfig:
     lr: float = 2e-4
     perceptual_weight: float = 0.5
     texture_weight: float = 0.0  # > 0 asks for the original's amount of local detail (sharpness), see losses.py
+    texture_match: str = "rms"  # what that loss compares: "rms" or "energy"
     tiles: int = 1500
     schedules: tuple[str, ...] = ("1_2", "1_4", "1_4", "1_9", "1_9", "1_16", "none")
     ckpt_minutes: float = 3.0
     seed: int = 0
     threads: int = 1
+    init: str = ""  # a stage-3 checkpoint to start from instead of a fresh copy of the VQ decoder
 
 
 def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path, predictor_ckpt: Path,
@@ -63,7 +65,10 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
     for p in (*vq.parameters(), *cont.parameters(), *predictor.parameters()):
         p.requires_grad_(False)
     correction = CorrectionNet(vq.cfg, cont.cfg.channels)
-    correction.init_from(vq.decoder)
+    if cfg.init:  # e.g. the shipped correction, adapted to a fine-tuned VQ decoder
+        correction.load_state_dict(checkpoint.load(Path(cfg.init))["model"])
+    else:
+        correction.init_from(vq.decoder)
     decoder = PixelDecoder(vq, correction)
     opt = torch.optim.Adam(correction.parameters(), lr=cfg.lr)
     state = RunState(run_dir)
@@ -91,7 +96,7 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
             out = decoder(idx[:, oy : oy + ct, ox : ox + ct], g[:, :, oy : oy + ct, ox : ox + ct])
             l1 = (out - target).abs().mean()
             perc = perceptual_loss(out, target)
-            tex = texture_energy_loss(out, target) if cfg.texture_weight else torch.zeros(())
+            tex = texture_energy_loss(out, target, cfg.texture_match) if cfg.texture_weight else torch.zeros(())
             loss = l1 + cfg.perceptual_weight * perc + cfg.texture_weight * tex
             opt.zero_grad(set_to_none=True)
             loss.backward()
