@@ -1,6 +1,8 @@
 """Does the complexity score pick the right tiles? (issue 6)
 
-    python -m benchmarks.complexity [--model DIR] [--folder DIR] [--limit N]
+    python -m benchmarks.complexity [--model DIR] [--folder DIR ...] [--limit N]
+
+Default folders: ``val`` (where a change to the mode is judged) and ``kodak`` (reported).
 
 For every 256² tile of every image: its complexity score, and its PSNR when the whole image is coded
 with the uniform schedules 1_2, 1_4 and 1_9. Prints the loss from sending fewer indices by score
@@ -17,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.kodak import load_images
+from hybridflow.models.data import data_root
 from hybridflow.runtime import Codec
 from hybridflow.runtime.tiling import TileGrid
 
@@ -112,14 +115,15 @@ def report(m: dict[str, np.ndarray], rng: np.random.Generator) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None)
-    ap.add_argument("--folder", type=Path, default=None, help="default: ../shared/data/kodak")
+    ap.add_argument("--folder", type=Path, nargs="+", default=[data_root() / "val", data_root() / "kodak"])
     ap.add_argument("--limit", type=int, default=None)
     args = ap.parse_args()
     codec = Codec.load(args.model, provider="cpu")
-    images = load_images(args.folder, args.limit)
-    print(f"model {codec.model.name} ({codec.model.manifest['model_id'][:8]}), {len(images)} images "
-          f"from {args.folder or 'kodak'}\n")
-    print(report(measure(codec, images), np.random.default_rng(0)))
+    print(f"model {codec.model.name} ({codec.model.manifest['model_id'][:8]})")
+    for folder in args.folder:
+        images = load_images(folder, args.limit)
+        print(f"\n### {folder.name}: {len(images)} images\n")
+        print(report(measure(codec, images), np.random.default_rng(0)))
 
 
 if __name__ == "__main__":

@@ -22,6 +22,8 @@ OUT = Path("benchmarks/out")
 SEPARATE = [
     ("Stage 2: token prediction with and without guidance", "stage2.txt",
      "python -m benchmarks.stage2 --vq … --cont … --predictor … --ablation … > benchmarks/out/stage2.txt"),
+    ("Complexity-aware masking: does the score pick the right tiles?", "complexity.txt",
+     "python -m benchmarks.complexity > benchmarks/out/complexity.txt"),
     ("Round trip of every val image, every schedule (API and CLI)", "roundtrip.txt",
      "python -m benchmarks.roundtrip > benchmarks/out/roundtrip.txt"),
     ("Determinism across execution configurations", "determinism.txt",

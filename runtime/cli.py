@@ -223,7 +223,8 @@ def evaluate(
                    **metrics.quality(rgb, len(data), rec), "encode_s": t1 - t0, "decode_s": t2 - t1}
             rows.append(row)
             return (f"{src.name:24s} {row['bpp']:.4f} bpp  {row['psnr']:.2f} dB  MS-SSIM {row['ms_ssim']:.4f}  "
-                    f"sharpness {row['sharpness']:.2f}  enc {row['encode_s']:.2f}s dec {row['decode_s']:.2f}s")
+                    f"sharpness {row['sharpness']:.2f} (½: {row['sharpness_half']:.2f})  "
+                    f"enc {row['encode_s']:.2f}s dec {row['decode_s']:.2f}s")
 
         try:
             _run_batch([(f, f) for f in files], job, "evaluating")

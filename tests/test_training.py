@@ -50,3 +50,17 @@ def test_stopping_a_run_saves_a_checkpoint(sig: int) -> None:
             os.kill(os.getpid(), sig)
     assert exc.value.code == 130 and saved == [True]
     assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_oriented_loss_is_not_met_by_line_artefacts() -> None:
+    """One-pixel horizontal lines on a blurred image satisfy the isotropic terms, not the oriented one."""
+    g = torch.Generator().manual_seed(0)
+    coarse = F.interpolate(F.avg_pool2d(torch.rand(2, 3, 128, 128, generator=g) * 2 - 1, 2), scale_factor=2)
+    x = coarse + 0.3 * (torch.rand(2, 3, 128, 128, generator=g) * 2 - 1)
+    blurred = F.avg_pool2d(x, 5, stride=1, padding=2)
+    lined = blurred.clone()
+    lined[..., ::2, :] += 0.3
+    for match in ("rms", "energy"):
+        assert texture_energy_loss(lined, x, match) < 0.5 * texture_energy_loss(blurred, x, match)
+    assert texture_energy_loss(lined, x, "oriented") > 0.9 * texture_energy_loss(blurred, x, "oriented")
+    assert texture_energy_loss(x, x, "oriented").item() == pytest.approx(0.0, abs=1e-6)

@@ -25,7 +25,7 @@ def stage1_vq(
     decoder_only: bool = typer.Option(False, help="freeze encoder and codebook: token maps stay as in --init"),
     val_every: int = 500,
     texture_weight: float = typer.Option(0.0, help="weight of the local detail-energy loss"),
-    texture_match: str = typer.Option("rms", help="rms|energy: what that loss compares (losses.py)"),
+    texture_match: str = typer.Option("rms", help="rms|energy|oriented: what that loss compares (losses.py)"),
     cache_dir: Path = CACHE,
 ) -> None:
     """VQ autoencoder (discrete stream)."""
@@ -91,7 +91,7 @@ def stage3(
     batch: int = 8,
     tiles: int = 1500,
     texture_weight: float = typer.Option(0.0, help="weight of the local-detail (sharpness) term"),
-    texture_match: str = typer.Option("rms", help="rms|energy: what that term compares (losses.py)"),
+    texture_match: str = typer.Option("rms", help="rms|energy|oriented: what that term compares (losses.py)"),
     threads: int = 1,
     init: Path = typer.Option(None, help="start from this stage3 checkpoint instead of a copy of the VQ decoder"),
     cache_dir: Path = CACHE,

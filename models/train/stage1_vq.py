@@ -44,7 +44,7 @@ class VQTrainConfig:
     seed: int = 0
     threads: int = 1
     texture_weight: float = 0.0  # weight of the local detail-energy loss (losses.texture_energy_loss)
-    texture_match: str = "rms"  # what that loss compares: "rms" or "energy"
+    texture_match: str = "rms"  # what that loss compares: "rms", "energy" or "oriented"
     adaptive_gan: bool = False
     decoder_only: bool = False
     init: str = ""  # checkpoint whose model and discriminator start this run

@@ -34,7 +34,7 @@ class Stage3TrainConfig:
     lr: float = 2e-4
     perceptual_weight: float = 0.5
     texture_weight: float = 0.0  # > 0 asks for the original's amount of local detail (sharpness), see losses.py
-    texture_match: str = "rms"  # what that loss compares: "rms" or "energy"
+    texture_match: str = "rms"  # what that loss compares: "rms", "energy" or "oriented"
     tiles: int = 1500
     schedules: tuple[str, ...] = ("1_2", "1_4", "1_4", "1_9", "1_9", "1_16", "none")
     ckpt_minutes: float = 3.0
