@@ -28,12 +28,8 @@ SCHEDULES = ("1_2", "1_4", "1_9")
 
 def tile_mse(original: np.ndarray, rec: np.ndarray) -> list[float]:
     grid = TileGrid(*original.shape[:2])
-    out = []
-    for t in range(grid.count):
-        (y, x), (h, w) = grid.position(t), grid.valid_box(t)
-        a = original[y : y + h, x : x + w].astype(np.float64)
-        out.append(float(np.mean((a - rec[y : y + h, x : x + w]) ** 2)))
-    return out
+    regions = (grid.valid_region(t) for t in range(grid.count))
+    return [float(np.mean((original[r].astype(np.float64) - rec[r]) ** 2)) for r in regions]
 
 
 def to_psnr(mse: np.ndarray) -> np.ndarray:
@@ -54,10 +50,9 @@ def measure(codec: Codec, images: list[tuple[str, np.ndarray]]) -> dict[str, np.
     for _, rgb in images:
         grid = TileGrid(*rgb.shape[:2])
         for t in range(grid.count):
-            (y, x), (h, w) = grid.position(t), grid.valid_box(t)
-            tile = rgb[y : y + h, x : x + w]
-            cols["score"].append(cm.score(tile))
-            cols["auto"].append(cm.schedule(tile))
+            score = cm.score(rgb[grid.valid_region(t)])
+            cols["score"].append(score)
+            cols["auto"].append(cm.pick(score))
         for s in (*SCHEDULES, "auto"):
             data = codec.compress(rgb, mask=s)
             bits[s] += 8 * len(data)

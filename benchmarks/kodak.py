@@ -5,7 +5,7 @@ Shared by the benchmark scripts: bpp from the real bytes, PSNR, MS-SSIM, sharpne
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -48,8 +48,8 @@ def evaluate(codec: Codec, images: list[tuple[str, np.ndarray]], mask: str, stre
 
 
 def mean(rows: list[Row]) -> Row:
-    return Row("mean", *(float(np.mean([getattr(r, f) for r in rows]))
-                         for f in ("bpp", "psnr", "ms_ssim", "sharpness", "sharpness_half", "encode_s", "decode_s")))
+    numeric = [f.name for f in fields(Row) if f.name != "image"]
+    return Row("mean", *(float(np.mean([getattr(r, f) for r in rows])) for f in numeric))
 
 
 def table(results: dict[str, Row]) -> str:

@@ -83,7 +83,8 @@ def main() -> None:
         f"onnxruntime CPU provider. Regenerate with `python -m benchmarks.results`. {side}\n",
         stage1,
         rd,
-        "Plots: `benchmarks/out/rd_psnr.png`, `rd_msssim.png`, `rd_sharpness.png`; all points in "
+        "Plots: `benchmarks/out/rd_psnr.png`, `rd_msssim.png`, `rd_sharpness.png`, `rd_sharpness_half.png`; "
+        "all points in "
         "`benchmarks/out/rd_points.csv`.\n",
         crops,
         "Figures: `benchmarks/out/crops_streams.png`, `benchmarks/out/crops_codecs.png`.\n",

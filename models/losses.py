@@ -60,11 +60,15 @@ def perceptual_loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 _LAPLACIAN = torch.tensor([[0.0, 1, 0], [1, -4, 1], [0, 1, 0]])[None, None]
 
 
+def _luma(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) → (B, 1, H, W), BT.601 weights like ``runtime.metrics.luma``."""
+    return (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
+
+
 def local_energy(x: torch.Tensor, window: int = 8) -> torch.Tensor:
     """Mean squared luma Laplacian in ``window``² cells: how much fine detail each region holds
     (the benchmarks' sharpness ratio is the image-wide mean of the same quantity)."""
-    y = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2])[:, None]
-    return F.avg_pool2d(F.conv2d(y, _LAPLACIAN.to(x)) ** 2, window)
+    return F.avg_pool2d(F.conv2d(_luma(x), _LAPLACIAN.to(x)) ** 2, window)
 
 
 def local_detail(x: torch.Tensor, window: int = 8) -> torch.Tensor:
@@ -104,11 +108,9 @@ def oriented_energy_loss(x: torch.Tensor, y: torch.Tensor, window: int = 8) -> t
     Laplacian energy and no detail. Lines in one direction miss the other direction's energy, and
     one-pixel patterns vanish at half resolution, so neither satisfies this loss."""
     loss = x.new_zeros(())
+    luma_x, luma_y = _luma(x), _luma(y)
     for scale in (1, 2):
-        lx = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]
-        ly = 0.299 * y[:, 0:1] + 0.587 * y[:, 1:2] + 0.114 * y[:, 2:3]
-        if scale > 1:
-            lx, ly = F.avg_pool2d(lx, scale), F.avg_pool2d(ly, scale)
+        lx, ly = (luma_x, luma_y) if scale == 1 else (F.avg_pool2d(luma_x, scale), F.avg_pool2d(luma_y, scale))
         for kernel in (_D2.view(1, 1, 1, 3), _D2.view(1, 1, 3, 1)):
             ex = F.avg_pool2d(F.conv2d(lx, kernel.to(x)) ** 2, window // scale, ceil_mode=True)
             ey = F.avg_pool2d(F.conv2d(ly, kernel.to(y)) ** 2, window // scale, ceil_mode=True)

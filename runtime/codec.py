@@ -164,8 +164,7 @@ class Codec:
         cm = self.model.complexity
         codes = []
         for t in range(grid.count):
-            (y, x), (h, w) = grid.position(t), grid.valid_box(t)
-            codes.append(schedule_code(cm.schedule(rgb[y : y + h, x : x + w])))
+            codes.append(schedule_code(cm.schedule(rgb[grid.valid_region(t)])))
         return codes
 
     def _sent_positions(self, grid: TileGrid, t: int, code: int) -> np.ndarray:

@@ -51,7 +51,10 @@ class ComplexityModel:
         return float(norm.mean())
 
     def schedule(self, tile: np.ndarray) -> str:
-        s = self.score(tile)
+        return self.pick(self.score(tile))
+
+    def pick(self, s: float) -> str:
+        """The schedule for a tile of score ``s``."""
         if s < self.low_threshold:
             return "1_9"
         if s > self.high_threshold:

@@ -54,6 +54,11 @@ class TileGrid:
         y0, x0 = self.position(t)
         return min(self.tile, self.height - y0), min(self.tile, self.width - x0)
 
+    def valid_region(self, t: int) -> tuple[slice, slice]:
+        """Index of the image pixels that tile ``t`` covers: ``img[grid.valid_region(t)]``."""
+        (y, x), (h, w) = self.position(t), self.valid_box(t)
+        return slice(y, y + h), slice(x, x + w)
+
 
 def pad(img: np.ndarray, grid: TileGrid) -> np.ndarray:
     ph, pw = grid.padded_shape
