@@ -100,8 +100,9 @@ def tiny_components(seed: int = 0, with_stage23: bool = True) -> Components:
     vq, cont = VQAutoencoder(vq_cfg), ContinuousCodec(cont_cfg)
     predictor = correction = None
     if with_stage23:
-        predictor = MaskedTokenPredictor(TransformerConfig(guidance_channels=16, dim=32, heads=2,
-                                                           enc_layers=1, dec_layers=1))
+        predictor = MaskedTokenPredictor(TransformerConfig(guidance_channels=16, dim=32, heads=2, enc_layers=1,
+                                                           dec_layers=1, code_dim=8, guidance_input=True))
+        predictor.set_codebook(vq.quantizer.normalised_codebook().detach())
         correction = CorrectionNet(vq_cfg, cont_cfg.channels)
         correction.init_from(vq.decoder)
         for p in correction.proj:  # non-zero so the correction path is really exercised in tests

@@ -6,6 +6,13 @@ has something to attend to. Decoder: masked positions get a learned mask embeddi
 self-attention, cross-attention to the continuous guidance ``g`` (16×16 per tile, aligned with the
 token grid) and an MLP. One forward pass + argmax restores the map; sent tokens are kept as sent.
 
+Two options (on in new checkpoints, off in old ones so they still load):
+- ``code_dim > 0``: tokens are embedded from, and scored against, the frozen VQ codebook vectors
+  (plus a free per-code term). Codes that decode alike then look alike to the network, so a few
+  thousand training tiles teach it about all 1024 codes, and its mistakes tend to be near misses.
+- ``guidance_input``: the guidance at each token's own position is also added to that position's
+  decoder input; cross-attention alone has to find the aligned position by content first.
+
 Attention is written with ``F.scaled_dot_product_attention`` because it exports to ONNX with
 dynamic shapes (``nn.MultiheadAttention`` freezes the memory length under the legacy exporter)."""
 
@@ -28,6 +35,8 @@ class TransformerConfig:
     enc_layers: int = 4
     dec_layers: int = 4
     mlp_ratio: float = 3.0
+    code_dim: int = 0  # >0: embed/score tokens through the VQ codebook (``set_codebook``)
+    guidance_input: bool = False  # add the aligned guidance to each decoder position
 
 
 class Attention(nn.Module):
@@ -74,35 +83,77 @@ class MaskedTokenPredictor(nn.Module):
         self.cfg = cfg
         n, d = cfg.grid * cfg.grid, cfg.dim
         self.tok = nn.Embedding(cfg.n_codes, d)
+        if cfg.code_dim:
+            nn.init.normal_(self.tok.weight, std=0.02)
+            self.register_buffer("codebook", torch.zeros(cfg.n_codes, cfg.code_dim))
+            self.code_in = nn.Linear(cfg.code_dim, d)
+            self.code_out = nn.Linear(d, cfg.code_dim)
         self.buffer = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_enc = nn.Parameter(torch.randn(1, n + 1, d) * 0.02)
         self.pos_dec = nn.Parameter(torch.randn(1, n + 1, d) * 0.02)
         self.pos_guid = nn.Parameter(torch.randn(1, n, d) * 0.02)
         self.mask_emb = nn.Parameter(torch.zeros(1, 1, d))
         self.guid_in = nn.Linear(cfg.guidance_channels, d)
+        self.guid_add = nn.Linear(cfg.guidance_channels, d) if cfg.guidance_input else None
         self.encoder = nn.ModuleList(Block(cfg, cross=False) for _ in range(cfg.enc_layers))
         self.enc_norm = nn.LayerNorm(d)
         self.decoder = nn.ModuleList(Block(cfg, cross=True) for _ in range(cfg.dec_layers))
         self.dec_norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.n_codes)
 
-    def forward(self, idx: torch.Tensor, visible: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
-        """idx (B, 16, 16) int64 (values at masked positions are ignored), visible (B, 16, 16) bool,
-        guidance (B, C, 16, 16) or None for the unguided ablation. Returns logits (B, 256, n_codes)."""
+    def set_codebook(self, codebook: torch.Tensor) -> None:
+        """The VQ model's (normalised) code vectors; frozen, saved with the predictor."""
+        self.codebook.copy_(codebook)
+
+    def embed(self, idx: torch.Tensor) -> torch.Tensor:
+        e = self.tok(idx)
+        return e + self.code_in(self.codebook[idx]) if self.cfg.code_dim else e
+
+    def encode(self, idx: torch.Tensor, visible: torch.Tensor, compact: bool = False) -> torch.Tensor:
+        """Encoder over the visible tokens → (B, 257, d), masked positions filled with the mask
+        embedding. ``compact`` gathers the visible tokens first (same result, much less work at high
+        mask ratios; used in training — the exported graph keeps the fixed-shape masked form)."""
         b = idx.shape[0]
         vis = visible.reshape(b, -1)
         key_mask = torch.cat([torch.ones_like(vis[:, :1]), vis], dim=1)
-        x = torch.cat([self.buffer.expand(b, -1, -1), self.tok(idx.reshape(b, -1))], dim=1) + self.pos_enc
-        for blk in self.encoder:
-            x = blk(x, key_mask)
-        x = self.enc_norm(x)
-        x = torch.where(key_mask[..., None], x, self.mask_emb.expand_as(x)) + self.pos_dec
+        x = torch.cat([self.buffer.expand(b, -1, -1), self.embed(idx.reshape(b, -1))], dim=1) + self.pos_enc
+        if compact:
+            count = key_mask.sum(1)
+            order = torch.argsort((~key_mask).to(torch.int8), dim=1, stable=True)[:, : int(count.max())]
+            valid = torch.arange(order.shape[1])[None, :] < count[:, None]
+            sel = order[..., None].expand(-1, -1, x.shape[-1])
+            h = x.gather(1, sel)
+            for blk in self.encoder:
+                h = blk(h, valid)
+            x = torch.zeros_like(x).scatter(1, sel, self.enc_norm(h))
+        else:
+            for blk in self.encoder:
+                x = blk(x, key_mask)
+            x = self.enc_norm(x)
+        return torch.where(key_mask[..., None], x, self.mask_emb.expand_as(x))
+
+    def hidden(self, idx: torch.Tensor, visible: torch.Tensor, guidance: torch.Tensor | None,
+               compact: bool = False) -> torch.Tensor:
+        """Decoder output for the 256 positions, (B, 256, d), before the head."""
+        x = self.encode(idx, visible, compact) + self.pos_dec
         mem = None
         if guidance is not None:
-            mem = self.guid_in(guidance.flatten(2).transpose(1, 2)) + self.pos_guid
+            g = guidance.flatten(2).transpose(1, 2)
+            mem = self.guid_in(g) + self.pos_guid
+            if self.guid_add is not None:
+                x = x + F.pad(self.guid_add(g), (0, 0, 1, 0))
         for blk in self.decoder:
             x = blk(x, guidance=mem)
-        return self.head(self.dec_norm(x[:, 1:]))
+        return self.dec_norm(x[:, 1:])
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        out = self.head(h)
+        return out + self.code_out(h) @ self.codebook.T if self.cfg.code_dim else out
+
+    def forward(self, idx: torch.Tensor, visible: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
+        """idx (B, 16, 16) int64 (values at masked positions are ignored), visible (B, 16, 16) bool,
+        guidance (B, C, 16, 16) or None for the unguided ablation. Returns logits (B, 256, n_codes)."""
+        return self.logits(self.hidden(idx, visible, guidance))
 
     def predict(self, idx: torch.Tensor, visible: torch.Tensor, guidance: torch.Tensor | None) -> torch.Tensor:
         """Full index map: argmax at masked positions, sent tokens kept as sent."""

@@ -68,6 +68,8 @@ def stage2(
     layers: int = 4,
     lr: float = 5e-4,
     guidance: bool = typer.Option(True, help="--no-guidance trains the ablation without cross-attention"),
+    codebook: bool = typer.Option(True, help="embed and score tokens through the VQ codebook vectors"),
+    guidance_input: bool = typer.Option(True, help="also add the aligned guidance to each decoder position"),
     cache_only: bool = typer.Option(False, help="only build the token/guidance cache, then exit"),
     threads: int = 1,
     cache_dir: Path = CACHE,
@@ -76,8 +78,9 @@ def stage2(
     from ..transformer import TransformerConfig
     from .stage2 import Stage2TrainConfig, train
 
-    cfg = Stage2TrainConfig(steps=steps, batch=batch, tiles=tiles, threads=threads, use_guidance=guidance, lr=lr)
-    model_cfg = TransformerConfig(dim=dim, enc_layers=layers, dec_layers=layers)
+    cfg = Stage2TrainConfig(steps=steps, batch=batch, tiles=tiles, threads=threads, use_guidance=guidance, lr=lr,
+                            use_codebook=codebook)
+    model_cfg = TransformerConfig(dim=dim, enc_layers=layers, dec_layers=layers, guidance_input=guidance_input)
     train(run_dir, cfg, model_cfg, vq, cont, cache_dir, cache_only)
 
 

@@ -38,6 +38,7 @@ class Stage2TrainConfig:
     structured_prob: float = 0.5
     guidance_dropout: float = 0.1
     use_guidance: bool = True
+    use_codebook: bool = True  # sets TransformerConfig.code_dim from the VQ model
     val_every: int = 250
     ckpt_minutes: float = 3.0
     seed: int = 0
@@ -80,18 +81,18 @@ def build_cache(path: Path, vq: VQAutoencoder, cont: ContinuousCodec, n: int, ca
 
 
 def random_visible(rng: np.random.Generator, n: int, grid: int, structured_prob: float) -> np.ndarray:
-    vis = np.empty((n, grid, grid), bool)
+    """One batch of visibility masks. A batch shares its kind (one structured schedule, or one
+    random masking ratio with a different random pattern per tile) so that every tile has about
+    the same number of visible tokens: the compact encoder then wastes nothing on padding."""
     structured = [s for s in SCHEDULES if s != "none"]
+    if rng.random() < structured_prob:
+        return np.broadcast_to(sent_mask(structured[rng.integers(len(structured))], grid), (n, grid, grid)).copy()
+    ratio = float(np.clip(rng.normal(0.55, 0.25), 0.5, 1.0))
+    n_masked = int(round(ratio * grid * grid))
+    flat = np.ones((n, grid * grid), bool)
     for k in range(n):
-        if rng.random() < structured_prob:
-            vis[k] = sent_mask(structured[rng.integers(len(structured))], grid)
-        else:
-            ratio = float(np.clip(rng.normal(0.55, 0.25), 0.5, 1.0))
-            n_masked = int(round(ratio * grid * grid))
-            flat = np.ones(grid * grid, bool)
-            flat[rng.permutation(grid * grid)[:n_masked]] = False
-            vis[k] = flat.reshape(grid, grid)
-    return vis
+        flat[k, rng.permutation(grid * grid)[:n_masked]] = False
+    return flat.reshape(n, grid, grid)
 
 
 def stage1_key(vq_ckpt: Path, cont_ckpt: Path) -> str:
@@ -123,7 +124,10 @@ def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, v
     # held-out crops of the *training* folder, only for the progress line (real evaluation: benchmarks/)
     n_val = min(max(64, len(tokens) // 20), len(tokens) // 2)
     model_cfg.guidance_channels = guidance.shape[1]
+    model_cfg.code_dim = vq.cfg.code_dim if cfg.use_codebook else 0
     model = MaskedTokenPredictor(model_cfg)
+    if model_cfg.code_dim:
+        model.set_codebook(vq.quantizer.normalised_codebook().detach())
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     state = RunState(run_dir)
     if resume(state, cfg.seed, model=model, opt=opt):
@@ -148,9 +152,9 @@ def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, v
             if cfg.use_guidance:
                 drop = torch.from_numpy(rng.random(cfg.batch) < cfg.guidance_dropout)
                 g = torch.where(drop[:, None, None, None], torch.zeros_like(g), g)
-            logits = model(idx, vis, g if cfg.use_guidance else None)
+            hidden = model.hidden(idx, vis, g if cfg.use_guidance else None, compact=True)
             masked = ~vis.reshape(cfg.batch, -1)
-            loss = F.cross_entropy(logits[masked], idx.reshape(cfg.batch, -1)[masked])
+            loss = F.cross_entropy(model.logits(hidden[masked]), idx.reshape(cfg.batch, -1)[masked])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -1,0 +1,62 @@
+"""The stage-2 predictor: the fast training path must compute what the exported graph computes."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hybridflow.models.train.stage2 import random_visible
+from hybridflow.models.transformer import MaskedTokenPredictor, TransformerConfig
+
+
+def _model(**kw: object) -> MaskedTokenPredictor:
+    torch.manual_seed(0)
+    cfg = TransformerConfig(guidance_channels=8, dim=32, heads=2, enc_layers=2, dec_layers=1, **kw)
+    model = MaskedTokenPredictor(cfg).eval()
+    if cfg.code_dim:
+        model.set_codebook(F.normalize(torch.randn(cfg.n_codes, cfg.code_dim), dim=1))
+    return model
+
+
+def test_compact_encoder_equals_masked_encoder() -> None:
+    model = _model(code_dim=4, guidance_input=True)
+    idx = torch.randint(0, 1024, (4, 16, 16))
+    # different visible counts per tile, including an all-masked one (only the buffer token is visible)
+    visible = torch.rand(4, 16, 16) < torch.tensor([0.0, 0.1, 0.5, 0.9])[:, None, None]
+    g = torch.randn(4, 8, 16, 16)
+    with torch.no_grad():
+        full = model.logits(model.hidden(idx, visible, g))
+        compact = model.logits(model.hidden(idx, visible, g, compact=True))
+    assert torch.allclose(full, compact, atol=1e-4)
+
+
+def test_prediction_keeps_sent_tokens_and_depends_on_guidance() -> None:
+    model = _model(code_dim=4, guidance_input=True)
+    idx = torch.randint(0, 1024, (2, 16, 16))
+    visible = torch.rand(2, 16, 16) < 0.25
+    g = torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        a = model.predict(idx, visible, g)
+        b = model.predict(idx, visible, torch.randn_like(g))
+    assert torch.equal(a[visible], idx[visible])
+    assert not torch.equal(a, b)
+
+
+def test_old_configuration_has_no_codebook_parameters() -> None:
+    """Checkpoints from before the codebook option must still load into the same modules."""
+    names = set(_model().state_dict())
+    assert not any(n.startswith(("codebook", "code_in", "code_out", "guid_add")) for n in names)
+
+
+def test_training_masks_share_their_visible_count_within_a_batch() -> None:
+    rng = np.random.default_rng(0)
+    counts = set()
+    for _ in range(40):
+        vis = random_visible(rng, 8, 16, structured_prob=0.5)
+        per_tile = vis.reshape(8, -1).sum(1)
+        assert (per_tile == per_tile[0]).all()
+        assert per_tile[0] <= 128  # at least half of the tokens are always masked
+        counts.add(int(per_tile[0]))
+    assert {128, 64, 25, 16} <= counts  # the codec's own schedules are among them
+    assert len(counts) > 4  # and random ratios too
