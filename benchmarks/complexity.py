@@ -20,7 +20,7 @@ import numpy as np
 
 from benchmarks.kodak import load_images
 from hybridflow.models.data import data_root
-from hybridflow.runtime import Codec
+from hybridflow.runtime import Codec, metrics
 from hybridflow.runtime.tiling import TileGrid
 
 SCHEDULES = ("1_2", "1_4", "1_9")
@@ -30,6 +30,12 @@ def tile_mse(original: np.ndarray, rec: np.ndarray) -> list[float]:
     grid = TileGrid(*original.shape[:2])
     regions = (grid.valid_region(t) for t in range(grid.count))
     return [float(np.mean((original[r].astype(np.float64) - rec[r]) ** 2)) for r in regions]
+
+
+def tile_detail(original: np.ndarray, rec: np.ndarray) -> list[float]:
+    """Per tile: the reconstruction's fine detail ÷ the original's (the benchmarks' sharpness ratio)."""
+    grid = TileGrid(*original.shape[:2])
+    return [metrics.sharpness_ratio(rec[r], original[r]) for r in (grid.valid_region(t) for t in range(grid.count))]
 
 
 def to_psnr(mse: np.ndarray) -> np.ndarray:
@@ -44,7 +50,8 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def measure(codec: Codec, images: list[tuple[str, np.ndarray]]) -> dict[str, np.ndarray]:
     """Per tile: score, auto's schedule, MSE under each uniform schedule; per schedule: total bits."""
     cm = codec.model.complexity
-    cols: dict[str, list] = {"score": [], "auto": [], **{s: [] for s in SCHEDULES}}
+    cols: dict[str, list] = {"score": [], "auto": [], **{s: [] for s in SCHEDULES},
+                             **{f"{s}_detail": [] for s in SCHEDULES}}
     bits = dict.fromkeys((*SCHEDULES, "auto"), 0)
     pixels = 0
     for _, rgb in images:
@@ -57,7 +64,9 @@ def measure(codec: Codec, images: list[tuple[str, np.ndarray]]) -> dict[str, np.
             data = codec.compress(rgb, mask=s)
             bits[s] += 8 * len(data)
             if s != "auto":
-                cols[s] += tile_mse(rgb, codec.decompress(data))
+                rec = codec.decompress(data)
+                cols[s] += tile_mse(rgb, rec)
+                cols[f"{s}_detail"] += tile_detail(rgb, rec)
         pixels += rgb.shape[0] * rgb.shape[1]
     out = {k: np.asarray(v) for k, v in cols.items()}
     out["bpp"] = np.array([bits[s] / pixels for s in (*SCHEDULES, "auto")])
@@ -73,15 +82,21 @@ def report(m: dict[str, np.ndarray], rng: np.random.Generator) -> str:
     n = len(score)
     lines = [f"{n} tiles; score 5th/50th/95th percentile {np.percentile(score, 5):.2f} / "
              f"{np.median(score):.2f} / {np.percentile(score, 95):.2f}", "",
-             "| score band | tiles | PSNR 1_4 | loss 1_4→1_9 (dB) | gain 1_4→1_2 (dB) |", "|---|---|---|---|---|"]
+             "| score band | tiles | PSNR 1_4 | loss 1_4→1_9 (dB) | gain 1_4→1_2 (dB) | detail 1_2 / 1_4 / 1_9 |",
+             "|---|---|---|---|---|---|"]
+    detail = np.stack([m[f"{s}_detail"] for s in SCHEDULES], 1)
+    detail_loss9 = detail[:, 1] - detail[:, 2]
     edges = np.percentile(score, [0, 25, 50, 75, 100])
     for lo, hi in zip(edges[:-1], edges[1:]):
         sel = (score >= lo) & (score <= hi)
         lines.append(f"| {lo:.2f}–{hi:.2f} | {sel.sum()} | {psnr[sel, 1].mean():.2f} | "
-                     f"{loss9[sel].mean():+.2f} | {gain2[sel].mean():+.2f} |")
+                     f"{loss9[sel].mean():+.2f} | {gain2[sel].mean():+.2f} | "
+                     f"{' / '.join(f'{v:.2f}' for v in np.median(detail[sel], 0))} |")
     lines += ["", f"Spearman(score, loss 1_4→1_9) = {spearman(score, loss9):+.2f}; "
                   f"Spearman(score, gain 1_4→1_2) = {spearman(score, gain2):+.2f} "
-                  "(positive: busy tiles lose more / gain more, as the mode assumes)", ""]
+                  "(positive: busy tiles lose more / gain more, as the mode assumes); "
+                  f"Spearman(score, detail lost 1_4→1_9) = {spearman(score, detail_loss9):+.2f}. "
+                  "Detail: median per-tile sharpness ratio (reconstruction ÷ original).", ""]
 
     counts = {s: int((auto == s).sum()) for s in SCHEDULES}
     picks = np.array([SCHEDULES.index(s) for s in auto])

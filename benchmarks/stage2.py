@@ -27,10 +27,8 @@ SCHEDULES = ("1_2", "1_4", "1_9", "1_16", "all")
 
 
 def load_predictor(path: Path) -> tuple[MaskedTokenPredictor, bool]:
-    ck = checkpoint.load(path)
-    model = MaskedTokenPredictor(checkpoint.to_config(TransformerConfig, ck["config"]))
-    model.load_state_dict(ck["model"])
-    return model.eval(), bool(ck["train_config"].get("use_guidance", True))
+    model = checkpoint.load_model(path, MaskedTokenPredictor, TransformerConfig)
+    return model, bool(checkpoint.load(path)["train_config"].get("use_guidance", True))
 
 
 def tiles_of(rgb: np.ndarray) -> np.ndarray:

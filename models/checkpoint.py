@@ -35,6 +35,14 @@ def to_config(cls: type, d: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
+def load_model(path: Path, cls: type, cfg_cls: type) -> torch.nn.Module:
+    """Rebuild a run checkpoint's model from its own config, in eval mode."""
+    ck = load(path)
+    model = cls(to_config(cfg_cls, ck["config"]))
+    model.load_state_dict(ck["model"])
+    return model.eval()
+
+
 def half_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """fp16 copy of a state dict for the small committed release checkpoint."""
     return {k: (v.half() if v.is_floating_point() else v) for k, v in state.items()}

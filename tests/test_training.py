@@ -4,6 +4,7 @@ save-on-stop guard that makes background runs resumable."""
 import os
 import signal
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ def _textured(seed: int = 0) -> torch.Tensor:
     return x
 
 
-@pytest.mark.parametrize("match", ["rms", "energy"])
+@pytest.mark.parametrize("match", ["rms", "energy", "oriented", "oriented_total"])
 def test_texture_loss_zero_for_same_detail_and_positive_for_blur(match: str) -> None:
     x = _textured()
     other_noise = _textured(seed=1)  # different pixels, statistically the same amount of detail
@@ -39,6 +40,17 @@ def test_energy_match_asks_most_where_the_detail_is() -> None:
     assert texture_energy_loss(damped, x, "energy") > texture_energy_loss(noisy_flat, x, "energy")
     with pytest.raises(ValueError):
         texture_energy_loss(x, x, "phase")
+
+
+def test_total_energy_term_asks_for_the_crop_mean() -> None:
+    """Halving every pixel's detail quarters each crop's energy: |log 0.25| per crop, whatever the layout."""
+    from hybridflow.models.losses import oriented_energy_loss
+
+    x = _textured()
+    halved = 0.5 * x
+    assert oriented_energy_loss(halved, x, total=True).item() == pytest.approx(abs(np.log(0.25)), rel=1e-3)
+    swapped = torch.cat([x[..., 32:], x[..., :32]], dim=-1)  # same detail, other places: blocks differ, totals not
+    assert oriented_energy_loss(swapped, x, total=True) < 0.05 * oriented_energy_loss(swapped, x)
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])

@@ -16,25 +16,28 @@ def stage1_vq(
     run_dir: Path = typer.Option(Path("runs/vq"), help="checkpoints and log.jsonl go here"),
     steps: int = 6000,
     batch: int = 8,
+    crop: int = typer.Option(128, help="training crop size; the runtime decodes 256² tiles"),
     threads: int = 1,
     disc_start: int = 2500,
     disc_weight: float = 0.1,
     adaptive_gan: bool = typer.Option(False, help="VQGAN's gradient-balanced GAN weight"),
     lr: float = 4e-4,
+    lr_decay: bool = typer.Option(False, help="generator LR falls linearly to 0 at --steps"),
     init: Path = typer.Option(None, help="start from this stage1-vq checkpoint (model + discriminator)"),
     decoder_only: bool = typer.Option(False, help="freeze encoder and codebook: token maps stay as in --init"),
     val_every: int = 500,
     texture_weight: float = typer.Option(0.0, help="weight of the local detail-energy loss"),
-    texture_match: str = typer.Option("rms", help="rms|energy|oriented: what that loss compares (losses.py)"),
+    texture_match: str = typer.Option("rms", help="rms|energy|oriented|oriented_total (losses.py)"),
     cache_dir: Path = CACHE,
 ) -> None:
     """VQ autoencoder (discrete stream)."""
     from ..vq import VQConfig
     from .stage1_vq import VQTrainConfig, train
 
-    cfg = VQTrainConfig(steps=steps, batch=batch, threads=threads, disc_start=disc_start, disc_weight=disc_weight,
-                        adaptive_gan=adaptive_gan, lr=lr, init=str(init or ""), decoder_only=decoder_only,
-                        val_every=val_every, texture_weight=texture_weight,
+    cfg = VQTrainConfig(steps=steps, batch=batch, crop=crop, threads=threads, disc_start=disc_start,
+                        disc_weight=disc_weight,
+                        adaptive_gan=adaptive_gan, lr=lr, lr_decay=lr_decay, init=str(init or ""),
+                        decoder_only=decoder_only, val_every=val_every, texture_weight=texture_weight,
                         texture_match=texture_match)
     train(run_dir, cfg, VQConfig(), cache_dir)
 
@@ -92,9 +95,10 @@ def stage3(
     run_dir: Path = typer.Option(Path("runs/stage3"), help="checkpoints, tile cache and log.jsonl go here"),
     steps: int = 3000,
     batch: int = 8,
+    crop_tokens: int = typer.Option(8, help="training crop in tokens (16 = the runtime's whole 256² tile)"),
     tiles: int = 1500,
     texture_weight: float = typer.Option(0.0, help="weight of the local-detail (sharpness) term"),
-    texture_match: str = typer.Option("rms", help="rms|energy|oriented: what that term compares (losses.py)"),
+    texture_match: str = typer.Option("rms", help="rms|energy|oriented|oriented_total (losses.py)"),
     threads: int = 1,
     init: Path = typer.Option(None, help="start from this stage3 checkpoint instead of a copy of the VQ decoder"),
     cache_dir: Path = CACHE,
@@ -102,7 +106,8 @@ def stage3(
     """Correction network (L1 + MS-SSIM/FFT term), everything else frozen."""
     from .stage3 import Stage3TrainConfig, train
 
-    cfg = Stage3TrainConfig(steps=steps, batch=batch, tiles=tiles, threads=threads, texture_weight=texture_weight,
+    cfg = Stage3TrainConfig(steps=steps, batch=batch, crop_tokens=crop_tokens, tiles=tiles, threads=threads,
+                            texture_weight=texture_weight,
                             texture_match=texture_match, init=str(init) if init else "")
     train(run_dir, cfg, vq, cont, predictor, cache_dir)
 

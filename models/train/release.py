@@ -20,13 +20,6 @@ from ..vq import VQAutoencoder, VQConfig
 from .loop import to_tensor
 
 
-def _load(path: Path, cls: type, cfg_cls: type) -> torch.nn.Module:
-    ck = checkpoint.load(path)
-    model = cls(checkpoint.to_config(cfg_cls, ck["config"]))
-    model.load_state_dict(ck["model"])
-    return model.eval()
-
-
 def training_tiles(cache_dir: Path, n: int, seed: int = 1234) -> np.ndarray:
     data = ImageCache(data_root() / "train", cache_dir)
     return data.random_crops(np.random.default_rng(seed), n, 256)
@@ -43,9 +36,11 @@ def index_counts(vq: VQAutoencoder, tiles: np.ndarray, batch: int = 16) -> np.nd
 
 def make_bundle(out: Path, vq_ckpt: Path, cont_ckpt: Path, predictor_ckpt: Path | None,
                 correction_ckpt: Path | None, name: str, cache_dir: Path, n_tiles: int = 600) -> Components:
-    vq = _load(vq_ckpt, VQAutoencoder, VQConfig)
-    cont = _load(cont_ckpt, ContinuousCodec, ContConfig)
-    predictor = _load(predictor_ckpt, MaskedTokenPredictor, TransformerConfig) if predictor_ckpt else None
+    vq = checkpoint.load_model(vq_ckpt, VQAutoencoder, VQConfig)
+    cont = checkpoint.load_model(cont_ckpt, ContinuousCodec, ContConfig)
+    predictor = None
+    if predictor_ckpt:
+        predictor = checkpoint.load_model(predictor_ckpt, MaskedTokenPredictor, TransformerConfig)
     correction = None
     if correction_ckpt:
         correction = CorrectionNet(vq.cfg, cont.cfg.channels)

@@ -44,8 +44,9 @@ class VQTrainConfig:
     seed: int = 0
     threads: int = 1
     texture_weight: float = 0.0  # weight of the local detail-energy loss (losses.texture_energy_loss)
-    texture_match: str = "rms"  # what that loss compares: "rms", "energy" or "oriented"
+    texture_match: str = "rms"  # what that loss compares: "rms", "energy", "oriented" or "oriented_total"
     adaptive_gan: bool = False
+    lr_decay: bool = False  # generator LR falls linearly to 0 at ``steps``: ends a GAN run in one state
     decoder_only: bool = False
     init: str = ""  # checkpoint whose model and discriminator start this run
 
@@ -94,7 +95,13 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
     data = ImageCache(data_root() / "train", cache_dir)
     tiles = val_crops(24)
     ckpt = Checkpointer(cfg.ckpt_minutes)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 200))
+
+    def generator_lr(step: int) -> float:
+        """Warm-up over 200 steps; with ``lr_decay`` a linear fall to zero. A function of the step, so
+        a resumed run continues on the same curve. With the GAN on, the decoder swings between a
+        grainy and a smooth state from one validation to the next; decaying the rate lets it settle."""
+        warm = min(1.0, (step + 1) / 200)
+        return cfg.lr * warm * ((1 - step / cfg.steps) if cfg.lr_decay else 1.0)
 
     def save() -> None:
         ckpt.save(state, model=model.state_dict(), disc=disc.state_dict(), opt=opt.state_dict(),
@@ -130,8 +137,9 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
+            for group in opt.param_groups:
+                group["lr"] = generator_lr(state.step)
             opt.step()
-            sched.step()
             if gan_on:
                 d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
                 opt_d.zero_grad(set_to_none=True)

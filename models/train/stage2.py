@@ -46,13 +46,8 @@ class Stage2TrainConfig:
 
 
 def load_frozen(vq_ckpt: Path, cont_ckpt: Path) -> tuple[VQAutoencoder, ContinuousCodec]:
-    ck = checkpoint.load(vq_ckpt)
-    vq = VQAutoencoder(checkpoint.to_config(VQConfig, ck["config"]))
-    vq.load_state_dict(ck["model"])
-    ck = checkpoint.load(cont_ckpt)
-    cont = ContinuousCodec(checkpoint.to_config(ContConfig, ck["config"]))
-    cont.load_state_dict(ck["model"])
-    return vq.eval(), cont.eval()
+    return (checkpoint.load_model(vq_ckpt, VQAutoencoder, VQConfig),
+            checkpoint.load_model(cont_ckpt, ContinuousCodec, ContConfig))
 
 
 @torch.no_grad()

@@ -48,10 +48,7 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
     rng = seed_everything(cfg.seed, cfg.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     vq, cont = load_frozen(vq_ckpt, cont_ckpt)
-    ck = checkpoint.load(predictor_ckpt)
-    predictor = MaskedTokenPredictor(checkpoint.to_config(TransformerConfig, ck["config"]))
-    predictor.load_state_dict(ck["model"])
-    predictor.eval()
+    predictor = checkpoint.load_model(predictor_ckpt, MaskedTokenPredictor, TransformerConfig)
     cache = cache_dir / f"stage3_tiles_{stage1_key(vq_ckpt, cont_ckpt)}_{cfg.tiles}.npz"
     if not cache.exists():
         data = ImageCache(data_root() / "train", cache_dir)
