@@ -26,16 +26,12 @@ from hybridflow.runtime.tiling import TileGrid
 SCHEDULES = ("1_2", "1_4", "1_9")
 
 
-def tile_mse(original: np.ndarray, rec: np.ndarray) -> list[float]:
+def tile_errors(original: np.ndarray, rec: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per tile: MSE, and the reconstruction's fine detail ÷ the original's (the sharpness ratio)."""
     grid = TileGrid(*original.shape[:2])
-    regions = (grid.valid_region(t) for t in range(grid.count))
-    return [float(np.mean((original[r].astype(np.float64) - rec[r]) ** 2)) for r in regions]
-
-
-def tile_detail(original: np.ndarray, rec: np.ndarray) -> list[float]:
-    """Per tile: the reconstruction's fine detail ÷ the original's (the benchmarks' sharpness ratio)."""
-    grid = TileGrid(*original.shape[:2])
-    return [metrics.sharpness_ratio(rec[r], original[r]) for r in (grid.valid_region(t) for t in range(grid.count))]
+    regions = [grid.valid_region(t) for t in range(grid.count)]
+    mse = [float(np.mean((original[r].astype(np.float64) - rec[r]) ** 2)) for r in regions]
+    return mse, [metrics.sharpness_ratio(rec[r], original[r]) for r in regions]
 
 
 def to_psnr(mse: np.ndarray) -> np.ndarray:
@@ -64,9 +60,9 @@ def measure(codec: Codec, images: list[tuple[str, np.ndarray]]) -> dict[str, np.
             data = codec.compress(rgb, mask=s)
             bits[s] += 8 * len(data)
             if s != "auto":
-                rec = codec.decompress(data)
-                cols[s] += tile_mse(rgb, rec)
-                cols[f"{s}_detail"] += tile_detail(rgb, rec)
+                mse, detail = tile_errors(rgb, codec.decompress(data))
+                cols[s] += mse
+                cols[f"{s}_detail"] += detail
         pixels += rgb.shape[0] * rgb.shape[1]
     out = {k: np.asarray(v) for k, v in cols.items()}
     out["bpp"] = np.array([bits[s] / pixels for s in (*SCHEDULES, "auto")])

@@ -27,8 +27,9 @@ SCHEDULES = ("1_2", "1_4", "1_9", "1_16", "all")
 
 
 def load_predictor(path: Path) -> tuple[MaskedTokenPredictor, bool]:
-    model = checkpoint.load_model(path, MaskedTokenPredictor, TransformerConfig)
-    return model, bool(checkpoint.load(path)["train_config"].get("use_guidance", True))
+    ck = checkpoint.load(path)
+    model = checkpoint.build_model(ck, MaskedTokenPredictor, TransformerConfig)
+    return model, bool(ck["train_config"].get("use_guidance", True))
 
 
 def tiles_of(rgb: np.ndarray) -> np.ndarray:

@@ -35,12 +35,15 @@ def to_config(cls: type, d: dict[str, Any]) -> Any:
     return cls(**kwargs)
 
 
-def load_model(path: Path, cls: type, cfg_cls: type) -> torch.nn.Module:
-    """Rebuild a run checkpoint's model from its own config, in eval mode."""
-    ck = load(path)
+def build_model(ck: dict[str, Any], cls: type, cfg_cls: type) -> torch.nn.Module:
+    """Rebuild a loaded run checkpoint's model from its own config, in eval mode."""
     model = cls(to_config(cfg_cls, ck["config"]))
     model.load_state_dict(ck["model"])
     return model.eval()
+
+
+def load_model(path: Path, cls: type, cfg_cls: type) -> torch.nn.Module:
+    return build_model(load(path), cls, cfg_cls)
 
 
 def half_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

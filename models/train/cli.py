@@ -35,10 +35,9 @@ def stage1_vq(
     from .stage1_vq import VQTrainConfig, train
 
     cfg = VQTrainConfig(steps=steps, batch=batch, crop=crop, threads=threads, disc_start=disc_start,
-                        disc_weight=disc_weight,
-                        adaptive_gan=adaptive_gan, lr=lr, lr_decay=lr_decay, init=str(init or ""),
-                        decoder_only=decoder_only, val_every=val_every, texture_weight=texture_weight,
-                        texture_match=texture_match)
+                        disc_weight=disc_weight, adaptive_gan=adaptive_gan, lr=lr, lr_decay=lr_decay,
+                        init=str(init or ""), decoder_only=decoder_only, val_every=val_every,
+                        texture_weight=texture_weight, texture_match=texture_match)
     train(run_dir, cfg, VQConfig(), cache_dir)
 
 
@@ -107,8 +106,8 @@ def stage3(
     from .stage3 import Stage3TrainConfig, train
 
     cfg = Stage3TrainConfig(steps=steps, batch=batch, crop_tokens=crop_tokens, tiles=tiles, threads=threads,
-                            texture_weight=texture_weight,
-                            texture_match=texture_match, init=str(init) if init else "")
+                            texture_weight=texture_weight, texture_match=texture_match,
+                            init=str(init) if init else "")
     train(run_dir, cfg, vq, cont, predictor, cache_dir)
 
 
