@@ -125,7 +125,11 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     args = ap.parse_args()
     codec = Codec.load(args.model, provider="cpu")
-    print(f"model {codec.model.name} ({codec.model.manifest['model_id'][:8]})")
+    cm = codec.model.complexity
+    how = (f"low threshold calibrated so that {100 * cm.sparse_share:.0f} % of training tiles go to 1_9"
+           if cm.sparse_share is not None else "the method's literal thresholds")
+    print(f"model {codec.model.name} ({codec.model.manifest['model_id'][:8]}); auto thresholds "
+          f"{cm.low_threshold:.3f} / {cm.high_threshold:.3f} ({how})")
     for folder in args.folder:
         images = load_images(folder, args.limit)
         print(f"\n### {folder.name}: {len(images)} images\n")

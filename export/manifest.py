@@ -61,6 +61,7 @@ def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[s
         "complexity": {
             "lo": c.complexity.lo, "hi": c.complexity.hi,
             "low_threshold": c.complexity.low_threshold, "high_threshold": c.complexity.high_threshold,
+            "sparse_share": c.complexity.sparse_share,
         },
     }
     manifest["model_id"] = model_id(manifest, out, hyper)

@@ -100,14 +100,19 @@ def stage3(
     texture_match: str = typer.Option("rms", help="rms|energy|oriented|oriented_total (losses.py)"),
     threads: int = 1,
     init: Path = typer.Option(None, help="start from this stage3 checkpoint instead of a copy of the VQ decoder"),
+    lr: float = 2e-4,
+    lr_decay: bool = typer.Option(False, help="LR falls linearly to 0 at --steps"),
+    disc_weight: float = typer.Option(0.0, help="> 0 adds a patch-GAN term (gradient-balanced weight × this)"),
+    disc_init: Path = typer.Option(None, help="stage1-vq checkpoint whose discriminator starts the GAN"),
     cache_dir: Path = CACHE,
 ) -> None:
-    """Correction network (L1 + MS-SSIM/FFT term), everything else frozen."""
+    """Correction network (L1 + MS-SSIM/FFT term [+ texture, GAN]), everything else frozen."""
     from .stage3 import Stage3TrainConfig, train
 
     cfg = Stage3TrainConfig(steps=steps, batch=batch, crop_tokens=crop_tokens, tiles=tiles, threads=threads,
                             texture_weight=texture_weight, texture_match=texture_match,
-                            init=str(init) if init else "")
+                            init=str(init) if init else "", lr=lr, lr_decay=lr_decay, disc_weight=disc_weight,
+                            disc_init=str(disc_init) if disc_init else "")
     train(run_dir, cfg, vq, cont, predictor, cache_dir)
 
 
@@ -120,15 +125,18 @@ def bundle(
     correction: Path = typer.Option(None, help="stage3 checkpoint (optional)"),
     name: str = typer.Option("hybridflow", help="model name shown by hf-run info"),
     tiles: int = typer.Option(600, help="training tiles for the index prior and complexity statistics"),
+    auto_saving: float = typer.Option(0.125, help="auto mode's rate saving vs uniform 1_4 on training tiles "
+                                                  "(sets its low threshold); 0 = the method's literal 0.24"),
     cache_dir: Path = CACHE,
 ) -> None:
     """Collect trained stages into one small fp16 bundle with its training-set statistics."""
     from .release import make_bundle
 
-    c = make_bundle(out, vq, cont, predictor, correction, name, cache_dir, tiles)
+    c = make_bundle(out, vq, cont, predictor, correction, name, cache_dir, tiles, auto_saving)
     used = int((c.index_counts > 0).sum())
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); codes used on {tiles} train tiles: {used}")
-    print(f"complexity lo={c.complexity.lo} hi={c.complexity.hi}")
+    print(f"complexity lo={c.complexity.lo} hi={c.complexity.hi} "
+          f"thresholds {c.complexity.low_threshold:.3f} / {c.complexity.high_threshold:.3f}")
 
 
 @app.command()

@@ -4,7 +4,13 @@ Each step draws cached training tiles, masks their token maps with one of the co
 lets the frozen predictor restore them (so the correction learns to fix prediction errors too),
 crops a random window of ``crop_tokens``² tokens (and the matching pixels and guidance) and trains
 L1 + w·(1 − MS-SSIM + FFT-amplitude) [+ w_t·texture energy] through the VQ decoder with the
-correction features added."""
+correction features added.
+
+With ``disc_weight`` > 0 a patch discriminator judges the fused decoder's output against the original
+(hinge loss, VQGAN's gradient-balanced weight): pixel losses make the correction average over what the
+continuous latent cannot say, which is blur; the discriminator asks for texture that looks real there
+instead. It can start from a stage1-vq checkpoint's discriminator (``disc_init``), which has already
+learned what this VQ decoder's textures look like next to real ones."""
 
 from __future__ import annotations
 
@@ -20,9 +26,11 @@ from ...runtime.masking import sent_mask
 from .. import checkpoint
 from ..correction import CorrectionNet, PixelDecoder
 from ..data import ImageCache, data_root
-from ..losses import perceptual_loss, texture_energy_loss
+from ..discriminator import PatchDiscriminator
+from ..losses import hinge_d_loss, perceptual_loss, texture_energy_loss
 from ..transformer import MaskedTokenPredictor, TransformerConfig
 from .loop import Checkpointer, RunState, resume, resumed_rng, save_on_interrupt, seed_everything, to_tensor
+from .stage1_vq import adaptive_weight
 from .stage2 import load_frozen, stage1_key, tokens_and_guidance
 
 
@@ -41,6 +49,10 @@ class Stage3TrainConfig:
     seed: int = 0
     threads: int = 1
     init: str = ""  # a stage-3 checkpoint to start from instead of a fresh copy of the VQ decoder
+    disc_weight: float = 0.0  # > 0: adversarial term (× the gradient-balanced weight), see the docstring
+    disc_init: str = ""  # a stage1-vq (or GAN stage-3) checkpoint whose discriminator starts this run
+    disc_warmup: int = 100  # steps over which the adversarial weight ramps up from 0
+    lr_decay: bool = False  # LR falls linearly to 0 at ``steps``: a GAN run ends in one state
 
 
 def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path, predictor_ckpt: Path,
@@ -67,15 +79,22 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
     else:
         correction.init_from(vq.decoder)
     decoder = PixelDecoder(vq, correction)
-    opt = torch.optim.Adam(correction.parameters(), lr=cfg.lr)
+    gan = cfg.disc_weight > 0
+    opt = torch.optim.Adam(correction.parameters(), lr=cfg.lr, betas=(0.5, 0.9) if gan else (0.9, 0.999))
+    disc = PatchDiscriminator()
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    if gan and cfg.disc_init:
+        disc.load_state_dict(checkpoint.load(Path(cfg.disc_init))["disc"])
     state = RunState(run_dir)
-    if resume(state, cfg.seed, model=correction, opt=opt):
+    parts = {"model": correction, "opt": opt} | ({"disc": disc, "opt_d": opt_d} if gan else {})
+    if resume(state, cfg.seed, **parts):
         rng = resumed_rng(cfg.seed, state)
     ckpt = Checkpointer(cfg.ckpt_minutes)
 
     def save() -> None:
+        extra = {"disc": disc.state_dict(), "opt_d": opt_d.state_dict()} if gan else {}
         ckpt.save(state, model=correction.state_dict(), opt=opt.state_dict(), train_config=cfg, kind="correction",
-                  vq_ckpt=str(vq_ckpt), cont_ckpt=str(cont_ckpt), predictor_ckpt=str(predictor_ckpt))
+                  vq_ckpt=str(vq_ckpt), cont_ckpt=str(cont_ckpt), predictor_ckpt=str(predictor_ckpt), **extra)
 
     bar = tqdm(total=cfg.steps, initial=state.step, desc="stage3", dynamic_ncols=True)
     ct, px = cfg.crop_tokens, cfg.crop_tokens * vq.cfg.factor
@@ -95,15 +114,28 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
             perc = perceptual_loss(out, target)
             tex = texture_energy_loss(out, target, cfg.texture_match) if cfg.texture_weight else torch.zeros(())
             loss = l1 + cfg.perceptual_weight * perc + cfg.texture_weight * tex
+            w_gan = 0.0
+            if gan:
+                g_loss = -disc(out).mean()
+                w_gan = cfg.disc_weight * min(1.0, state.step / cfg.disc_warmup) * adaptive_weight(loss, g_loss, out)
+                loss = loss + w_gan * g_loss
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * ((1 - state.step / cfg.steps) if cfg.lr_decay else 1.0)
             opt.step()
+            if gan:
+                d_loss = hinge_d_loss(disc(target), disc(out.detach()))
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
             state.step += 1
             state.elapsed_s += time.time() - t0
             bar.update(1)
             bar.set_postfix(l1=f"{l1.item():.3f}", perc=f"{perc.item():.3f}")
             if state.step % 50 == 0:
-                state.log({"l1": l1.item(), "perc": perc.item(), "texture": tex.item(), "schedule": name})
+                state.log({"l1": l1.item(), "perc": perc.item(), "texture": tex.item(), "schedule": name,
+                           "w_gan": float(w_gan), "d_loss": d_loss.item() if gan else 0.0})
             if ckpt.due() or state.step == cfg.steps:
                 save()
     bar.close()
