@@ -73,6 +73,11 @@ class ContinuousCodec(nn.Module):
         self.g_s_tail = nn.Sequential(deconv(n, n), GDN(n, inverse=True), deconv(n, 3))
         self.prior = FactorizedPrior(cfg.hyper)
 
+    def lowres(self, x: torch.Tensor) -> torch.Tensor:
+        """Full-resolution image in [-1, 1] → this codec's input: [0, 1], ``downscale``× smaller
+        (block means, as the runtime's area resize)."""
+        return F.avg_pool2d((x + 1) / 2, self.cfg.downscale)
+
     def analysis(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Low-res image in [0, 1] → (y, z)."""
         y = self.g_a(x)

@@ -54,9 +54,12 @@ class ComplexityModel:
     sparse_share: float | None = None  # the training share the low threshold was calibrated to, if any
 
     def score(self, tile: np.ndarray) -> float:
+        return float(self.scores(raw_metrics(tile)))
+
+    def scores(self, metrics: np.ndarray) -> np.ndarray:
+        """Scores of (..., 4) raw metrics: each normalised by (lo, hi) and clipped, then averaged."""
         lo, hi = np.asarray(self.lo), np.asarray(self.hi)
-        norm = np.clip((raw_metrics(tile) - lo) / np.maximum(hi - lo, 1e-9), 0.0, 1.0)
-        return float(norm.mean())
+        return np.clip((metrics - lo) / np.maximum(hi - lo, 1e-9), 0.0, 1.0).mean(axis=-1)
 
     def schedule(self, tile: np.ndarray) -> str:
         return self.pick(self.score(tile))
@@ -79,7 +82,6 @@ class ComplexityModel:
         lo, hi = np.percentile(m, percentiles[0], axis=0), np.percentile(m, percentiles[1], axis=0)
         model = cls(lo=[float(v) for v in lo], hi=[float(v) for v in hi])
         if sparse_share is not None:
-            scores = np.clip((m - lo) / np.maximum(hi - lo, 1e-9), 0.0, 1.0).mean(axis=1)
             model.sparse_share = float(np.clip(sparse_share, 0.0, 1.0))
-            model.low_threshold = float(np.quantile(scores, model.sparse_share))
+            model.low_threshold = float(np.quantile(model.scores(m), model.sparse_share))
         return model

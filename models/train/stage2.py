@@ -56,7 +56,7 @@ def tokens_and_guidance(vq: VQAutoencoder, cont: ContinuousCodec, tiles_u8: np.n
     """What the decoder will have for these tiles: VQ indices and decoded continuous guidance."""
     x = to_tensor(tiles_u8)
     idx = vq.encode(x)
-    low = F.avg_pool2d((x + 1) / 2, cont.cfg.downscale)
+    low = cont.lowres(x)
     y, z = cont.analysis(low)
     mean, _ = cont.h_s(torch.round(z))
     g = cont.guidance(torch.round(y - mean) + mean)
