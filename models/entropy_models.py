@@ -5,6 +5,7 @@ runtime entropy-codes with NumPy + constriction only."""
 
 from __future__ import annotations
 
+import copy
 import math
 
 import numpy as np
@@ -56,17 +57,35 @@ class FactorizedPrior(nn.Module):
 
     @torch.no_grad()
     def pmf_table(self, radius: int) -> np.ndarray:
-        """(C, 2·radius+1) probabilities of symbols −radius … radius; tails folded into the ends."""
+        """(C, 2·radius+1) probabilities of symbols −radius … radius; tails folded into the ends.
+
+        Computed in float64 and snapped to a fixed-point grid (:func:`fixed_point_pmf`): float
+        results differ between CPUs in their last bits, and the table is part of the model id and
+        of every stream, so two machines exporting one checkpoint must store the same numbers."""
         c = self.matrices[0].shape[0]
-        k = torch.arange(-radius, radius + 1, dtype=torch.float32)
+        k = torch.arange(-radius, radius + 1, dtype=torch.float64)
         v = k.view(1, 1, -1).expand(c, 1, -1)
-        cdf_hi = torch.sigmoid(self._logits_cdf(v + 0.5)).squeeze(1)
-        cdf_lo = torch.sigmoid(self._logits_cdf(v - 0.5)).squeeze(1)
-        pmf = (cdf_hi - cdf_lo).double()
-        pmf[:, 0] += cdf_lo[:, 0].double()
-        pmf[:, -1] += 1 - cdf_hi[:, -1].double()
-        pmf = pmf.clamp_min(1e-7)
-        return (pmf / pmf.sum(1, keepdim=True)).numpy()
+        prior = copy.deepcopy(self).double()
+        cdf_hi = torch.sigmoid(prior._logits_cdf(v + 0.5)).squeeze(1)
+        cdf_lo = torch.sigmoid(prior._logits_cdf(v - 0.5)).squeeze(1)
+        pmf = cdf_hi - cdf_lo
+        pmf[:, 0] += cdf_lo[:, 0]
+        pmf[:, -1] += 1 - cdf_hi[:, -1]
+        return fixed_point_pmf(pmf.numpy())
+
+
+PMF_BITS = 24
+
+
+def fixed_point_pmf(pmf: np.ndarray, bits: int = PMF_BITS) -> np.ndarray:
+    """Rows of probabilities → rows of integer multiples of 2^-bits that sum to exactly 1, every
+    entry ≥ 2^-bits. Values that differ by float noise (≈1e-16) land on the same grid point except
+    with probability ≈ 2^bits · 1e-16, so the stored table does not depend on the machine."""
+    total = 1 << bits
+    counts = np.maximum(np.round(np.clip(pmf, 0, None) / pmf.sum(axis=1, keepdims=True) * total), 1).astype(np.int64)
+    rows = np.arange(counts.shape[0])
+    counts[rows, counts.argmax(axis=1)] += total - counts.sum(axis=1)  # the largest bin absorbs the rounding
+    return counts / np.float64(total)
 
 
 def gaussian_likelihood(y: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -80,4 +99,5 @@ def gaussian_likelihood(y: torch.Tensor, mean: torch.Tensor, scale: torch.Tensor
 
 def scale_table(levels: int = 64, lo: float = 0.11, hi: float = 64.0) -> np.ndarray:
     """Log-spaced standard deviations the runtime may use; predicted scales are rounded up to one."""
-    return np.exp(np.linspace(math.log(lo), math.log(hi), levels))
+    table = np.exp(np.linspace(math.log(lo), math.log(hi), levels))
+    return np.round(table * 2**20) / 2**20  # snapped to a grid: np.exp's last bit depends on the CPU's SIMD path

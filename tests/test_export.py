@@ -44,3 +44,23 @@ def test_bad_checkpoint_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="not a HybridFlow bundle"):
         export_bundle(path, tmp_path / "o", parity=False)
     assert not (tmp_path / "o").exists()
+
+
+def test_entropy_tables_do_not_depend_on_float_noise() -> None:
+    """Another CPU computes the prior's CDF with different last bits; the stored table (and so the
+    model id) must not change. Simulated by a relative 1e-13 of noise on the float table."""
+    torch = pytest.importorskip("torch")
+    from hybridflow.models.entropy_models import PMF_BITS, FactorizedPrior, fixed_point_pmf, scale_table
+
+    torch.manual_seed(0)
+    prior = FactorizedPrior(8)
+    table = prior.pmf_table(32)
+    counts = table * 2**PMF_BITS
+    assert np.array_equal(counts, np.round(counts)) and (counts >= 1).all()
+    assert (counts.sum(axis=1) == 2**PMF_BITS).all()
+    rng = np.random.default_rng(0)
+    noisy = table * (1 + rng.uniform(-1e-13, 1e-13, table.shape))
+    assert not np.array_equal(noisy, table)
+    assert np.array_equal(fixed_point_pmf(noisy), table)
+    st = scale_table()
+    assert np.array_equal(st * 2**20, np.round(st * 2**20)) and (np.diff(st) > 0).all()
