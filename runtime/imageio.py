@@ -15,6 +15,7 @@ import cv2
 import numpy as np
 
 WRITABLE = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".ppm"}
+READABLE = WRITABLE | {".jpe", ".pgm", ".pnm"}  # what a directory listing treats as images
 
 
 class ImageReadError(ValueError):
@@ -39,11 +40,17 @@ def read_image(path: Path | str) -> tuple[np.ndarray, list[str]]:
         data = path.read_bytes()
     except OSError as e:
         raise ImageReadError(f"cannot read {path}: {e.strerror}") from None
+    return decode_image(data, str(path))
+
+
+def decode_image(data: bytes, name: str = "image") -> tuple[np.ndarray, list[str]]:
+    """``read_image`` for bytes already in memory (files on remote filesystems); ``name`` goes into
+    the error messages. Same policy, so the same file gives the same pixels either way."""
     if not data:
-        raise ImageReadError(f"{path} is empty")
+        raise ImageReadError(f"{name} is empty")
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
     if img is None or img.size == 0:
-        raise ImageReadError(f"{path} is not an image OpenCV can decode")
+        raise ImageReadError(f"{name} is not an image OpenCV can decode")
     warnings = []
     if img.dtype == np.uint16:
         img = ((img.astype(np.uint32) + 128) // 257).astype(np.uint8)

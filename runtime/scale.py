@@ -1,0 +1,403 @@
+"""Compress and evaluate image archives on a Ray cluster (``hf-run compress|eval --engine ray``).
+
+Why Ray Data and no scheduler of our own: ``map_batches`` with a callable class gives one stateful
+actor per worker (the model is loaded once per actor), backpressure, and actor/task retries when a
+worker process or a node dies. This module only decides what happens to each file, and how a rerun
+stays cheap and correct:
+
+- The outputs are the truth. Each is written atomically (temporary name, then rename), so an output
+  that exists is complete. A run lists DST first and skips what is there; a worker checks again
+  before compressing, so a batch retried after its actor died does not redo what the dead actor had
+  finished. ``force=True`` redoes everything.
+- Every input gets one row in a per-run Parquet manifest, ``DST/.manifests/run-<time>-<id>.parquet``:
+  path, output, bytes, bpp, seconds, status (``ok`` | ``skipped`` | ``failed``), error, worker. A
+  bad image is a ``failed`` row, never an exception that stops the run; the next run tries it again.
+- Fault tolerance is stated in ``Retries``, not left to Ray Data's defaults (which restart a dead
+  actor forever and retry its tasks forever).
+
+SRC and DST are local paths or filesystem URIs: whatever ``pyarrow.fs`` understands (``file://``,
+``s3://``, ``gs://``, ``hdfs://``), else whatever fsspec does. On a cluster every node must reach
+them and must have ``hybridflow[scale]`` installed; ``model`` must be a path that exists on every
+node (the default model ships inside the package). Ray, pyarrow and fsspec come with the ``[scale]``
+extra and are imported only when this module is used.
+
+Outputs are byte-identical to ``hf-run compress``: the same image decoder and the same ``Codec``.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import socket
+import sys
+import time
+import uuid
+import warnings
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from .bitstream import SUFFIX
+from .imageio import READABLE, decode_image, write_bytes_atomic
+
+MANIFEST_DIR = ".manifests"  # under DST; hidden, so listings of inputs and outputs never see it
+
+MANIFEST_SCHEMA = pa.schema([
+    ("path", pa.string()), ("output", pa.string()), ("bytes", pa.int64()), ("bpp", pa.float64()),
+    ("seconds", pa.float64()), ("status", pa.string()), ("error", pa.string()), ("worker", pa.string()),
+])
+EVAL_SCHEMA = pa.schema([
+    ("path", pa.string()), ("width", pa.int64()), ("height", pa.int64()), ("bytes", pa.int64()),
+    ("bpp", pa.float64()), ("psnr", pa.float64()), ("ms_ssim", pa.float64()), ("sharpness", pa.float64()),
+    ("sharpness_half", pa.float64()), ("encode_s", pa.float64()), ("decode_s", pa.float64()),
+    ("status", pa.string()), ("error", pa.string()), ("worker", pa.string()),
+])
+
+
+@dataclass(frozen=True)
+class Retries:
+    """What Ray may retry. Files' own errors (a corrupt image, a write that fails) are caught and
+    recorded per file, so Ray retries only what it alone can see: a worker process or node dying.
+
+    ``max_restarts``: how often one worker actor is recreated after its process died.
+    ``max_task_retries``: how often a batch is resubmitted after the actor running it died.
+    ``retry_exceptions``: Python exceptions from the batch function that Ray retries; ``False``,
+    since a file's exception never leaves the batch function (it becomes a ``failed`` row).
+    """
+
+    max_restarts: int = 3
+    max_task_retries: int = 3
+    retry_exceptions: bool = False
+
+
+@dataclass(frozen=True)
+class Engine:
+    """Where and how wide to run.
+
+    ``address``: ``None`` starts a local Ray on this machine; ``"auto"`` joins the cluster this
+    machine was added to with ``ray start``; ``"ray://head:10001"`` connects a remote client.
+    ``workers``: actors, each holding one model; ``None`` = the cluster's CPUs ÷ ``threads_per_worker``.
+    ``threads_per_worker``: onnxruntime threads per graph in each actor (and CPUs reserved for it).
+    ``batch_size``: files per task; 1 balances best, larger amortises per-task overhead on huge archives.
+    """
+
+    address: str | None = None
+    workers: int | None = None
+    threads_per_worker: int = 1
+    batch_size: int = 1
+    retries: Retries = Retries()
+
+
+@dataclass
+class RunSummary:
+    manifest: str  # URI or path of this run's Parquet manifest
+    counts: dict[str, int]  # status → files
+    seconds: float
+
+    @property
+    def failed(self) -> int:
+        return self.counts.get("failed", 0)
+
+
+@dataclass
+class EvalSummary:
+    rows: pa.Table  # one row per image (EVAL_SCHEMA)
+    means: dict[str, float]  # over the images that succeeded
+    seconds: float
+
+    @property
+    def failed(self) -> int:
+        return sum(s != "ok" for s in self.rows.column("status").to_pylist())
+
+
+# --------------------------------------------------------------------------------- filesystems
+def open_fs(uri: str) -> tuple[pafs.FileSystem, str]:
+    """A local path or a URI → (filesystem, path inside it). pyarrow first (it is what Ray Data
+    uses), then fsspec for schemes pyarrow lacks."""
+    if "://" not in uri:
+        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+    try:
+        return pafs.FileSystem.from_uri(uri)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(uri)
+        return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), path
+
+
+def _root_uri(uri: str) -> str:
+    """What the workers open: local paths made absolute (a worker's working directory differs)."""
+    return uri if "://" in uri else os.path.abspath(os.path.expanduser(uri))
+
+
+def _join(root: str, rel: str) -> str:
+    return posixpath.join(root, rel) if rel else root
+
+
+def _listing(fs: pafs.FileSystem, root: str, must_exist: bool) -> Iterator[tuple[str, pafs.FileInfo]]:
+    """(relative path, info) of every visible file below ``root``; hidden files and folders (our
+    temporary files and manifests among them) are left out."""
+    kind = fs.get_file_info(root).type
+    if kind != pafs.FileType.Directory:
+        if must_exist:
+            raise FileNotFoundError(f"{root}: not a directory (--engine ray takes folders)")
+        return
+    for info in fs.get_file_info(pafs.FileSelector(root, recursive=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        rel = posixpath.relpath(info.path, root)
+        if not any(part.startswith(".") for part in rel.split("/")):
+            yield rel, info
+
+
+def output_name(rel: str) -> str:
+    """``sub/photo.jpg`` → ``sub/photo.hfc``: the local CLI's naming (stem + suffix), keeping folders."""
+    return posixpath.join(posixpath.dirname(rel), posixpath.splitext(posixpath.basename(rel))[0] + SUFFIX)
+
+
+def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
+    """Readers never see a partial file. Local: the CLI's temporary-file-and-rename. Elsewhere: a
+    hidden temporary object, then ``move`` (a rename on HDFS; object stores' puts are whole anyway)."""
+    parent = posixpath.dirname(path)
+    fs.create_dir(parent, recursive=True)
+    if isinstance(fs, pafs.LocalFileSystem):
+        write_bytes_atomic(Path(path), data)
+        return
+    tmp = posixpath.join(parent, f".{posixpath.basename(path)}.{uuid.uuid4().hex}.part")
+    try:
+        with fs.open_output_stream(tmp) as f:
+            f.write(data)
+        fs.move(tmp, path)
+    except BaseException:
+        try:
+            fs.delete_file(tmp)
+        except OSError:
+            pass
+        raise
+
+
+# ----------------------------------------------------------------------------------- workers
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split()) or type(e).__name__
+    return text if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {text}"
+
+
+class _Worker:
+    """State of one Ray actor: the model, loaded once, and the two filesystems."""
+
+    def __init__(self, src: str, dst: str | None, model: str | None, provider: str, threads: int,
+                 mask: str, stream: str, force: bool = False) -> None:
+        from .codec import Codec
+
+        self.codec = Codec.load(model, provider=provider, threads=threads)
+        self.src_fs, self.src = open_fs(src)
+        self.dst_fs, self.dst = open_fs(dst) if dst is not None else (None, "")
+        self.mask, self.stream, self.force = mask, stream, force
+        self.tag = f"{socket.gethostname()}:{os.getpid()}"
+
+    def read(self, rel: str) -> np.ndarray:
+        path = _join(self.src, rel)
+        with self.src_fs.open_input_file(path) as f:
+            data = f.read()
+        return decode_image(data, path)[0]
+
+
+class _Compressor(_Worker):
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        rows = [self.one(str(rel), str(out)) for rel, out in zip(batch["rel"], batch["out"])]
+        return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
+
+    def one(self, rel: str, out: str) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        dst = _join(self.dst, out)
+        row: dict[str, Any] = {"path": _join(self.src, rel), "output": dst, "status": "ok", "error": "",
+                               "worker": self.tag}
+        try:
+            if not self.force and self.dst_fs.get_file_info(dst).type == pafs.FileType.File:
+                # finished by an earlier attempt of this batch, whose actor then died
+                with self.dst_fs.open_input_file(dst) as f:
+                    info = self.codec.info(f.read())
+                row.update(status="skipped", bytes=info.bytes, bpp=info.bpp)
+            else:
+                rgb = self.read(rel)
+                data = self.codec.compress(rgb, mask=self.mask, stream=self.stream)
+                write_atomic(self.dst_fs, dst, data)
+                row.update(bytes=len(data), bpp=8 * len(data) / (rgb.shape[0] * rgb.shape[1]))
+        except Exception as e:  # a bad file is a row of the manifest, never the end of the run
+            row.update(status="failed", error=_one_line(e))
+        row["seconds"] = time.perf_counter() - t0
+        return row
+
+
+class _Evaluator(_Worker):
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        rows = [self.one(str(root), str(rel)) for root, rel in zip(batch["root"], batch["rel"])]
+        return pa.Table.from_pylist(rows, schema=EVAL_SCHEMA)
+
+    def one(self, root: str, rel: str) -> dict[str, Any]:
+        from . import metrics
+
+        if root != self.src:  # eval takes several roots; they share one filesystem
+            self.src_fs, self.src = open_fs(root)
+        row: dict[str, Any] = {"path": _join(self.src, rel), "status": "ok", "error": "", "worker": self.tag}
+        try:
+            rgb = self.read(rel)
+            t0 = time.perf_counter()
+            data = self.codec.compress(rgb, mask=self.mask, stream=self.stream)
+            t1 = time.perf_counter()
+            rec = self.codec.decompress(data)
+            t2 = time.perf_counter()
+            row.update(width=rgb.shape[1], height=rgb.shape[0], bytes=len(data),
+                       **metrics.quality(rgb, len(data), rec), encode_s=t1 - t0, decode_s=t2 - t1)
+        except Exception as e:  # a bad file is a row, never the end of the run
+            row.update(status="failed", error=_one_line(e))
+        return row
+
+
+# ------------------------------------------------------------------------------------ driver
+def _connect(engine: Engine) -> int:
+    """Start or join Ray; returns the number of workers to run."""
+    import ray
+
+    if engine.threads_per_worker < 1 or (engine.workers is not None and engine.workers < 1):
+        raise ValueError("--workers and --threads-per-worker must be at least 1")
+    if not ray.is_initialized():
+        if engine.address:
+            ray.init(address=engine.address)
+        else:
+            ray.init(include_dashboard=False)
+    if engine.workers is not None:
+        return engine.workers
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // engine.threads_per_worker)
+
+
+def _run(items: list[dict[str, str]], worker: type, kwargs: dict[str, Any], engine: Engine) -> Iterator[pa.Table]:
+    """The one Ray Data pipeline: files → actors (one model each) → result tables, streamed back."""
+    import ray.data
+
+    workers = _connect(engine)
+    retries = engine.retries
+    blocks = max(1, -(-len(items) // engine.batch_size))
+    workers = min(workers, blocks)  # an actor without a batch would only load a model
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates passing actor options through map_batches' **kwargs but names no
+        # replacement for max_restarts / max_task_retries; this is still the way to set them.
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated", category=DeprecationWarning)
+        ds = ds.map_batches(worker, fn_constructor_kwargs={**kwargs, "threads": engine.threads_per_worker},
+                            batch_size=engine.batch_size, batch_format="numpy",
+                            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=engine.threads_per_worker,
+                            max_restarts=retries.max_restarts, max_task_retries=retries.max_task_retries)
+    ctx = ds.context  # this dataset's own copy: the caller's global Ray Data settings stay untouched
+    ctx.actor_task_retry_on_errors = retries.retry_exceptions
+    ctx.max_errored_blocks = 0  # files' errors are rows; anything that escapes is a bug: stop
+    ctx.enable_progress_bars = sys.stderr.isatty()
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+def plan_compress(src: str, dst: str, force: bool = False) -> tuple[list[dict[str, str]], list[dict[str, Any]]]:
+    """Which files need work: (items for the workers, manifest rows decided here — outputs already
+    there, and inputs whose output name another input already takes)."""
+    src_fs, src_root = open_fs(src)
+    dst_fs, dst_root = open_fs(dst)
+    done = {rel: info.size for rel, info in _listing(dst_fs, dst_root, must_exist=False)}
+    todo: list[dict[str, str]] = []
+    rows: list[dict[str, Any]] = []
+    taken: dict[str, str] = {}
+    for rel, _ in sorted(_listing(src_fs, src_root, must_exist=True)):
+        if posixpath.splitext(rel)[1].lower() not in READABLE:
+            continue
+        out = output_name(rel)
+        row = {"path": _join(src_root, rel), "output": _join(dst_root, out), "seconds": 0.0, "error": "",
+               "worker": "driver"}
+        if out in taken:
+            rows.append({**row, "status": "failed", "error": f"output name already taken by {taken[out]}"})
+        elif out in done and not force:
+            rows.append({**row, "status": "skipped", "bytes": done[out]})
+        else:
+            todo.append({"rel": rel, "out": out})
+        taken.setdefault(out, rel)
+    return todo, rows
+
+
+def compress_archive(src: str, dst: str, *, mask: str = "auto", stream: str = "hybrid",
+                     model: str | Path | None = None, provider: str = "auto", force: bool = False,
+                     engine: Engine = Engine(), manifest: str | None = None) -> RunSummary:
+    """Compress every image below ``src`` into ``dst`` (same relative folders, ``.hfc`` names) on
+    Ray. Safe to interrupt and rerun: finished outputs are skipped. Returns the counts and where
+    the manifest is; a failed file shows up there and in ``counts["failed"]``, not as an exception."""
+    t0 = time.perf_counter()
+    src, dst = _root_uri(src), _root_uri(dst)
+    todo, decided = plan_compress(src, dst, force)
+    dst_fs, dst_root = open_fs(dst)
+    dst_fs.create_dir(dst_root, recursive=True)
+    if manifest is None:
+        run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
+        manifest = _join(dst, f"{MANIFEST_DIR}/run-{run_id}.parquet")
+    kwargs = {"src": src, "dst": dst, "model": _model_arg(model), "provider": provider, "mask": mask,
+              "stream": stream, "force": force}
+    counts: Counter[str] = Counter()
+    with _ManifestWriter(*open_fs(manifest), MANIFEST_SCHEMA) as out:
+        if decided:
+            out.write(pa.Table.from_pylist(decided, schema=MANIFEST_SCHEMA))
+            counts.update(row["status"] for row in decided)
+        for table in _run(todo, _Compressor, kwargs, engine) if todo else ():
+            out.write(table)
+            counts.update(table.column("status").to_pylist())
+    return RunSummary(manifest, dict(counts), time.perf_counter() - t0)
+
+
+def evaluate_archive(sources: str | Iterable[str], *, mask: str = "auto", stream: str = "hybrid",
+                     model: str | Path | None = None, provider: str = "auto",
+                     engine: Engine = Engine()) -> EvalSummary:
+    """Round-trip every image below ``sources`` in memory on Ray: per-image bpp (real bytes), PSNR,
+    MS-SSIM, sharpness, seconds, and their means over the images that succeeded."""
+    t0 = time.perf_counter()
+    roots = [_root_uri(s) for s in ([sources] if isinstance(sources, str) else sources)]
+    items = [{"root": root, "rel": rel} for root in roots for rel, _ in sorted(_listing(*open_fs(root), True))
+             if posixpath.splitext(rel)[1].lower() in READABLE]
+    if not items:
+        raise FileNotFoundError(f"no images in {', '.join(roots)}")
+    tables = list(_run(items, _Evaluator, {"src": roots[0], "dst": None, "model": _model_arg(model),
+                                           "provider": provider, "mask": mask, "stream": stream}, engine))
+    rows = pa.concat_tables(tables).sort_by("path")
+    ok = rows.filter(pc.equal(rows.column("status"), "ok"))
+    keys = ("bpp", "psnr", "ms_ssim", "sharpness", "sharpness_half", "encode_s", "decode_s")
+    means = {k: float(np.mean(ok.column(k).to_numpy())) if ok.num_rows else float("nan") for k in keys}
+    return EvalSummary(rows, means, time.perf_counter() - t0)
+
+
+def _model_arg(model: str | Path | None) -> str | None:
+    return None if model is None else os.path.abspath(os.fspath(model))
+
+
+class _ManifestWriter:
+    """Parquet rows as they arrive (bounded memory on huge archives), into a hidden temporary file
+    that is renamed when the run ends — also when it is interrupted, so a partial run still leaves
+    a readable record of what it did."""
+
+    def __init__(self, fs: pafs.FileSystem, path: str, schema: pa.Schema) -> None:
+        self.fs, self.path, self.schema = fs, path, schema
+        self.tmp = posixpath.join(posixpath.dirname(path), f".{posixpath.basename(path)}.part")
+
+    def __enter__(self) -> _ManifestWriter:
+        self.fs.create_dir(posixpath.dirname(self.path), recursive=True)
+        self.stream = self.fs.open_output_stream(self.tmp)
+        self.writer = pq.ParquetWriter(self.stream, self.schema)
+        return self
+
+    def write(self, table: pa.Table) -> None:
+        self.writer.write_table(table.cast(self.schema))
+
+    def __exit__(self, *exc: object) -> None:
+        self.writer.close()
+        self.stream.close()
+        self.fs.move(self.tmp, self.path)

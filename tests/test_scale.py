@@ -1,0 +1,210 @@
+"""Scale-out on Ray (runtime/scale.py): same bytes as the sequential path, resumable, fault tolerant.
+
+One local Ray (2 CPUs) serves the whole module; each run starts its own actor pool on it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+ray = pytest.importorskip("ray")
+pq = pytest.importorskip("pyarrow.parquet")
+
+from hybridflow.runtime import metrics, scale  # noqa: E402
+from hybridflow.runtime.imageio import read_image  # noqa: E402
+
+HF_RUN = [sys.executable, "-m", "hybridflow.runtime.cli"]
+ENGINE = scale.Engine(workers=2)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():  # noqa: ANN201
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def _image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    y, x = np.mgrid[:h, :w]
+    base = np.stack([np.sin(x / rng.uniform(5, 20)), np.cos(y / rng.uniform(5, 20)), np.sin((x + y) / 23)], -1)
+    return np.clip(base * 80 + 128 + rng.normal(0, 12, base.shape), 0, 255).astype(np.uint8)
+
+
+def make_archive(root: Path, n: int = 5, size: tuple[int, int] = (200, 300), bad: bool = True) -> list[Path]:
+    """n images (one in a subfolder, one JPEG), plus a file that is not an image when ``bad``."""
+    rng = np.random.default_rng(n)
+    (root / "sub").mkdir(parents=True, exist_ok=True)
+    files = []
+    for i in range(n):
+        name = root / ("sub" if i == n - 1 else "") / f"im{i:02d}{'.jpg' if i == 1 else '.png'}"
+        cv2.imwrite(str(name), cv2.cvtColor(_image(rng, size[0] + 8 * i, size[1]), cv2.COLOR_RGB2BGR))
+        files.append(name)
+    if bad:
+        (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n but nothing after")
+    return files
+
+
+def manifest_rows(summary: scale.RunSummary) -> dict[str, dict]:
+    rows = pq.read_table(summary.manifest).to_pylist()
+    paths = [r["path"] for r in rows]
+    assert len(paths) == len(set(paths)), "a file appears twice in the manifest"
+    return {Path(r["path"]).name: r for r in rows}
+
+
+def sequential(codec, files: list[Path], **kw: str) -> dict[str, bytes]:  # noqa: ANN001
+    return {f.name: codec.compress(read_image(f)[0], **kw) for f in files}
+
+
+def test_same_bytes_as_the_sequential_cli_and_a_rerun_redoes_nothing(tiny_model: Path, tmp_path: Path) -> None:
+    src, dst, seq = tmp_path / "src", tmp_path / "dst", tmp_path / "seq"
+    files = make_archive(src)
+    s = scale.compress_archive(str(src), str(dst), mask="1_4", model=tiny_model, provider="cpu", engine=ENGINE)
+    assert s.counts == {"ok": len(files), "failed": 1}
+    rows = manifest_rows(s)
+    assert set(rows) == {f.name for f in files} | {"broken.png"}
+    assert "not an image" in rows["broken.png"]["error"] and rows["broken.png"]["bytes"] is None
+    p = subprocess.run([*HF_RUN, "compress", str(src / "sub"), str(seq), "--mask", "1_4", "--model",
+                        str(tiny_model)], capture_output=True, text=True, timeout=300)
+    p2 = subprocess.run([*HF_RUN, "compress", str(src), str(seq), "--mask", "1_4", "--model", str(tiny_model)],
+                        capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0 and p2.returncode == 1, p.stderr + p2.stderr  # 1: broken.png, the rest are written
+    for f in files:
+        out = dst / f.relative_to(src).with_suffix(".hfc")
+        assert out.read_bytes() == (seq / (f.stem + ".hfc")).read_bytes(), f
+        r = rows[f.name]
+        assert r["status"] == "ok" and r["bytes"] == out.stat().st_size and r["output"] == str(out)
+        assert r["bpp"] == pytest.approx(8 * r["bytes"] / np.prod(read_image(f)[0].shape[:2]))
+    assert not [p for p in dst.rglob("*.part")]
+
+    stamps = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in dst.rglob("*.hfc")}
+    again = scale.compress_archive(str(src), str(dst), mask="1_4", model=tiny_model, provider="cpu", engine=ENGINE)
+    assert again.counts == {"skipped": len(files), "failed": 1}  # the bad image is tried again, nothing else
+    assert again.manifest != s.manifest and Path(s.manifest).exists()
+    assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in dst.rglob("*.hfc")} == stamps
+
+
+def test_file_uris_and_stream_option_match_the_api(tiny_model: Path, codec, tmp_path: Path) -> None:  # noqa: ANN001
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    files = make_archive(src, n=3, bad=False)
+    s = scale.compress_archive(src.as_uri(), dst.as_uri() + "/", mask="1_9", stream="vq", model=tiny_model,
+                               provider="cpu", engine=scale.Engine(workers=1, batch_size=2))
+    assert s.counts == {"ok": 3} and s.manifest.startswith("file://")
+    expected = sequential(codec, files, mask="1_9", stream="vq")
+    for f in files:
+        assert (dst / f.relative_to(src).with_suffix(".hfc")).read_bytes() == expected[f.name]
+    assert {r["status"] for r in manifest_rows(s).values()} == {"ok"}
+
+
+def test_a_rerun_after_an_interruption_does_only_what_was_left(tiny_model: Path, codec, tmp_path: Path) -> None:  # noqa: ANN001
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    files = make_archive(src, n=4, bad=False)
+    expected = sequential(codec, files, mask="auto", stream="hybrid")
+    # what an interrupted run leaves: two finished outputs, a temporary file, a foreign file of a finished name
+    dst.mkdir()
+    (dst / "im00.hfc").write_bytes(expected["im00.png"])
+    (dst / "im01.hfc").write_bytes(expected["im01.jpg"])
+    (dst / ".im02.hfc.x1.part").write_bytes(b"half a stream")
+    before = {p.name: p.stat().st_mtime_ns for p in dst.glob("*.hfc")}
+    s = scale.compress_archive(str(src), str(dst), model=tiny_model, provider="cpu", engine=ENGINE)
+    rows = manifest_rows(s)
+    assert s.counts == {"skipped": 2, "ok": 2}
+    assert rows["im00.png"]["status"] == rows["im01.jpg"]["status"] == "skipped"
+    assert rows["im00.png"]["bytes"] == len(expected["im00.png"])
+    assert {n: (dst / n).stat().st_mtime_ns for n in before} == before  # untouched
+    for f in files:
+        assert (dst / f.relative_to(src).with_suffix(".hfc")).read_bytes() == expected[f.name]
+
+
+def _busy_actor_pid() -> int | None:
+    """A Compressor actor's process while it runs a batch (Ray titles it ``….submit`` then)."""
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            title = cmdline.read_bytes().split(b"\0")[0].decode()
+        except OSError:
+            continue
+        if "MapBatches(_Compressor)" in title and title.endswith(".submit"):
+            return int(cmdline.parent.name)
+    return None
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="finds the actor's process through /proc")
+def test_a_worker_killed_mid_run_loses_and_repeats_nothing(tiny_model: Path, codec, tmp_path: Path) -> None:  # noqa: ANN001
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    files = make_archive(src, n=12, size=(384, 512), bad=False)
+    result: dict[str, object] = {}
+
+    def run() -> None:
+        try:
+            result["summary"] = scale.compress_archive(str(src), str(dst), mask="1_4", model=tiny_model,
+                                                       provider="cpu", engine=ENGINE)
+        except BaseException as e:  # noqa: BLE001  (reported by the assertion below)
+            result["error"] = e
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None and thread.is_alive() and time.monotonic() < deadline:
+        killed = _busy_actor_pid()
+        time.sleep(0.005)
+    assert killed is not None, "no actor was seen running a batch"
+    os.kill(killed, signal.SIGKILL)
+    thread.join(timeout=300)
+    assert "error" not in result, result.get("error")
+    summary = result["summary"]
+    assert isinstance(summary, scale.RunSummary)
+    rows = manifest_rows(summary)
+    assert set(rows) == {f.name for f in files}  # every file exactly once
+    assert summary.counts.get("failed", 0) == 0
+    workers = {r["worker"].rsplit(":", 1)[1] for r in rows.values()}
+    assert len(workers - {str(killed)}) >= 2, workers  # the killed actor's batch ran again on its restart
+    expected = sequential(codec, files, mask="1_4")
+    for f in files:
+        assert (dst / f.relative_to(src).with_suffix(".hfc")).read_bytes() == expected[f.name]
+    assert not list(dst.rglob("*.part"))
+
+
+def test_eval_aggregates_over_the_archive(tiny_model: Path, codec, tmp_path: Path) -> None:  # noqa: ANN001
+    src = tmp_path / "src"
+    files = make_archive(src, n=3)
+    e = scale.evaluate_archive(str(src), mask="1_4", model=tiny_model, provider="cpu", engine=ENGINE)
+    rows = {Path(r["path"]).name: r for r in e.rows.to_pylist()}
+    assert e.failed == 1 and rows["broken.png"]["status"] == "failed"
+    local = []
+    for f in files:
+        rgb = read_image(f)[0]
+        data = codec.compress(rgb, mask="1_4")
+        q = metrics.quality(rgb, len(data), codec.decompress(data))
+        local.append(q)
+        assert rows[f.name]["bytes"] == len(data)
+        assert rows[f.name]["psnr"] == pytest.approx(q["psnr"], abs=1e-9)
+    for k in ("bpp", "psnr", "ms_ssim"):
+        assert e.means[k] == pytest.approx(np.mean([q[k] for q in local]), abs=1e-9)
+
+
+def test_cli_engine_ray_joins_a_running_cluster(tiny_model: Path, tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    files = make_archive(src, n=2)
+    address = ray.get_runtime_context().gcs_address
+    common = ["--model", str(tiny_model), "--provider", "cpu", "--mask", "1_2"]
+    p = subprocess.run([*HF_RUN, "compress", str(src), dst.as_uri(), "--engine", "ray", "--address", address,
+                        "--workers", "1", "--threads-per-worker", "1", *common],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1, p.stderr  # broken.png failed: listed, the others done
+    assert "2 done, 0 skipped, 1 failed" in p.stdout + p.stderr and "broken.png" in p.stderr
+    assert "Traceback" not in p.stderr
+    p = subprocess.run([*HF_RUN, "eval", str(src), "--engine", "ray", "--address", address, "--workers", "1",
+                        "--csv", str(tmp_path / "e.csv"), *common], capture_output=True, text=True, timeout=300)
+    assert p.returncode == 1 and "mean of 2" in p.stdout, p.stdout + p.stderr
+    assert len((tmp_path / "e.csv").read_text().splitlines()) == 1 + 2
+    for f in files:
+        assert (dst / f.relative_to(src).with_suffix(".hfc")).exists()
