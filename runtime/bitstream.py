@@ -12,7 +12,6 @@ from .masking import SCHEDULES
 MAGIC = b"HF"
 FORMAT_VERSION = 1
 STREAMS = ("hybrid", "vq", "continuous")
-SUFFIX = ".hfc"  # file name extension of a stream
 MAX_SIDE = 1 << 16
 MAX_PIXELS = 1 << 28  # 268 MP: bounds what a (possibly forged) header can make the decoder allocate
 

@@ -16,6 +16,7 @@ import numpy as np
 
 WRITABLE = {".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".bmp", ".ppm"}
 READABLE = WRITABLE | {".jpe", ".pgm", ".pnm"}  # what a directory listing treats as images
+SUFFIX = ".hfc"  # file name extension of a compressed stream
 
 
 class ImageReadError(ValueError):

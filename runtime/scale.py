@@ -45,8 +45,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from .bitstream import SUFFIX
-from .imageio import READABLE, decode_image, write_bytes_atomic
+from .imageio import READABLE, SUFFIX, decode_image, write_bytes_atomic
 
 MANIFEST_DIR = ".manifests"  # under DST; hidden, so listings of inputs and outputs never see it
 
