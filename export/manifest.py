@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import numpy as np
 
 from ..models.bundle import Components
 from ..models.entropy_models import scale_table
+from ..models.vq import Decoder
 from ..runtime.bitstream import FORMAT_VERSION
 from ..runtime.fixedpoint import IntegerHyperSynthesis
 from ..runtime.masking import SCHEDULES
@@ -47,6 +49,9 @@ def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[s
         "random_init": c.random_init,
         "tile": 256,
         "token_pixels": c.vq.cfg.factor,
+        "decoder_norm": c.vq.cfg.decoder_norm,
+        # tokens of context a pixel-decoder window needs (its receptive field): the runtime's margin
+        "decoder_margin": math.ceil(Decoder.receptive_radius(c.vq.cfg)),
         "n_codes": c.vq.cfg.n_codes,
         "downscale": c.cont.cfg.downscale,
         "latent_channels": c.cont.cfg.latent,

@@ -6,19 +6,48 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+NORMS = ("group", "channel")
+
 
 def group_norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(num_groups=8 if channels % 8 == 0 else 1, num_channels=channels, eps=1e-6)
 
 
+class ChannelNorm(nn.Module):
+    """Layer norm over the channels of each position, nothing else.
+
+    Why: GroupNorm takes its statistics over the whole spatial map, so one token map decoded as a
+    tile, as quadrants or as a whole image gives different colours (tile seams, colour steps, pink
+    padded edge tiles). A position-wise norm makes every output pixel depend only on its receptive
+    field: decoding in windows with a margin ≥ that field equals decoding the whole image.
+    Parameters have GroupNorm's names and shapes, so a GroupNorm checkpoint loads as a starting point."""
+
+    def __init__(self, channels: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        mean = x.mean(dim=1, keepdim=True)
+        var = (x - mean).pow(2).mean(dim=1, keepdim=True)
+        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
+
+
+def norm_layer(channels: int, kind: str = "group") -> nn.Module:
+    if kind not in NORMS:
+        raise ValueError(f"unknown normalisation {kind!r}; choose one of {', '.join(NORMS)}")
+    return group_norm(channels) if kind == "group" else ChannelNorm(channels)
+
+
 class ResBlock(nn.Module):
     """VQGAN-style residual block (norm → SiLU → conv, twice)."""
 
-    def __init__(self, c_in: int, c_out: int):
+    def __init__(self, c_in: int, c_out: int, norm: str = "group"):
         super().__init__()
-        self.norm1 = group_norm(c_in)
+        self.norm1 = norm_layer(c_in, norm)
         self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.norm2 = group_norm(c_out)
+        self.norm2 = norm_layer(c_out, norm)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Downsample, ResBlock, Upsample, group_norm
+from .layers import Downsample, ResBlock, Upsample, group_norm, norm_layer
 
 
 @dataclass
@@ -23,6 +23,9 @@ class VQConfig:
     code_dim: int = 16
     n_codes: int = 1024
     beta: float = 0.25  # commitment weight
+    # "channel": position-wise, so windowed decoding equals whole-image decoding (layers.ChannelNorm);
+    # "group" is what models up to s7 were trained with (statistics over the whole map: seams)
+    decoder_norm: str = "group"
 
     @property
     def factor(self) -> int:
@@ -56,16 +59,28 @@ class Decoder(nn.Module):
     def __init__(self, cfg: VQConfig, in_channels: int | None = None):
         super().__init__()
         ch = tuple(reversed(cfg.channels))
+        norm = cfg.decoder_norm
         self.conv_in = nn.Conv2d(in_channels or cfg.code_dim, cfg.bottleneck, 3, padding=1)
-        self.mid = ResBlock(cfg.bottleneck, ch[0])
+        self.mid = ResBlock(cfg.bottleneck, ch[0], norm)
         self.ups = nn.ModuleList()
         c_prev = ch[0]
         for c in ch:
-            self.ups.append(nn.Sequential(Upsample(c_prev), ResBlock(c_prev, c)))
+            self.ups.append(nn.Sequential(Upsample(c_prev), ResBlock(c_prev, c, norm)))
             c_prev = c
         self.stage_channels = ch
-        self.norm_out = group_norm(c_prev)
+        self.norm_out = norm_layer(c_prev, norm)
         self.conv_out = nn.Conv2d(c_prev, 3, 3, padding=1)
+
+    @staticmethod
+    def receptive_radius(cfg: VQConfig) -> float:
+        """How far (in tokens) an output pixel sees: 3×3 convolutions at each resolution (conv_in
+        and the middle block's two at token resolution; the up-sampling conv and a block's two at
+        each ×2 stage; conv_out at full resolution). Windows need at least this margin."""
+        radius, scale = 3.0, 1.0
+        for _ in cfg.channels:
+            scale *= 2
+            radius += 3 / scale
+        return radius + 1 / scale
 
     def features(self, z: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of each up-sampling stage (what the correction network adds to)."""

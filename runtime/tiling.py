@@ -88,6 +88,46 @@ def place(out: np.ndarray, grid: TileGrid, t: int, tile: np.ndarray) -> None:
     out[y : y + h, x : x + w] = tile[:h, :w]
 
 
+@dataclass(frozen=True)
+class Window:
+    """One window of a cell grid: it is responsible for the cells ``inner`` and reads ``outer``
+    (``inner`` plus up to ``margin`` cells each side, clipped to the grid, so an edge window sees the
+    same border a whole-grid call sees)."""
+
+    inner: tuple[int, int, int, int]  # y0, y1, x0, x1 in cells
+    outer: tuple[int, int, int, int]
+
+    def read(self, per_cell: int = 1) -> tuple[slice, slice]:
+        """Slices of an array with ``per_cell`` pixels per cell that the window reads."""
+        y0, y1, x0, x1 = self.outer
+        return slice(y0 * per_cell, y1 * per_cell), slice(x0 * per_cell, x1 * per_cell)
+
+    def write(self, per_cell: int = 1) -> tuple[slice, slice]:
+        """Slices of the whole output that the window fills."""
+        y0, y1, x0, x1 = self.inner
+        return slice(y0 * per_cell, y1 * per_cell), slice(x0 * per_cell, x1 * per_cell)
+
+    def keep(self, per_cell: int = 1) -> tuple[slice, slice]:
+        """Slices of the window's own output that go to ``write``."""
+        (iy0, iy1, ix0, ix1), (oy0, _, ox0, _) = self.inner, self.outer
+        return (slice((iy0 - oy0) * per_cell, (iy1 - oy0) * per_cell),
+                slice((ix0 - ox0) * per_cell, (ix1 - ox0) * per_cell))
+
+
+def windows(h: int, w: int, window: int, margin: int) -> list[Window]:
+    """Cover an h×w cell grid with ``window``² windows, each reading ``margin`` more cells around.
+    A grid that fits in one window with its margins is one window: no overlap work at all."""
+    if h <= window + 2 * margin and w <= window + 2 * margin:
+        return [Window((0, h, 0, w), (0, h, 0, w))]
+    out = []
+    for y0 in range(0, h, window):
+        for x0 in range(0, w, window):
+            y1, x1 = min(h, y0 + window), min(w, x0 + window)
+            out.append(Window((y0, y1, x0, x1),
+                              (max(0, y0 - margin), min(h, y1 + margin), max(0, x0 - margin), min(w, x1 + margin))))
+    return out
+
+
 def windowed(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, in_per_cell: int, out_per_cell: int,
              window: int, margin: int) -> np.ndarray:
     """Run a fully convolutional ``fn`` over overlapping windows of ``x`` (1, C, H, W), keep each
@@ -101,15 +141,10 @@ def windowed(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, in_per_cell:
     if h <= window and w <= window:
         return fn(x)
     out: np.ndarray | None = None
-    for y0 in range(0, h, window):
-        for x0 in range(0, w, window):
-            ya, xa = max(0, y0 - margin), max(0, x0 - margin)
-            yb, xb = min(h, y0 + window + margin), min(w, x0 + window + margin)
-            ye, xe = min(h, y0 + window), min(w, x0 + window)
-            res = fn(np.ascontiguousarray(x[:, :, ya * i : yb * i, xa * i : xb * i]))
-            if out is None:
-                out = np.empty((x.shape[0], res.shape[1], h * o, w * o), res.dtype)
-            out[:, :, y0 * o : ye * o, x0 * o : xe * o] = res[:, :, (y0 - ya) * o : (ye - ya) * o,
-                                                                 (x0 - xa) * o : (xe - xa) * o]
+    for win in windows(h, w, window, margin):
+        res = fn(np.ascontiguousarray(x[(slice(None), slice(None), *win.read(i))]))
+        if out is None:
+            out = np.empty((x.shape[0], res.shape[1], h * o, w * o), res.dtype)
+        out[(slice(None), slice(None), *win.write(o))] = res[(slice(None), slice(None), *win.keep(o))]
     assert out is not None
     return out
