@@ -1,4 +1,8 @@
-"""The ``.hfc`` container: header, one ANS payload, CRC-32. See FORMAT.md (kept in sync with this)."""
+"""The ``.hfc`` container: header, one ANS payload, CRC-32. See FORMAT.md (kept in sync with this).
+
+Parsing is strict so that every stream has exactly one encoding and a forged header cannot make the
+decoder work or allocate beyond what the file pays for: canonical varints, reserved bits zero, every
+length checked against the bytes before the CRC, and a minimum payload per tile."""
 
 from __future__ import annotations
 
@@ -8,12 +12,19 @@ from dataclasses import dataclass
 import numpy as np
 
 from .masking import SCHEDULES
+from .tiling import TileGrid
 
 MAGIC = b"HF"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: payload ends with ≥ 1 terminator symbol; minimum payload per tile; strict header
 STREAMS = ("hybrid", "vq", "continuous")
 MAX_SIDE = 1 << 16
 MAX_PIXELS = 1 << 28  # 268 MP: bounds what a (possibly forged) header can make the decoder allocate
+MAX_VARINT_BYTES = 3  # enough for MAX_SIDE
+CRC_BYTES = 4
+# Decode work grows with the tile count, so every tile must be paid for with payload bytes: a stream
+# of ≤ 1 KB then holds at most 7 hybrid, 15 vq or 63 continuous tiles (≈ 2 s of decoding on 2 cores
+# with the shipped model). Encoders pad short payloads with terminator symbols (entropy.py).
+MIN_PAYLOAD_PER_TILE = {"hybrid": 128, "vq": 64, "continuous": 16}
 
 
 class BitstreamError(ValueError):
@@ -32,6 +43,26 @@ class Header:
     def uniform(self) -> bool:
         return len(set(self.schedules)) <= 1
 
+    @property
+    def n_tiles(self) -> int:
+        return TileGrid(self.height, self.width).count
+
+
+def min_payload_bytes(stream: str, n_tiles: int) -> int:
+    return MIN_PAYLOAD_PER_TILE[stream] * n_tiles
+
+
+def stored_payload(words: np.ndarray) -> bytes:
+    """The payload bytes as written: u32 LE words, up to 3 trailing zero bytes stripped."""
+    payload = np.asarray(words).astype("<u4").tobytes()
+    strip = min(3, len(payload) - len(payload.rstrip(b"\0")))
+    return payload[: len(payload) - strip]
+
+
+def payload_shortfall(header: Header, words: np.ndarray) -> int:
+    """Bytes missing to the per-tile minimum (≤ 0 when the payload is long enough)."""
+    return min_payload_bytes(header.stream, header.n_tiles) - len(stored_payload(words))
+
 
 def _varint(n: int) -> bytes:
     out = bytearray()
@@ -42,18 +73,6 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    n = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 28:
-            raise BitstreamError("truncated or malformed header")
-        b = buf[pos]
-        n |= (b & 0x7F) << shift
-        pos, shift = pos + 1, shift + 7
-        if not b & 0x80:
-            return n, pos
-
-
 def _pack3(codes: list[int]) -> bytes:
     bits = 0
     for k, c in enumerate(codes):
@@ -61,12 +80,25 @@ def _pack3(codes: list[int]) -> bytes:
     return bits.to_bytes(-(-3 * len(codes) // 8), "little")
 
 
-def _unpack3(data: bytes, n: int) -> list[int]:
-    bits = int.from_bytes(data, "little")
-    return [(bits >> (3 * k)) & 7 for k in range(n)]
+def _check_header(header: Header) -> None:
+    """What the writer refuses is exactly what the reader refuses: no stream it cannot read back."""
+    if header.stream not in STREAMS:
+        raise ValueError(f"unknown stream {header.stream!r}")
+    if not (0 < header.width <= MAX_SIDE and 0 < header.height <= MAX_SIDE
+            and header.width * header.height <= MAX_PIXELS):
+        raise ValueError(f"unsupported image size {header.width}×{header.height}")
+    if len(header.model_id) != 4:
+        raise ValueError("model id must be 4 bytes")
+    expected = 0 if header.stream == "continuous" else header.n_tiles
+    if len(header.schedules) != expected or any(not 0 <= c < len(SCHEDULES) for c in header.schedules):
+        raise ValueError(f"{header.stream} stream needs {expected} schedule codes in 0…{len(SCHEDULES) - 1}")
 
 
 def write(header: Header, words: np.ndarray) -> bytes:
+    _check_header(header)
+    payload = stored_payload(words)
+    if len(payload) < min_payload_bytes(header.stream, header.n_tiles):
+        raise ValueError("payload below the per-tile minimum: pad it with terminators (Codec.entropy_code)")
     flags = STREAMS.index(header.stream)
     codes = header.schedules
     if header.stream != "continuous" and header.uniform:
@@ -78,46 +110,98 @@ def write(header: Header, words: np.ndarray) -> bytes:
     out += _varint(header.width) + _varint(header.height)
     if header.stream != "continuous" and not header.uniform:
         out += _pack3(codes)
-    payload = words.astype("<u4").tobytes()
-    strip = min(3, len(payload) - len(payload.rstrip(b"\0")))
-    out += payload[: len(payload) - strip]
-    out += zlib.crc32(out).to_bytes(4, "little")
+    out += payload
+    out += zlib.crc32(out).to_bytes(CRC_BYTES, "little")
     return bytes(out)
 
 
-def read(data: bytes, n_tiles_of) -> tuple[Header, np.ndarray, int]:  # noqa: ANN001
-    """Parse and verify. ``n_tiles_of(width, height)`` gives the tile count. Returns the header, the
-    payload words and the header size in bytes."""
-    if len(data) < 2 or data[:2] != MAGIC:
-        raise BitstreamError("not a HybridFlow stream (bad magic)")
-    if len(data) < 13:
-        raise BitstreamError("truncated stream")
-    if data[2] != FORMAT_VERSION:
-        raise BitstreamError(f"stream format version {data[2]} is not supported (this runtime reads {FORMAT_VERSION})")
-    if zlib.crc32(data[:-4]) != int.from_bytes(data[-4:], "little"):
-        raise BitstreamError("checksum mismatch: the stream is corrupted or truncated")
-    model_id, flags = bytes(data[3:7]), data[7]
-    if flags & 3 >= len(STREAMS) or flags >> 6:
+class _Reader:
+    """Bounds-checked cursor over the bytes before the CRC."""
+
+    def __init__(self, body: bytes, pos: int):
+        self.body, self.pos = body, pos
+
+    def take(self, n: int, what: str) -> bytes:
+        if self.pos + n > len(self.body):
+            raise BitstreamError(f"truncated stream: {what} runs into the checksum")
+        out = self.body[self.pos : self.pos + n]
+        self.pos += n
+        return out
+
+    def varint(self, what: str) -> int:
+        """Canonical LEB128 only: at most MAX_VARINT_BYTES, no redundant high zero byte."""
+        n = 0
+        for k in range(MAX_VARINT_BYTES):
+            b = self.take(1, what)[0]
+            n |= (b & 0x7F) << (7 * k)
+            if not b & 0x80:
+                if k and b == 0:
+                    raise BitstreamError(f"malformed header: non-canonical {what}")
+                return n
+        raise BitstreamError(f"malformed header: {what} longer than {MAX_VARINT_BYTES} bytes")
+
+
+def _parse_flags(flags: int) -> tuple[str, int | None]:
+    """(stream, uniform schedule code or None for a per-tile table); reserved bits must be zero."""
+    if flags >> 6 or flags & 3 >= len(STREAMS):
         raise BitstreamError("invalid stream flags")
     stream = STREAMS[flags & 3]
-    width, pos = _read_varint(data, 8)
-    height, pos = _read_varint(data, pos)
+    uniform, code = bool(flags & 0x4), (flags >> 3) & 7
+    if stream == "continuous" and flags & 0x3C:
+        raise BitstreamError("invalid stream flags: a continuous stream has no schedule")
+    if stream != "continuous" and not uniform and code:
+        raise BitstreamError("invalid stream flags: schedule bits set without the uniform bit")
+    if uniform and code >= len(SCHEDULES):
+        raise BitstreamError("invalid mask schedule code")
+    return stream, code if uniform else None
+
+
+def _schedule_table(r: _Reader, n_tiles: int) -> list[int]:
+    raw = r.take(-(-3 * n_tiles // 8), "schedule table")
+    bits = int.from_bytes(raw, "little")
+    if bits >> (3 * n_tiles):
+        raise BitstreamError("malformed schedule table: padding bits set")
+    codes = [(bits >> (3 * k)) & 7 for k in range(n_tiles)]
+    if any(c >= len(SCHEDULES) for c in codes):
+        raise BitstreamError("invalid mask schedule code")
+    if len(set(codes)) <= 1:
+        raise BitstreamError("malformed header: a one-schedule table must use the uniform flag")
+    return codes
+
+
+def _check_payload(payload: bytes, stream: str, n_tiles: int) -> None:
+    # The writer strips up to 3 trailing zero bytes, so a stored payload ends in a zero byte only
+    # when a whole zero word was cut to one byte.
+    if payload and payload[-1] == 0 and len(payload) % 4 != 1:
+        raise BitstreamError("malformed payload: trailing zero bytes")
+    if len(payload) < min_payload_bytes(stream, n_tiles):
+        raise BitstreamError(f"corrupt stream: {len(payload)} payload bytes cannot pay for {n_tiles} {stream} "
+                             f"tiles (at least {MIN_PAYLOAD_PER_TILE[stream]} bytes per tile)")
+
+
+def read(data: bytes) -> tuple[Header, np.ndarray, int]:
+    """Parse and verify. Returns the header, the payload words and the header size in bytes
+    (including the CRC). Raises BitstreamError before any work the payload does not pay for."""
+    data = bytes(data)
+    if len(data) < 2 or data[:2] != MAGIC:
+        raise BitstreamError("not a HybridFlow stream (bad magic)")
+    if len(data) >= 3 and data[2] != FORMAT_VERSION:
+        raise BitstreamError(f"stream format version {data[2]} is not supported (this runtime reads {FORMAT_VERSION})")
+    if len(data) < 8 + 2 + CRC_BYTES:
+        raise BitstreamError("truncated stream")
+    if zlib.crc32(data[:-CRC_BYTES]) != int.from_bytes(data[-CRC_BYTES:], "little"):
+        raise BitstreamError("checksum mismatch: the stream is corrupted or truncated")
+    r = _Reader(data[:-CRC_BYTES], 3)
+    model_id = r.take(4, "model id")
+    stream, uniform_code = _parse_flags(r.take(1, "flags")[0])
+    width, height = r.varint("width"), r.varint("height")
     if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE and width * height <= MAX_PIXELS):
         raise BitstreamError(f"invalid image size {width}×{height}")
-    n_tiles = n_tiles_of(width, height)
+    n_tiles = TileGrid(height, width).count
     schedules: list[int] = []
     if stream != "continuous":
-        if flags & 0x4:
-            schedules = [(flags >> 3) & 7] * n_tiles
-        else:
-            nbytes = -(-3 * n_tiles // 8)
-            if pos + nbytes > len(data) - 4:
-                raise BitstreamError("truncated schedule table")
-            schedules = _unpack3(data[pos : pos + nbytes], n_tiles)
-            pos += nbytes
-        if any(c >= len(SCHEDULES) for c in schedules):
-            raise BitstreamError("invalid mask schedule code")
-    payload = bytes(data[pos:-4])
-    payload += b"\0" * (-len(payload) % 4)
-    words = np.frombuffer(payload, dtype="<u4").astype(np.uint32)
-    return Header(stream, width, height, model_id, schedules), words, pos + 4
+        schedules = [uniform_code] * n_tiles if uniform_code is not None else _schedule_table(r, n_tiles)
+    payload = r.body[r.pos :]
+    _check_payload(payload, stream, n_tiles)
+    words = np.frombuffer(payload + b"\0" * (-len(payload) % 4), dtype="<u4").astype(np.uint32)
+    return Header(stream, width, height, model_id, schedules), words, r.pos + CRC_BYTES

@@ -20,7 +20,7 @@ import numpy as np
 
 from . import bitstream
 from .bitstream import BitstreamError, Header
-from .entropy import Decoder, Encoder
+from .entropy import TERMINATOR_BITS, Decoder, Encoder
 from .masking import SCHEDULES, schedule_code, schedule_name, sent_mask
 from .model import Model
 from .tiling import TILE, TileGrid, batches, pad, place, tile_stack, windowed
@@ -67,10 +67,6 @@ def _to_float(tiles_u8: np.ndarray) -> np.ndarray:
 def _to_u8(images: np.ndarray) -> np.ndarray:
     """(B, 3, H, W) float in [0, 1] → (B, H, W, 3) uint8."""
     return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
-
-
-def _tile_count(width: int, height: int) -> int:
-    return TileGrid(height, width).count
 
 
 def _replicate_edges(idx: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -138,13 +134,21 @@ class Codec:
         return sym
 
     def entropy_code(self, sym: Symbols) -> bytes:
-        enc = Encoder(self.model.tables)
+        """One ANS payload; padded with terminators when it is below the format's minimum per tile
+        (only unusually flat or sparse images, see bitstream.MIN_PAYLOAD_PER_TILE)."""
+        terminators = 1
+        while (short := bitstream.payload_shortfall(sym.header, words := self._payload(sym, terminators))) > 0:
+            terminators += -(-8 * short // TERMINATOR_BITS)
+        return bitstream.write(sym.header, words)
+
+    def _payload(self, sym: Symbols, terminators: int) -> np.ndarray:
+        enc = Encoder(self.model.tables, terminators)
         if sym.indices is not None:
             enc.push_indices(sym.indices)
         if sym.z_hat is not None:
             enc.push_y(sym.y_residual, sym.y_scale)
             enc.push_z(sym.z_hat)
-        return bitstream.write(sym.header, enc.finish())
+        return enc.finish()
 
     def _lowres(self, padded: np.ndarray) -> np.ndarray:
         h, w = padded.shape[:2]
@@ -183,7 +187,7 @@ class Codec:
 
     # ----------------------------------------------------------------------------- decompress
     def read_header(self, data: bytes) -> tuple[Header, np.ndarray, int]:
-        header, words, header_bytes = bitstream.read(data, _tile_count)
+        header, words, header_bytes = bitstream.read(data)
         if header.model_id != self.model.model_id:
             raise BitstreamError(f"stream was made by model {header.model_id.hex()}, but the loaded model is "
                                  f"{self.model.model_id.hex()} ({self.model.name}); load the matching model")
@@ -215,8 +219,7 @@ class Codec:
             for t, code in enumerate(header.schedules):
                 pos = self._sent_positions(grid, t, code)
                 sent.append((pos, dec.pop_indices(int(pos.sum()))))
-        if not dec.is_empty():
-            raise BitstreamError("corrupt payload: data left after the last symbol")
+        dec.finish()
         if guidance is not None and not np.isfinite(guidance).all():
             raise BitstreamError("corrupt payload: continuous stream decodes to invalid values")
         out = np.empty((grid.height, grid.width, 3), np.uint8)
@@ -311,7 +314,7 @@ class Codec:
 
     # ------------------------------------------------------------------------------------ info
     def info(self, data: bytes) -> StreamInfo:
-        header, _, header_bytes = bitstream.read(data, _tile_count)
+        header, _, header_bytes = bitstream.read(data)
         counts = {name: header.schedules.count(code) for code, name in enumerate(SCHEDULES)}
         return StreamInfo(header.stream, header.width, header.height, len(data), header_bytes,
                           header.model_id.hex(), {k: v for k, v in counts.items() if v})

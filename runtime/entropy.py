@@ -4,7 +4,14 @@ Decode order (the ANS stack pops what was pushed last, so the encoder pushes in 
   1. ẑ   hyper-latent, per-channel factorized prior (pmf tables from the manifest)
   2. ŷ   latent residuals round(y − μ), Gaussian N(0, σ) with μ, σ from the integer hyper synthesis
   3. indices of the sent VQ tokens, tile by tile, static categorical prior from the manifest
-One stream for all of them avoids a 32-bit flush per segment (≈ several % of a 1.5 kB file)."""
+  4. ≥ 1 terminator: the 24-bit all-ones symbol under a uniform model, pushed first
+One stream for all of them avoids a 32-bit flush per segment (≈ several % of a 1.5 kB file).
+
+Why the terminator: an ANS decoder that runs out of data silently keeps yielding symbols (zeros),
+so a truncated or relabelled payload would decode to an image. The terminator puts the encoder's
+starting state at 2^24 − 1, where no symbol of any model is free; a decoder that read past the real
+data therefore cannot land on the terminators and an empty coder (``Decoder.finish``). Extra
+terminators are also how an encoder pads a payload up to the format's minimum per tile."""
 
 from __future__ import annotations
 
@@ -15,12 +22,19 @@ from typing import Any
 import constriction
 import numpy as np
 
+from .bitstream import BitstreamError
+
 _model = constriction.stream.model
 _stack = constriction.stream.stack
 
 
-class EntropyError(ValueError):
-    pass
+TERMINATOR = (1 << 24) - 1
+TERMINATOR_BITS = 24
+_TERMINATOR_MODEL = _model.Uniform(1 << TERMINATOR_BITS)
+
+
+class EntropyError(BitstreamError):
+    """The payload is not a valid encoding for its header (corrupt, truncated or relabelled)."""
 
 
 @dataclass
@@ -50,11 +64,15 @@ def _z_probs(tables: EntropyTables, shape: tuple[int, ...]) -> np.ndarray:
 
 
 class Encoder:
-    """Push segments in *reverse* decode order: indices, then y, then z; then ``finish()``."""
+    """Push segments in *reverse* decode order: indices, then y, then z; then ``finish()``.
+    ``terminators`` (≥ 1) end the payload; more of them pad it (24 bits each)."""
 
-    def __init__(self, tables: EntropyTables):
+    def __init__(self, tables: EntropyTables, terminators: int = 1):
+        if terminators < 1:
+            raise ValueError("a payload needs at least one terminator")
         self.t = tables
         self.coder = _stack.AnsCoder()
+        self.coder.encode_reverse(np.full(terminators, TERMINATOR, np.int32), _TERMINATOR_MODEL)
 
     def push_indices(self, indices: np.ndarray) -> None:
         if indices.size:
@@ -104,5 +122,13 @@ class Decoder:
         model = _model.Categorical(self.t.index_prior, perfect=False)
         return np.asarray(self._guard(self.coder.decode, model, n), np.int64)
 
-    def is_empty(self) -> bool:
-        return self.coder.is_empty()
+    def finish(self) -> None:
+        """After the last symbol exactly the terminators must remain: k of them are the integer
+        2^(24k) − 1, i.e. 24k − 1 valid bits. Anything else (data left over, or a decoder that ran
+        past the end of its data) is refused."""
+        bits = self.coder.num_valid_bits() + 1
+        if bits < TERMINATOR_BITS or bits % TERMINATOR_BITS:
+            raise EntropyError("corrupt payload: it does not end where the header says")
+        ends = self._guard(self.coder.decode, _TERMINATOR_MODEL, bits // TERMINATOR_BITS)
+        if not (np.all(np.asarray(ends) == TERMINATOR) and self.coder.is_empty()):
+            raise EntropyError("corrupt payload: it does not end where the header says")

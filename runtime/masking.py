@@ -1,7 +1,10 @@
 """Which codeword indices of a tile's 16×16 map are sent, per mask schedule.
 
-``1_k`` sends one index per cell of a regular sub-grid (checkerboard for 1_2); the kept position is
-the cell centre (offset ⌊s/2⌋ for an s×s cell), so 1_9 keeps 5×5 = 25 of 256 (90.2 % masked)."""
+``1_k`` sends one index per cell of a regular sub-grid (checkerboard for 1_2). The kept position is
+the centre of an odd cell (1_9: offset 1, so 5×5 = 25 of 256, 90.2 % masked) and the top-left of an
+even one (1_4, 1_16: an even cell has no centre). This is the table in FORMAT.md ("Mask schedules"),
+which the tests check against; the predictor is trained on these masks, so changing an offset needs
+a retrained model."""
 
 from __future__ import annotations
 

@@ -1,22 +1,38 @@
+import zlib
+
 import numpy as np
 import pytest
 
 from hybridflow.runtime import bitstream
-from hybridflow.runtime.bitstream import BitstreamError, Header
+from hybridflow.runtime.bitstream import MIN_PAYLOAD_PER_TILE, BitstreamError, Header
 
 
 def tiles_of(w: int, h: int) -> int:
     return -(-w // 256) * -(-h // 256)
 
 
+def words_for(stream: str, n_tiles: int, seed: int = 0) -> np.ndarray:
+    """Random non-zero words, enough to pass the per-tile payload minimum."""
+    n = -(-MIN_PAYLOAD_PER_TILE[stream] * n_tiles // 4) + 1
+    return np.random.default_rng(seed).integers(1, 2**32, n, dtype=np.uint64).astype(np.uint32) | 1 << 24
+
+
+def signed(body: bytes | bytearray) -> bytes:
+    return bytes(body) + zlib.crc32(bytes(body)).to_bytes(4, "little")
+
+
+def stored(words: np.ndarray) -> bytes:
+    return bitstream.stored_payload(words)
+
+
 def roundtrip(header: Header, words: np.ndarray) -> tuple[Header, np.ndarray, int]:
-    return bitstream.read(bitstream.write(header, words), tiles_of)
+    return bitstream.read(bitstream.write(header, words))
 
 
 @pytest.mark.parametrize("stream", bitstream.STREAMS)
 def test_round_trip_uniform_and_mixed(stream: str) -> None:
-    words = np.array([0xDEADBEEF, 7, 0x100], np.uint32)
     n = tiles_of(1000, 700)
+    words = words_for(stream, n)
     for schedules in ([2] * n, [k % 6 for k in range(n)]):
         sched = [] if stream == "continuous" else schedules
         h, w, _ = roundtrip(Header(stream, 1000, 700, b"abcd", sched), words)
@@ -25,30 +41,108 @@ def test_round_trip_uniform_and_mixed(stream: str) -> None:
 
 
 def test_header_is_small() -> None:
-    data = bitstream.write(Header("hybrid", 512, 512, b"abcd", [2] * 4), np.zeros(0, np.uint32))
-    assert len(data) <= 16
+    words = words_for("hybrid", 4)
+    data = bitstream.write(Header("hybrid", 512, 512, b"abcd", [2] * 4), words)
+    assert len(data) - 4 * words.size <= 16
 
 
 def test_trailing_zero_bytes_are_restored() -> None:
-    words = np.array([5, 0x00000100], np.uint32)
+    words = np.concatenate([words_for("vq", 1), np.array([0x00000100], np.uint32)])
     data = bitstream.write(Header("vq", 10, 10, b"abcd", [0]), words)
-    _, got, _ = bitstream.read(data, tiles_of)
+    assert len(data) == 14 + 4 * words.size - 2
+    _, got, _ = bitstream.read(data)
     np.testing.assert_array_equal(got, words)
 
 
 def test_refuses_other_version_magic_and_corruption() -> None:
-    data = bytearray(bitstream.write(Header("hybrid", 300, 200, b"abcd", [1, 2]), np.arange(9, dtype=np.uint32)))
+    data = bytearray(bitstream.write(Header("hybrid", 300, 200, b"abcd", [1, 2]), words_for("hybrid", 2)))
     bad_version = bytearray(data)
-    bad_version[2] = 2
-    with pytest.raises(BitstreamError, match="version 2 is not supported"):
-        bitstream.read(bytes(bad_version), tiles_of)
+    bad_version[2] = 1
+    with pytest.raises(BitstreamError, match="version 1 is not supported"):
+        bitstream.read(bytes(bad_version))
     with pytest.raises(BitstreamError, match="magic"):
-        bitstream.read(b"\xff\xd8\xff\xe0" + bytes(data[4:]), tiles_of)
+        bitstream.read(b"\xff\xd8\xff\xe0" + bytes(data[4:]))
     for pos in (3, 9, len(data) // 2, len(data) - 1):
         flipped = bytearray(data)
         flipped[pos] ^= 0x10
         with pytest.raises(BitstreamError):
-            bitstream.read(bytes(flipped), tiles_of)
+            bitstream.read(bytes(flipped))
     for cut in range(len(data)):
         with pytest.raises(BitstreamError):
-            bitstream.read(bytes(data[:cut]), tiles_of)
+            bitstream.read(bytes(data[:cut]))
+
+
+def head(flags: int, size: bytes) -> bytearray:
+    return bytearray(b"HF" + bytes([bitstream.FORMAT_VERSION]) + b"abcd" + bytes([flags]) + size)
+
+
+def test_varints_cannot_run_into_the_checksum() -> None:
+    """Issue 21.3: a 13-byte stream without a height field decoded as 1×44."""
+    with pytest.raises(BitstreamError, match="truncated|runs into the checksum"):
+        bitstream.read(signed(head(2, b"\x01")))
+    with pytest.raises(BitstreamError, match="runs into the checksum"):
+        bitstream.read(signed(head(2, b"\x01\x80")))
+
+
+@pytest.mark.parametrize(("size", "what"), [(b"\x81\x00\x01", "non-canonical width"),
+                                            (b"\x01\x81\x80\x00", "non-canonical height"),
+                                            (b"\x80\x80\x80\x01\x01", "longer than 3 bytes")])
+def test_non_canonical_varints_are_refused(size: bytes, what: str) -> None:
+    body = head(2, size) + bytes(words_for("continuous", 1).astype("<u4").tobytes())
+    with pytest.raises(BitstreamError, match=what):
+        bitstream.read(signed(body))
+
+
+@pytest.mark.parametrize("flags", [0x40, 0x80, 2 | 0x4, 2 | 0x8, 0 | 0x8, 1 | 0x4 | (6 << 3), 3])
+def test_reserved_and_invalid_flag_bits_are_refused(flags: int) -> None:
+    body = head(flags, b"\x01\x01") + bytes(words_for("hybrid", 1).astype("<u4").tobytes())
+    with pytest.raises(BitstreamError, match="flags|schedule"):
+        bitstream.read(signed(body))
+
+
+def test_schedule_table_is_canonical() -> None:
+    words = bytes(words_for("vq", 3).astype("<u4").tobytes())
+    size = b"\x80\x06\x01"  # 768×1: 3 tiles, 9 bits of table → 2 bytes
+    good = head(1, size) + bytes([2 | 3 << 3 | (4 << 6) & 0xFF, 4 >> 2]) + words
+    assert bitstream.read(signed(good))[0].schedules == [2, 3, 4]
+    padding_bit = head(1, size) + bytes([2 | 3 << 3 | (4 << 6) & 0xFF, (4 >> 2) | 0x80]) + words
+    with pytest.raises(BitstreamError, match="padding bits"):
+        bitstream.read(signed(padding_bit))
+    one_schedule = head(1, size) + bytes([2 | 2 << 3 | (2 << 6) & 0xFF, 2 >> 2]) + words
+    with pytest.raises(BitstreamError, match="uniform flag"):
+        bitstream.read(signed(one_schedule))
+    bad_code = head(1, size) + bytes([7 | 2 << 3, 0]) + words
+    with pytest.raises(BitstreamError, match="schedule code"):
+        bitstream.read(signed(bad_code))
+    with pytest.raises(BitstreamError, match="schedule table runs into the checksum"):
+        bitstream.read(signed(head(1, size) + b"\x02"))
+
+
+def test_trailing_zero_payload_bytes_are_not_canonical() -> None:
+    data = bitstream.write(Header("continuous", 16, 16, b"abcd", []), words_for("continuous", 1))
+    with pytest.raises(BitstreamError, match="trailing zero"):
+        bitstream.read(signed(data[:-4] + b"\0\0"))
+
+
+@pytest.mark.parametrize("stream", bitstream.STREAMS)
+def test_every_tile_must_be_paid_for(stream: str) -> None:
+    """Issue 21.1: a 17-byte vq stream declared 65535×4096, all masked, and kept the decoder busy
+    for 35 minutes. The payload must carry MIN_PAYLOAD_PER_TILE bytes for each declared tile."""
+    sched = [] if stream == "continuous" else [5] * tiles_of(65535, 4096)
+    words = words_for(stream, 1)
+    flags = bitstream.STREAMS.index(stream) | (0 if stream == "continuous" else 0x4 | 5 << 3)
+    forged = head(flags, bitstream._varint(65535) + bitstream._varint(4096)) + stored(words)
+    with pytest.raises(BitstreamError, match="cannot pay for 4096"):
+        bitstream.read(signed(forged))
+    with pytest.raises(ValueError, match="per-tile minimum"):
+        bitstream.write(Header(stream, 65535, 4096, b"abcd", sched), words)
+    assert bitstream.read(bitstream.write(Header(stream, 256, 256, b"abcd", sched[:1]), words))[0].width == 256
+
+
+def test_writer_refuses_what_the_reader_refuses() -> None:
+    words = words_for("hybrid", 2)
+    for bad in (Header("hybrid", 300, 200, b"abcd", [1]), Header("hybrid", 300, 200, b"abc", [1, 1]),
+                Header("hybrid", 0, 200, b"abcd", []), Header("vq", 300, 200, b"abcd", [6, 1]),
+                Header("continuous", 300, 200, b"abcd", [1, 1])):
+        with pytest.raises(ValueError):
+            bitstream.write(bad, words)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from hybridflow.runtime import Codec
-from hybridflow.runtime.bitstream import BitstreamError
+from hybridflow.runtime.bitstream import MIN_PAYLOAD_PER_TILE, BitstreamError
 from hybridflow.runtime.masking import SCHEDULES
 
 
@@ -43,7 +43,10 @@ def test_latent_windows_match_whole_image(codec: Codec, photo: np.ndarray, monke
 
 def test_masking_saves_bits(codec: Codec, photo: np.ndarray) -> None:
     sizes = [len(codec.compress(photo, mask=m, stream="vq")) for m in ("none", "1_2", "1_4", "1_16", "all")]
-    assert sizes == sorted(sizes, reverse=True) and sizes[0] > 2 * sizes[2]
+    assert sizes[0] > sizes[1] > max(sizes[2:]) and sizes[0] > 2 * sizes[2]
+    # sparse schedules of the tiny model fall below the format's minimum payload and are padded to it
+    floor = 4 * MIN_PAYLOAD_PER_TILE["vq"]
+    assert all(floor < s <= floor + 20 for s in sizes[3:])
 
 
 @pytest.mark.parametrize(("h", "w"), [(1, 1), (1, 5000), (300, 1), (17, 300), (513, 257)])

@@ -1,6 +1,10 @@
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 
+from hybridflow.runtime import masking
 from hybridflow.runtime.masking import SCHEDULES, masked_fraction, schedule_code, schedule_name, sent_mask
 from hybridflow.runtime.tiling import TileGrid, pad, place, tile_stack, windowed
 
@@ -20,11 +24,44 @@ def test_schedule_codes_round_trip_and_reject_unknown() -> None:
         schedule_name(6)
 
 
-def test_checkerboard_and_cell_centres() -> None:
+def _spec_rows() -> dict[str, tuple[int, str, int]]:
+    """FORMAT.md's schedule table: name → (code, condition, count)."""
+    text = (Path(masking.__file__).parent / "FORMAT.md").read_text()
+    section = text[text.index("### Mask schedules") :]
+    rows = re.findall(r"^\| (\d) \| (\S+) \| ([^|]+) \| (\d+) \|$", section, re.M)
+    return {name: (int(code), cond.strip(), int(count)) for code, name, cond, count in rows}
+
+
+def _spec_mask(condition: str) -> np.ndarray:
+    """Evaluate a FORMAT.md condition such as "i mod 3 = 1 and j mod 3 = 1" on a 16×16 grid."""
+    i, j = np.mgrid[:16, :16]
+    if condition == "every position":
+        return np.ones((16, 16), bool)
+    if condition == "no position":
+        return np.zeros((16, 16), bool)
+    expr = condition.replace("mod", "%").replace("=", "==").replace(" and ", " & ")
+    assert re.fullmatch(r"[ij0-9%=+&() ]+", expr), condition
+    return eval(re.sub(r"(\([^()]*\)|[ij]) % (\d) == (\d)", r"((\1 % \2) == \3)", expr))  # noqa: S307
+
+
+def test_every_schedule_matches_the_spec() -> None:
+    """Issue 21.12: FORMAT.md said centre where the code kept the corner. The spec table is parsed
+    and every schedule's sent positions must equal it exactly."""
+    rows = _spec_rows()
+    assert list(rows) == list(SCHEDULES)
+    for name, (code, condition, count) in rows.items():
+        assert schedule_code(name) == code
+        expected = _spec_mask(condition)
+        np.testing.assert_array_equal(sent_mask(name), expected, err_msg=f"{name}: {condition}")
+        assert int(expected.sum()) == count
+
+
+def test_checkerboard_and_cell_positions() -> None:
     m = sent_mask("1_2")
     assert m[0, 0] and not m[0, 1] and m[1, 1]
     m9 = sent_mask("1_9")
     assert m9[1, 1] and m9[4, 4] and not m9[0, 0] and m9.sum() == 25
+    assert sent_mask("1_4")[0, 0] and sent_mask("1_16")[0, 0] and not sent_mask("1_16")[2, 2]
 
 
 @pytest.mark.parametrize(("h", "w"), [(1, 1), (1, 5000), (256, 256), (257, 255), (700, 1000)])
