@@ -11,21 +11,29 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
 from .bitstream import STREAMS
+from .imageio import READABLE, SUFFIX
 from .masking import CHOICES
 from .session import PROVIDERS
+
+if TYPE_CHECKING:
+    from .scale import Engine
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="HybridFlow learned image codec (extreme low bitrates).")
 
-SUFFIX = ".hfc"
 ModelOpt = typer.Option(None, "--model", help="model directory (default: the model shipped with the package)")
 ProviderOpt = typer.Option("auto", "--provider", help=f"onnxruntime provider: {'|'.join(PROVIDERS)}")
 ThreadsOpt = typer.Option(None, "--threads", help="threads per graph (default: onnxruntime decides)")
 ForceOpt = typer.Option(False, "--force", "-f", help="overwrite existing outputs")
+EngineOpt = typer.Option("local", "--engine", help="local | ray (folders or URIs on a Ray cluster: see README)")
+AddressOpt = typer.Option(None, "--address", help="--engine ray: cluster address (default: start a local Ray)")
+WorkersOpt = typer.Option(None, "--workers", help="--engine ray: worker actors (default: CPUs ÷ threads per worker)")
+WorkerThreadsOpt = typer.Option(1, "--threads-per-worker", help="--engine ray: onnxruntime threads per worker")
 
 
 class CliError(Exception):
@@ -38,12 +46,10 @@ def _err(msg: str) -> None:
 
 def _expand(spec: str) -> tuple[list[Path], bool]:
     """A file, a directory (its images) or a glob → (files, is_batch)."""
-    from .imageio import WRITABLE
-
     p = Path(spec)
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
-        return [f for f in files if f.suffix.lower() in WRITABLE | {SUFFIX, ".jpe", ".pgm", ".pnm"}], True
+        return [f for f in files if f.suffix.lower() in READABLE | {SUFFIX}], True
     if any(ch in spec for ch in "*?["):
         return sorted(Path(f) for f in glob.glob(spec) if Path(f).is_file()), True
     if not p.exists():
@@ -119,10 +125,12 @@ def _guard(fn: Callable[[], None]) -> None:
 @app.command()
 def compress(
     inp: str = typer.Argument(..., metavar="IN", help="image, directory or quoted glob"),
-    out: Path = typer.Argument(..., metavar="OUT", help=f"{SUFFIX} file, or a directory for several inputs"),
+    out: str = typer.Argument(..., metavar="OUT", help=f"{SUFFIX} file, or a directory for several inputs"),
     mask: str = typer.Option("auto", "--mask", help=f"which indices to send: {'|'.join(CHOICES)}"),
     stream: str = typer.Option("hybrid", "--stream", help=f"{'|'.join(STREAMS)}"),
     model: Path = ModelOpt, provider: str = ProviderOpt, threads: int = ThreadsOpt, force: bool = ForceOpt,
+    engine: str = EngineOpt, address: str = AddressOpt, workers: int = WorkersOpt,
+    threads_per_worker: int = WorkerThreadsOpt,
 ) -> None:
     """Compress images to .hfc streams."""
 
@@ -133,7 +141,11 @@ def compress(
             raise CliError(f"unknown --mask {mask!r}; choose one of {', '.join(CHOICES)}")
         if stream not in STREAMS:
             raise CliError(f"unknown --stream {stream!r}; choose one of {', '.join(STREAMS)}")
-        pairs = _targets(inp, out, SUFFIX)
+        ray = _engine(engine, address, workers, threads_per_worker, threads)
+        if ray is not None:
+            _ray_compress(inp, out, mask, stream, model, provider, force, ray)
+            return
+        pairs = _targets(inp, Path(out), SUFFIX)
         codec = _load(model, provider, threads)
 
         def job(src: Path, dst: Path) -> str:
@@ -201,6 +213,8 @@ def evaluate(
     mask: str = typer.Option("auto", "--mask"), stream: str = typer.Option("hybrid", "--stream"),
     csv_path: Path = typer.Option(None, "--csv", help="write per-image rows here"),
     model: Path = ModelOpt, provider: str = ProviderOpt, threads: int = ThreadsOpt,
+    engine: str = EngineOpt, address: str = AddressOpt, workers: int = WorkersOpt,
+    threads_per_worker: int = WorkerThreadsOpt,
 ) -> None:
     """Round-trip images in memory: bpp (real bytes), PSNR, MS-SSIM, sharpness ratio, seconds."""
 
@@ -208,6 +222,10 @@ def evaluate(
         from . import metrics
         from .imageio import read_image
 
+        ray = _engine(engine, address, workers, threads_per_worker, threads)
+        if ray is not None:
+            _ray_eval(inputs, mask, stream, model, provider, csv_path, ray)
+            return
         files = [f for spec in inputs for f in _expand(spec)[0] if f.suffix != SUFFIX]
         codec = _load(model, provider, threads)
         rows: list[dict[str, object]] = []
@@ -229,19 +247,77 @@ def evaluate(
         try:
             _run_batch([(f, f) for f in files], job, "evaluating")
         finally:
-            if rows:
-                keys = ("bpp", "psnr", "ms_ssim", "sharpness", "encode_s", "decode_s")
-                mean = {k: sum(float(r[k]) for r in rows) / len(rows) for k in keys}
-                typer.echo(f"{'mean of ' + str(len(rows)):24s} {mean['bpp']:.4f} bpp  {mean['psnr']:.2f} dB  "
-                           f"MS-SSIM {mean['ms_ssim']:.4f}  sharpness {mean['sharpness']:.2f}  "
-                           f"enc {mean['encode_s']:.2f}s dec {mean['decode_s']:.2f}s")
-                if csv_path:
-                    with open(csv_path, "w", newline="") as f:
-                        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-                        w.writeheader()
-                        w.writerows(rows)
+            _eval_summary(rows, csv_path)
 
     _guard(go)
+
+
+def _eval_summary(rows: list[dict[str, object]], csv_path: Path | None) -> None:
+    """The mean line of ``eval`` and its CSV, for either engine."""
+    if rows:
+        keys = ("bpp", "psnr", "ms_ssim", "sharpness", "encode_s", "decode_s")
+        mean = {k: sum(float(r[k]) for r in rows) / len(rows) for k in keys}
+        typer.echo(f"{'mean of ' + str(len(rows)):24s} {mean['bpp']:.4f} bpp  {mean['psnr']:.2f} dB  "
+                   f"MS-SSIM {mean['ms_ssim']:.4f}  sharpness {mean['sharpness']:.2f}  "
+                   f"enc {mean['encode_s']:.2f}s dec {mean['decode_s']:.2f}s")
+        if csv_path:
+            with open(csv_path, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=list(rows[0]))
+                w.writeheader()
+                w.writerows(rows)
+
+
+# --------------------------------------------------------------- --engine ray (runtime/scale.py)
+def _engine(engine: str, address: str | None, workers: int | None, threads_per_worker: int,
+            threads: int | None) -> Engine | None:
+    """None for the local engine, else the ``scale.Engine`` the options describe. Ray is imported
+    only here, so the local CLI works without the ``[scale]`` extra."""
+    if engine not in ("local", "ray"):
+        raise CliError(f"unknown --engine {engine!r}; choose local or ray")
+    if engine == "local":
+        if address is not None or workers is not None or threads_per_worker != 1:
+            raise CliError("--address, --workers and --threads-per-worker need --engine ray")
+        return None
+    if threads is not None:
+        raise CliError("--engine ray sets threads with --threads-per-worker")
+    try:
+        from . import scale
+    except ImportError as e:
+        missing = f"pip install 'hybridflow[scale]' ({e.name} is missing)"
+        raise CliError(f"--engine ray needs the scale extra: {missing}") from None
+    return scale.Engine(address=address, workers=workers, threads_per_worker=threads_per_worker)
+
+
+def _ray_compress(src: str, dst: str, mask: str, stream: str, model: Path | None, provider: str, force: bool,
+                  engine: Engine) -> None:
+    from . import scale
+
+    s = scale.compress_archive(src, dst, mask=mask, stream=stream, model=model, provider=provider, force=force,
+                               engine=engine)
+    failed = scale.failures(s.manifest) if s.failed else []
+    for path, error in failed[:20]:
+        _err(f"{path}: {error}")
+    if len(failed) > 20:
+        _err(f"… and {len(failed) - 20} more failures (see the manifest)")
+    typer.echo(f"{s.counts.get('ok', 0)} done, {s.counts.get('skipped', 0)} skipped, {len(failed)} failed "
+               f"in {s.seconds:.1f}s; manifest: {s.manifest}", err=bool(failed))
+    if failed:
+        raise typer.Exit(1)
+
+
+def _ray_eval(inputs: list[str], mask: str, stream: str, model: Path | None, provider: str,
+              csv_path: Path | None, engine: Engine) -> None:
+    from . import scale
+
+    e = scale.evaluate_archive(inputs, mask=mask, stream=stream, model=model, provider=provider, engine=engine)
+    rows = e.rows.to_pylist()
+    for r in rows:
+        if r["status"] != "ok":
+            _err(f"{r['path']}: {r['error']}")
+    _eval_summary([{k: v for k, v in r.items() if k not in ("status", "error")} for r in rows if r["status"] == "ok"],
+                  csv_path)
+    if e.failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 
 from .imageio import READABLE, SUFFIX, decode_image, write_bytes_atomic
 
+MAX_TASKS = 10_000
 MANIFEST_DIR = ".manifests"  # under DST; hidden, so listings of inputs and outputs never see it
 
 MANIFEST_SCHEMA = pa.schema([
@@ -197,6 +198,7 @@ class _Worker:
         from .codec import Codec
 
         self.codec = Codec.load(model, provider=provider, threads=threads)
+        self.src_uri = src
         self.src_fs, self.src = open_fs(src)
         self.dst_fs, self.dst = open_fs(dst) if dst is not None else (None, "")
         self.mask, self.stream, self.force = mask, stream, force
@@ -244,7 +246,8 @@ class _Evaluator(_Worker):
     def one(self, root: str, rel: str) -> dict[str, Any]:
         from . import metrics
 
-        if root != self.src:  # eval takes several roots; they share one filesystem
+        if root != self.src_uri:  # eval takes several roots
+            self.src_uri = root
             self.src_fs, self.src = open_fs(root)
         row: dict[str, Any] = {"path": _join(self.src, rel), "status": "ok", "error": "", "worker": self.tag}
         try:
@@ -284,7 +287,9 @@ def _run(items: list[dict[str, str]], worker: type, kwargs: dict[str, Any], engi
 
     workers = _connect(engine)
     retries = engine.retries
-    blocks = max(1, -(-len(items) // engine.batch_size))
+    # one task per batch, up to MAX_TASKS (then several batches per task): tasks balance the load
+    # and bound what a retry redoes, but each costs the driver some bookkeeping
+    blocks = max(1, min(-(-len(items) // engine.batch_size), MAX_TASKS))
     workers = min(workers, blocks)  # an actor without a batch would only load a model
     ds = ray.data.from_items(items, override_num_blocks=blocks)
     with warnings.catch_warnings():
@@ -372,6 +377,14 @@ def evaluate_archive(sources: str | Iterable[str], *, mask: str = "auto", stream
     keys = ("bpp", "psnr", "ms_ssim", "sharpness", "sharpness_half", "encode_s", "decode_s")
     means = {k: float(np.mean(ok.column(k).to_numpy())) if ok.num_rows else float("nan") for k in keys}
     return EvalSummary(rows, means, time.perf_counter() - t0)
+
+
+def failures(manifest: str) -> list[tuple[str, str]]:
+    """(path, error) of the files a run could not compress, read back from its manifest."""
+    fs, path = open_fs(manifest)
+    table = pq.read_table(path, filesystem=fs, columns=["path", "status", "error"])
+    table = table.filter(pc.equal(table.column("status"), "failed"))
+    return list(zip(table.column("path").to_pylist(), table.column("error").to_pylist()))
 
 
 def _model_arg(model: str | Path | None) -> str | None:
