@@ -7,29 +7,67 @@ from __future__ import annotations
 
 import csv
 import glob
+import re
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
+import typer.core
 
 from .bitstream import STREAMS
 from .imageio import READABLE, SUFFIX
 from .masking import CHOICES
-from .session import PROVIDERS
+from .session import MAX_THREADS, PROVIDERS, check_provider, check_threads
 
 if TYPE_CHECKING:
     from .scale import Engine
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="HybridFlow learned image codec (extreme low bitrates).")
+def _plain(text: str) -> str:
+    """typer labels every parameter with its Python type (``IN <list[str]>``, usage ``{IN}...``);
+    values are named by their metavar alone, as click does."""
+    return re.sub(r"\{([A-Z_.]+)\}", r"\1", re.sub(r" <[\w\[\], |.]+>", "", text))
 
-ModelOpt = typer.Option(None, "--model", help="model directory (default: the model shipped with the package)")
+
+_METAVARS = {"str": "TEXT", "int": "INTEGER", "float": "FLOAT", "path": "PATH"}
+
+
+class _PlainCommand(typer.core.TyperCommand):
+    def get_params(self, ctx: typer.Context) -> list[Any]:
+        params = super().get_params(ctx)
+        for p in params:  # an option's value gets click's metavar (TEXT, INTEGER, PATH) unless it has one
+            if isinstance(p, typer.core.TyperOption) and not p.is_flag and p.metavar is None:
+                p.metavar = _METAVARS.get(p.bare_type(), p.bare_type().upper())
+        return params
+
+    def get_usage(self, ctx: typer.Context) -> str:
+        return _plain(super().get_usage(ctx))
+
+    def get_help(self, ctx: typer.Context) -> str:
+        return _plain(super().get_help(ctx))
+
+
+class _PlainGroup(typer.core.TyperGroup):
+    def get_help(self, ctx: typer.Context) -> str:
+        return _plain(super().get_help(ctx))
+
+
+# Plain help (rich's boxes cut long choices short); errors are one line of our own (below).
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, cls=_PlainGroup,
+                  rich_markup_mode=None, help="HybridFlow learned image codec (extreme low bitrates).")
+
+ModelOpt = typer.Option(None, "--model", metavar="DIR",
+                        help="model directory (default: the model shipped with the package)")
 ProviderOpt = typer.Option("auto", "--provider", help=f"onnxruntime provider: {'|'.join(PROVIDERS)}")
-ThreadsOpt = typer.Option(None, "--threads", help="threads per graph (default: onnxruntime decides)")
-ForceOpt = typer.Option(False, "--force", "-f", help="overwrite existing outputs")
+ThreadsOpt = typer.Option(None, "--threads", metavar="N",
+                          help=f"threads per graph, 1…{MAX_THREADS} (default: onnxruntime decides)")
+ForceOpt = typer.Option(False, "--force", "-f", help="overwrite existing outputs (a replaced file keeps its mode)")
+MaskOpt = typer.Option("auto", "--mask", metavar="MASK",
+                       help=f"which VQ indices to send: {' | '.join(CHOICES)} (auto: per tile, by complexity)")
+StreamOpt = typer.Option("hybrid", "--stream", metavar="STREAM",
+                         help=f"{' | '.join(STREAMS)} (vq, continuous: the single-stream baselines)")
 EngineOpt = typer.Option("local", "--engine", help="local | ray (folders or URIs on a Ray cluster: see README)")
 AddressOpt = typer.Option(None, "--address", help="--engine ray: cluster address (default: start a local Ray)")
 WorkersOpt = typer.Option(None, "--workers", help="--engine ray: worker actors (default: CPUs ÷ threads per worker)")
@@ -45,21 +83,24 @@ def _err(msg: str) -> None:
 
 
 def _expand(spec: str) -> tuple[list[Path], bool]:
-    """A file, a directory (its images) or a glob → (files, is_batch)."""
+    """A file, a directory (its images) or a glob → (files, is_batch). A name that exists is taken
+    literally even when it contains * ? [ ] (``img[1].png``); only a name that does not is a pattern."""
     p = Path(spec)
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.is_file() and not f.name.startswith("."))
         return [f for f in files if f.suffix.lower() in READABLE | {SUFFIX}], True
+    if p.exists():
+        return [p], False
     if any(ch in spec for ch in "*?["):
         return sorted(Path(f) for f in glob.glob(spec) if Path(f).is_file()), True
-    if not p.exists():
-        raise CliError(f"{spec}: no such file or directory")
-    return [p], False
+    raise CliError(f"{spec}: no such file or directory")
 
 
 def _targets(inp: str, out: Path, suffix: str) -> list[tuple[Path, Path]]:
     files, batch = _expand(inp)
     if batch:
+        if not files:  # before creating anything: an unmatched pattern leaves no empty folder behind
+            raise CliError(f"{inp}: no {'matching files' if not Path(inp).is_dir() else 'images in this folder'}")
         if out.exists() and not out.is_dir():
             raise CliError(f"{out} must be a directory when the input is a directory or a glob")
         out.mkdir(parents=True, exist_ok=True)
@@ -67,6 +108,49 @@ def _targets(inp: str, out: Path, suffix: str) -> list[tuple[Path, Path]]:
     if out.is_dir():
         return [(files[0], out / (files[0].stem + suffix))]
     return [(files[0], out)]
+
+
+def _collisions(pairs: list[tuple[Path, Path]]) -> dict[Path, str]:
+    """Inputs whose output name another input of the batch also maps to (a.jpg, a.png → a.hfc):
+    none of them is written, whatever --force says, rather than one silently replacing the other."""
+    by_dst: dict[Path, list[Path]] = {}
+    for src, dst in pairs:
+        by_dst.setdefault(dst, []).append(src)
+    return {src: f"output {dst} would also be written from " + ", ".join(str(o) for o in srcs if o != src)
+            for dst, srcs in by_dst.items() if len(srcs) > 1 for src in srcs}
+
+
+def _check_options(provider: str, threads: int | None) -> None:
+    try:
+        check_provider(provider)
+    except ValueError:
+        raise CliError(f"unknown --provider {provider!r}; choose one of {', '.join(PROVIDERS)}") from None
+    try:
+        check_threads(threads)
+    except ValueError:
+        raise CliError(f"--threads must be from 1 to {MAX_THREADS} (4 × this machine's CPUs), got {threads}") from None
+
+
+def _write_output(dst: Path, data: bytes, force: bool) -> None:
+    from .imageio import write_bytes_atomic
+
+    try:
+        write_bytes_atomic(dst, data, overwrite=force)
+    except FileExistsError:  # created by someone else since _check_output: exclusive creation lost the race
+        raise CliError(f"{dst} exists (use --force to overwrite)") from None
+
+
+def _describe(e: BaseException) -> str:
+    """One line for any exception: our own errors say what happened; others (cv2.error,
+    onnxruntime's, a bug) also say their type."""
+    if isinstance(e, OSError) and e.strerror:
+        text = f"{e.filename}: {e.strerror}" if e.filename else e.strerror
+    else:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        text = lines[0] if lines else ""
+        if not isinstance(e, CliError | ValueError):
+            text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text or type(e).__name__
 
 
 def _check_output(src: Path, dst: Path, force: bool) -> None:
@@ -84,8 +168,10 @@ def _load(model: Path | None, provider: str, threads: int | None):  # noqa: ANN2
     return Codec.load(model, provider=provider, threads=threads)
 
 
-def _run_batch(pairs: list[tuple[Path, Path]], job: Callable[[Path, Path], str], label: str) -> None:
-    """Run ``job`` on every pair; failures are reported and do not stop the others."""
+def _run_batch(pairs: list[tuple[Path, Path]], job: Callable[[Path, Path], str], label: str,
+               refused: dict[Path, str] | None = None) -> None:
+    """Run ``job`` on every pair; any failure is one line naming the file and does not stop the
+    others. ``refused`` inputs fail with their reason without running."""
     from rich.progress import Progress
 
     if not pairs:
@@ -96,12 +182,16 @@ def _run_batch(pairs: list[tuple[Path, Path]], job: Callable[[Path, Path], str],
         task = bar.add_task(label, total=len(pairs))
         for src, dst in pairs:
             try:
+                if refused and src in refused:
+                    raise CliError(refused[src])
                 line = job(src, dst)
                 if line:
                     bar.console.print(line, highlight=False) if show else typer.echo(line)
-            except (CliError, ValueError, OSError, RuntimeError, MemoryError) as e:
-                failures.append(f"{src}: {e}")
-                _err(f"{src}: {e}")
+            except Exception as e:  # noqa: BLE001 — one bad file must not end the batch
+                msg = _describe(e)
+                msg = msg if msg.startswith(str(src)) else f"{src}: {msg}"
+                failures.append(msg)
+                _err(msg)
             bar.advance(task)
     if len(pairs) > 1:
         typer.echo(f"{len(pairs) - len(failures)} done, {len(failures)} failed", err=bool(failures))
@@ -117,17 +207,16 @@ def _guard(fn: Callable[[], None]) -> None:
     except KeyboardInterrupt:
         _err("interrupted")
         raise typer.Exit(130) from None
-    except (CliError, ValueError, OSError, RuntimeError, MemoryError) as e:
-        _err(str(e))
+    except Exception as e:  # noqa: BLE001 — every failure is one line and a non-zero exit
+        _err(_describe(e))
         raise typer.Exit(1) from None
 
 
-@app.command()
+@app.command(cls=_PlainCommand)
 def compress(
     inp: str = typer.Argument(..., metavar="IN", help="image, directory or quoted glob"),
     out: str = typer.Argument(..., metavar="OUT", help=f"{SUFFIX} file, or a directory for several inputs"),
-    mask: str = typer.Option("auto", "--mask", help=f"which indices to send: {'|'.join(CHOICES)}"),
-    stream: str = typer.Option("hybrid", "--stream", help=f"{'|'.join(STREAMS)}"),
+    mask: str = MaskOpt, stream: str = StreamOpt,
     model: Path = ModelOpt, provider: str = ProviderOpt, threads: int = ThreadsOpt, force: bool = ForceOpt,
     engine: str = EngineOpt, address: str = AddressOpt, workers: int = WorkersOpt,
     threads_per_worker: int = WorkerThreadsOpt,
@@ -135,7 +224,7 @@ def compress(
     """Compress images to .hfc streams."""
 
     def go() -> None:
-        from .imageio import read_image, write_bytes_atomic
+        from .imageio import read_image
 
         if mask not in CHOICES:
             raise CliError(f"unknown --mask {mask!r}; choose one of {', '.join(CHOICES)}")
@@ -145,6 +234,7 @@ def compress(
         if ray is not None:
             _ray_compress(inp, out, mask, stream, model, provider, force, ray)
             return
+        _check_options(provider, threads)
         pairs = _targets(inp, Path(out), SUFFIX)
         codec = _load(model, provider, threads)
 
@@ -154,16 +244,16 @@ def compress(
             for w in warns:
                 typer.echo(f"warning: {src}: {w}", err=True)
             data = codec.compress(rgb, mask=mask, stream=stream)
-            write_bytes_atomic(dst, data)
+            _write_output(dst, data, force)
             bpp = 8 * len(data) / (rgb.shape[0] * rgb.shape[1])
             return f"{src} → {dst}: {len(data)} bytes, {bpp:.4f} bpp"
 
-        _run_batch(pairs, job, "compressing")
+        _run_batch(pairs, job, "compressing", _collisions(pairs))
 
     _guard(go)
 
 
-@app.command()
+@app.command(cls=_PlainCommand)
 def decompress(
     inp: str = typer.Argument(..., metavar="IN", help=f"{SUFFIX} file, directory or quoted glob"),
     out: Path = typer.Argument(..., metavar="OUT", help="image file (format from its extension) or directory"),
@@ -172,31 +262,35 @@ def decompress(
     """Decompress .hfc streams to images (PNG when OUT is a directory)."""
 
     def go() -> None:
-        from .imageio import encode_image, write_bytes_atomic
+        from .imageio import encode_image
 
+        _check_options(provider, threads)
         pairs = _targets(inp, out, ".png")
         codec = _load(model, provider, threads)
 
         def job(src: Path, dst: Path) -> str:
             _check_output(src, dst, force)
             rgb = codec.decompress(src.read_bytes())
-            write_bytes_atomic(dst, encode_image(rgb, dst.suffix))
+            _write_output(dst, encode_image(rgb, dst.suffix), force)
             return f"{src} → {dst}: {rgb.shape[1]}×{rgb.shape[0]}"
 
-        _run_batch(pairs, job, "decompressing")
+        _run_batch(pairs, job, "decompressing", _collisions(pairs))
 
     _guard(go)
 
 
-@app.command()
-def info(file: Path = typer.Argument(..., help=f"a {SUFFIX} stream"), model: Path = ModelOpt) -> None:
+@app.command(cls=_PlainCommand)
+def info(file: Path = typer.Argument(..., metavar="FILE", help=f"a {SUFFIX} stream"), model: Path = ModelOpt) -> None:
     """Show a stream's size, bpp, schedules and model."""
 
     def go() -> None:
         from .codec import Codec
 
         codec = Codec.load(model, provider="cpu")
-        i = codec.info(file.read_bytes())
+        try:
+            i = codec.info(file.read_bytes())
+        except Exception as e:  # noqa: BLE001 — say which file, whatever went wrong
+            raise CliError(f"{file}: {_describe(e)}") from None
         same = "matches" if i.model_id == codec.model.model_id.hex() else "does NOT match"
         typer.echo(f"{file}: {i.stream} stream, {i.width}×{i.height}, {i.bytes} bytes "
                    f"(header {i.header_bytes}), {i.bpp:.4f} bpp")
@@ -207,10 +301,10 @@ def info(file: Path = typer.Argument(..., help=f"a {SUFFIX} stream"), model: Pat
     _guard(go)
 
 
-@app.command("eval")
+@app.command("eval", cls=_PlainCommand)
 def evaluate(
-    inputs: list[str] = typer.Argument(..., metavar="IN...", help="images, directories or quoted globs"),
-    mask: str = typer.Option("auto", "--mask"), stream: str = typer.Option("hybrid", "--stream"),
+    inputs: list[str] = typer.Argument(..., metavar="IN", help="images, directories or quoted globs"),
+    mask: str = MaskOpt, stream: str = StreamOpt,
     csv_path: Path = typer.Option(None, "--csv", help="write per-image rows here"),
     model: Path = ModelOpt, provider: str = ProviderOpt, threads: int = ThreadsOpt,
     engine: str = EngineOpt, address: str = AddressOpt, workers: int = WorkersOpt,
@@ -318,6 +412,26 @@ def _ray_eval(inputs: list[str], mask: str, stream: str, model: Path | None, pro
                   csv_path)
     if e.failed:
         raise typer.Exit(1)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        from .bitstream import FORMAT_VERSION
+
+        try:
+            v = version("hybridflow")
+        except PackageNotFoundError:
+            v = "(not installed)"
+        typer.echo(f"hf-run {v} (stream format {FORMAT_VERSION})")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                          help="print the version and exit")) -> None:
+    """HybridFlow learned image codec (extreme low bitrates)."""
 
 
 def main() -> None:

@@ -6,7 +6,12 @@ decompress: container → ẑ → (μ, σ) → ŷ → guidance g → per tile: s
             full indices → pixel decoder (VQ decoder + correction) → tiles → image
 
 ``Codec`` holds no per-call state, and onnxruntime sessions are safe to call from several threads,
-so one ``Codec`` may serve concurrent ``compress``/``decompress`` calls.
+so one ``Codec`` may serve concurrent ``compress``/``decompress`` calls (graph runs beyond
+``model.MAX_CONCURRENT_RUNS`` wait for a slot, which bounds memory).
+
+``progress(done, total)``, where given, is called between units of work: tiles for ``compress``,
+pixel-decoder windows for ``decompress``. It may raise to abandon the call (a client that went away):
+the exception propagates unchanged and nothing is left behind.
 """
 
 from __future__ import annotations
@@ -88,8 +93,15 @@ def check_image(rgb: np.ndarray) -> None:
         raise ValueError(f"unsupported image size {rgb.shape[1]}×{rgb.shape[0]}")
 
 
+Progress = Callable[[int, int], None]
+
+
 class Codec:
     def __init__(self, model: Model, tile_batch: int = 1, correction: bool = True):
+        if isinstance(tile_batch, bool) or not isinstance(tile_batch, int) or tile_batch < 1:
+            raise ValueError(f"tile_batch must be an integer ≥ 1, got {tile_batch!r}")
+        if not isinstance(correction, bool):
+            raise ValueError(f"correction must be True or False, got {correction!r}")
         self.model = model
         self.tile_batch = tile_batch
         # False decodes hybrid streams with the plain VQ decoder: the stage-3 ablation of the benchmarks
@@ -108,10 +120,12 @@ class Codec:
         return cls(Model.load(None if model_dir is None else Path(model_dir), provider, threads, optimise), tile_batch)
 
     # ------------------------------------------------------------------------------- compress
-    def compress(self, rgb: np.ndarray, mask: str = "auto", stream: str = "hybrid") -> bytes:
-        return self.entropy_code(self.analyse(rgb, mask, stream))
+    def compress(self, rgb: np.ndarray, mask: str = "auto", stream: str = "hybrid",
+                 progress: Progress | None = None) -> bytes:
+        return self.entropy_code(self.analyse(rgb, mask, stream, progress))
 
-    def analyse(self, rgb: np.ndarray, mask: str = "auto", stream: str = "hybrid") -> Symbols:
+    def analyse(self, rgb: np.ndarray, mask: str = "auto", stream: str = "hybrid",
+                progress: Progress | None = None) -> Symbols:
         """Everything the stream will carry, before entropy coding."""
         check_image(rgb)
         if stream not in STREAMS:
@@ -121,7 +135,9 @@ class Codec:
         sym = Symbols(Header(stream, grid.width, grid.height, self.model.model_id, []))
         if stream != "continuous":
             sym.header.schedules = self._choose_schedules(rgb, grid, mask, stream)
-            sym.indices = self._sent_indices(padded, grid, sym.header.schedules)
+            sym.indices = self._sent_indices(padded, grid, sym.header.schedules, progress)
+        elif progress:
+            progress(grid.count, grid.count)  # the continuous analysis below is one cheap pass
         if stream != "vq":
             y = windowed(lambda im: self.model.run("cont_analysis", image=im)[0], self._lowres(padded),
                          self.y_stride // self.downscale, 1, LATENT_WINDOW, LATENT_MARGIN)
@@ -174,7 +190,8 @@ class Codec:
     def _sent_positions(self, grid: TileGrid, t: int, code: int) -> np.ndarray:
         return sent_mask(schedule_name(code), self.grid_side) & grid.valid_tokens(t)
 
-    def _sent_indices(self, padded: np.ndarray, grid: TileGrid, schedules: list[int]) -> np.ndarray:
+    def _sent_indices(self, padded: np.ndarray, grid: TileGrid, schedules: list[int],
+                      progress: Progress | None = None) -> np.ndarray:
         """Indices of every tile's sent positions, tile after tile, raster order inside a tile."""
         todo = [t for t in range(grid.count) if self._sent_positions(grid, t, schedules[t]).any()]
         out = []
@@ -183,6 +200,10 @@ class Codec:
             tiles = np.stack([tile_stack(padded, grid, range(t, t + 1))[0] for t in ids])
             (idx,) = self.model.run("vq_encoder", image=_to_float(tiles))
             out += [idx[k][self._sent_positions(grid, t, schedules[t])] for k, t in enumerate(ids)]
+            if progress:
+                progress(ids[-1] + 1, grid.count)
+        if progress and not todo:
+            progress(grid.count, grid.count)
         return np.concatenate(out) if out else np.zeros(0, np.int64)
 
     # ----------------------------------------------------------------------------- decompress
@@ -209,7 +230,7 @@ class Codec:
         if 0.9 * need > 32 * len(words) + 64:
             raise BitstreamError("corrupt stream: payload too short for the declared image size")
 
-    def decompress(self, data: bytes, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    def decompress(self, data: bytes, progress: Progress | None = None) -> np.ndarray:
         header, words, _ = self.read_header(data)
         grid = TileGrid(header.height, header.width)
         dec = Decoder(self.model.tables, words)

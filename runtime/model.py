@@ -5,9 +5,15 @@ FORMAT.md. Sessions are opened lazily, so a CLI call that only needs some graphs
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
 import threading
+import zipfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +22,39 @@ import numpy as np
 from .complexity import ComplexityModel
 from .entropy import EntropyTables
 from .fixedpoint import IntegerHyperSynthesis
-from .session import open_session, providers_for
+from .session import check_provider, check_threads, open_session, providers_for
 
 MODEL_FORMAT_VERSION = 2  # 2: cont_analysis → y only, hyper_analysis y → z
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
+# Graph runs at once per Model, whatever the number of calling threads: each run holds its activations
+# (a pixel-decoder window is hundreds of MB), so memory is bounded by this, not by the callers.
+MAX_CONCURRENT_RUNS = os.cpu_count() or 1
+_INT_FIELDS = ("tile", "token_pixels", "n_codes", "downscale", "latent_stride", "hyper_stride", "hyper_channels",
+               "guidance_channels")
 
 
 class ModelError(ValueError):
-    pass
+    """The model directory is unusable (message names the file and why)."""
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}".strip().rstrip(":")
+
+
+@cache
+def _malloc_trim() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc keeps them otherwise; no-op elsewhere)."""
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 @dataclass
@@ -33,26 +64,62 @@ class Model:
     provider: str = "auto"
     threads: int | None = None
     optimise: bool = True
+    max_concurrent_runs: int = MAX_CONCURRENT_RUNS  # 0: no cap
     _sessions: dict[str, Any] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    _busy: threading.Condition = field(default_factory=threading.Condition, repr=False)
+    _running: int = field(default=0, repr=False)
 
     @classmethod
     def load(cls, directory: Path | None = None, provider: str = "auto", threads: int | None = None,
              optimise: bool = True) -> Model:
+        provider, threads = check_provider(provider), check_threads(threads)
         directory = Path(directory) if directory is not None else DEFAULT_MODEL_DIR
         path = directory / "manifest.json"
         if not path.is_file():
             raise ModelError(f"no model at {directory} (manifest.json missing)")
         try:
             manifest = json.loads(path.read_text())
-        except json.JSONDecodeError as e:
-            raise ModelError(f"{path}: invalid JSON ({e.msg})") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ModelError(f"{path}: invalid JSON ({_one_line(e)})") from None
+        except OSError as e:
+            raise ModelError(f"{path}: cannot read ({e.strerror})") from None
+        if not isinstance(manifest, dict):
+            raise ModelError(f"{path}: not a model manifest (expected a JSON object)")
         if manifest.get("format_version") != MODEL_FORMAT_VERSION:
             raise ModelError(f"{path}: model format {manifest.get('format_version')} is not supported "
                              f"(this runtime reads {MODEL_FORMAT_VERSION})")
         model = cls(directory, manifest, provider, threads, optimise)
-        model.tables  # noqa: B018  (validate the tables now, not in the middle of a decode)
+        model._validate(path)
         return model
+
+    def _validate(self, path: Path) -> None:
+        """Fail at load time with the file's name, not with a KeyError in the middle of a decode."""
+        try:
+            self.model_id, self.name, self.complexity  # noqa: B018
+            for key in _INT_FIELDS:
+                if int(self.manifest[key]) <= 0:
+                    raise ValueError(f"{key} must be positive")
+            files = {name: self.directory / g["file"] for name, g in self.manifest["graphs"].items()}
+            self._check_tables(self.tables)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise ModelError(f"{path}: invalid manifest ({_one_line(e)})") from None
+        for name, file in files.items():
+            if not file.is_file():
+                raise ModelError(f"{file}: graph {name!r} of the manifest is missing")
+        if "hyper_synthesis" in self.manifest:
+            self.hyper  # noqa: B018
+
+    def _check_tables(self, t: EntropyTables) -> None:
+        n_codes = int(self.manifest["n_codes"])
+        if t.z_pmf.ndim != 2 or t.z_pmf.shape[1] % 2 == 0 or not (t.z_pmf > 0).all():
+            raise ValueError("entropy.z_pmf must be (channels, 2R+1) positive")
+        if t.index_prior.shape != (n_codes,) or not (t.index_prior > 0).all():
+            raise ValueError(f"entropy.index_prior must hold {n_codes} positive values")
+        if t.scale_table.ndim != 1 or not (t.scale_table > 0).all() or not (np.diff(t.scale_table) > 0).all():
+            raise ValueError("entropy.scale_table must be positive and ascending")
+        if t.y_radius <= 0:
+            raise ValueError("entropy.y_radius must be positive")
 
     # --- static parts -------------------------------------------------------------------------
     @property
@@ -81,7 +148,11 @@ class Model:
     @property
     def hyper(self) -> IntegerHyperSynthesis:
         if "_hyper" not in self.__dict__:
-            self.__dict__["_hyper"] = IntegerHyperSynthesis.load(self.directory / self.manifest["hyper_synthesis"])
+            path = self.directory / str(self.manifest["hyper_synthesis"])
+            try:
+                self.__dict__["_hyper"] = IntegerHyperSynthesis.load(path)
+            except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
+                raise ModelError(f"{path}: cannot read the integer hyper synthesis ({_one_line(e)})") from None
         return self.__dict__["_hyper"]
 
     @property
@@ -96,8 +167,34 @@ class Model:
                     raise ModelError(f"model {self.name} has no {graph!r} graph")
                 path = self.directory / self.manifest["graphs"][graph]["file"]
                 providers = providers_for(self.provider, path)
-                self._sessions[graph] = open_session(path, providers, self.threads, self.optimise)
+                try:
+                    self._sessions[graph] = open_session(path, providers, self.threads, self.optimise)
+                except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, NoSuchFile, Fail …)
+                    raise ModelError(f"{path}: cannot load graph {graph!r} ({_one_line(e)})") from None
             return self._sessions[graph]
 
     def run(self, graph: str, **inputs: np.ndarray) -> list[np.ndarray]:
-        return self.session(graph).run(None, inputs)
+        session = self.session(graph)
+        with self._slot():
+            try:
+                return session.run(None, inputs)
+            except Exception as e:  # a graph that does not fit its manifest fails here, in onnxruntime's types
+                raise ModelError(f"graph {graph!r} of model {self.name} failed ({_one_line(e)})") from None
+
+    @contextmanager
+    def _slot(self) -> Iterator[None]:
+        """At most ``max_concurrent_runs`` graph runs at once; when the last one ends, freed memory
+        goes back to the OS so an idle process shrinks after a burst of requests."""
+        with self._busy:
+            while self.max_concurrent_runs and self._running >= self.max_concurrent_runs:
+                self._busy.wait()
+            self._running += 1
+        try:
+            yield
+        finally:
+            with self._busy:
+                self._running -= 1
+                idle = self._running == 0
+                self._busy.notify()
+            if idle:
+                release_free_memory()

@@ -15,6 +15,39 @@ import onnxruntime as ort
 PROVIDERS = ("auto", "cpu", "cuda")
 CPU = ["CPUExecutionProvider"]
 CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+# More intra-op threads than this only slows down (and thousands hang the process): refuse them.
+MAX_THREADS = 4 * (os.cpu_count() or 1)
+# onnxruntime's CPU arena keeps the peak of every concurrent run for the session's lifetime (16
+# simultaneous decodes on one Codec held 1.49 GB after the load was gone). Without it, freed tensors
+# go back to the allocator, which Model.run trims when the last run ends (benchmarks/concurrency.py).
+CPU_MEM_ARENA = False
+
+
+def check_provider(choice: str) -> str:
+    if choice not in PROVIDERS:
+        raise ValueError(f"unknown provider {choice!r}; choose one of {', '.join(PROVIDERS)}")
+    return choice
+
+
+def check_threads(threads: int | None) -> int | None:
+    """None (or 0) lets onnxruntime decide; otherwise 1 … MAX_THREADS."""
+    if threads is None or threads == 0:
+        return None
+    if isinstance(threads, bool) or not isinstance(threads, int) or not 1 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must be an integer from 1 to {MAX_THREADS} (4 × this machine's CPUs), "
+                         f"got {threads!r}")
+    return threads
+
+
+def env_threads() -> int | None:
+    """$HF_THREADS, checked like an explicit ``threads``."""
+    raw = os.environ.get("HF_THREADS", "").strip()
+    if not raw:
+        return None
+    try:
+        return check_threads(int(raw))
+    except ValueError:
+        raise ValueError(f"HF_THREADS={raw!r}: must be an integer from 1 to {MAX_THREADS}") from None
 
 
 @cache
@@ -34,9 +67,7 @@ def cuda_works(probe_graph: str) -> bool:
 
 
 def providers_for(choice: str, probe_graph: Path) -> list[str]:
-    if choice not in PROVIDERS:
-        raise ValueError(f"unknown provider {choice!r}; choose one of {', '.join(PROVIDERS)}")
-    if choice == "cpu":
+    if check_provider(choice) == "cpu":
         return CPU
     works = cuda_works(str(probe_graph))
     if choice == "cuda" and not works:
@@ -52,7 +83,8 @@ def open_session(path: Path, providers: list[str], threads: int | None = None,
     # Memory patterns pre-plan one block per input shape; measured on the VQ decoder (one 320² tile)
     # they raise peak RSS from 180 to 280 MB for no speed gain on CPU.
     opts.enable_mem_pattern = False
-    n = threads if threads is not None else int(os.environ.get("HF_THREADS", "0"))
+    opts.enable_cpu_mem_arena = CPU_MEM_ARENA
+    n = check_threads(threads) if threads is not None else env_threads()
     if n:
         opts.intra_op_num_threads = n
         opts.inter_op_num_threads = 1

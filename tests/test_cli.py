@@ -116,3 +116,137 @@ def test_eval_writes_csv(tiny_model: Path, png: Path, tmp_path: Path) -> None:
     assert p.returncode == 0, p.stderr
     rows = csv_path.read_text().splitlines()
     assert rows[0].startswith("image,width,height,bytes,bpp,psnr,ms_ssim") and len(rows) == 2
+
+
+def test_literal_names_with_pattern_characters(tiny_model: Path, photo: np.ndarray, tmp_path: Path) -> None:
+    """Issue 21.6: with img[1].png and img1.png present, 'img[1].png' compressed img1.png into a new
+    folder. A name that exists is used literally; an unmatched pattern creates nothing."""
+    cv2.imwrite(str(tmp_path / "img[1].png"), photo[:100, :120])
+    cv2.imwrite(str(tmp_path / "img1.png"), photo[:50, :60])
+    out = tmp_path / "out.hfc"
+    p = run("compress", tmp_path / "img[1].png", out, "--model", tiny_model, "--mask", "1_4")
+    assert p.returncode == 0, p.stderr
+    assert out.is_file() and "120×100" not in p.stdout
+    dec = tmp_path / "dec.png"
+    assert run("decompress", out, dec, "--model", tiny_model).returncode == 0
+    assert cv2.imread(str(dec)).shape == (100, 120, 3)
+    missing = tmp_path / "never"
+    assert_clean_error(run("compress", tmp_path / "nothing*.png", missing, "--model", tiny_model), "no matching files")
+    assert not missing.exists()
+    (tmp_path / "empty").mkdir()
+    assert_clean_error(run("compress", tmp_path / "empty", missing, "--model", tiny_model), "no images")
+    assert not missing.exists()
+
+
+def test_colliding_output_names_are_refused(tiny_model: Path, png: Path, tmp_path: Path) -> None:
+    """Issue 21.9: a.jpg and a.png both map to a.hfc; the second silently replaced the first."""
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(png, src / "a.png")
+    shutil.copy(png, src / "b.png")
+    cv2.imwrite(str(src / "a.jpg"), cv2.imread(str(png)))
+    out = tmp_path / "out"
+    for extra in ([], ["--force"]):
+        p = run("compress", src, out, "--model", tiny_model, "--mask", "1_9", *extra)
+        assert p.returncode == 1 and "Traceback" not in p.stderr
+        assert "1 done, 2 failed" in p.stderr, p.stderr
+        assert "a.jpg: output" in p.stderr and "would also be written from" in p.stderr
+        assert sorted(f.name for f in out.iterdir()) == ["b.hfc"]
+
+
+def test_option_checks(tiny_model: Path, png: Path, tmp_path: Path) -> None:
+    """Issue 21.7: --threads 5000 hung, an unknown provider was accepted by load()."""
+    from hybridflow.runtime import Codec
+
+    dst = tmp_path / "o.hfc"
+    assert_clean_error(run("compress", png, dst, "--model", tiny_model, "--threads", 5000), "--threads must be")
+    assert_clean_error(run("compress", png, dst, "--model", tiny_model, "--threads", -1), "--threads must be")
+    assert_clean_error(run("compress", png, dst, "--model", tiny_model, "--provider", "foo"), "unknown --provider")
+    assert not dst.exists()
+    for kwargs in ({"provider": "foo"}, {"threads": 5000}, {"threads": -2}, {"tile_batch": 0},
+                   {"tile_batch": -1}, {"tile_batch": 1.5}):
+        with pytest.raises(ValueError):
+            Codec.load(tiny_model, **kwargs)
+
+
+def _broken_model(tiny_model: Path, tmp_path: Path, how: str) -> Path:
+    import json
+
+    bad = tmp_path / f"model-{how}"
+    shutil.copytree(tiny_model, bad)
+    man = json.loads((bad / "manifest.json").read_text())
+    if how == "key":
+        del man["entropy"]["index_prior"]
+    elif how == "type":
+        man["graphs"] = ["not", "a", "dict"]
+    elif how == "onnx":
+        (bad / man["graphs"]["vq_encoder"]["file"]).write_bytes(b"\x08\x07garbage")
+    elif how == "npz":
+        (bad / man["hyper_synthesis"]).write_bytes(b"PK\x03\x04 not a zip")
+    (bad / "manifest.json").write_text(json.dumps(man))
+    return bad
+
+
+@pytest.mark.parametrize(("how", "names"), [("key", "manifest.json"), ("type", "manifest.json"),
+                                             ("onnx", "vq_encoder.onnx"), ("npz", ".npz")])
+def test_a_broken_model_is_one_line_naming_the_file(tiny_model: Path, png: Path, tmp_path: Path, how: str,
+                                                     names: str) -> None:
+    """Issue 21.4: KeyError/AttributeError/BadZipFile and onnxruntime's exceptions ended in tracebacks."""
+    bad = _broken_model(tiny_model, tmp_path, how)
+    p = run("compress", png, tmp_path / "o.hfc", "--model", bad, "--mask", "1_4")
+    assert_clean_error(p, names)
+    assert len([ln for ln in p.stderr.splitlines() if ln.strip()]) == 1, p.stderr
+
+
+def test_batch_goes_on_after_any_failure(tiny_model: Path, png: Path, tmp_path: Path) -> None:
+    """A decompression bomb (cv2.error before) and an unreadable file among good ones: each failure
+    is one line naming its file, the others are written, the run summarises and exits 1."""
+    from .test_imageio import _png_header
+
+    src = tmp_path / "in"
+    src.mkdir()
+    shutil.copy(png, src / "a.png")
+    (src / "b.png").write_bytes(_png_header(65536, 65536))
+    shutil.copy(png, src / "c.png")
+    (src / "d.png").write_bytes(_png_header(300, 200)[:40])
+    out = tmp_path / "out"
+    p = run("compress", src, out, "--model", tiny_model, "--mask", "1_9")
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    errors = [ln for ln in p.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 2 and "b.png" in errors[0] and "refused before decoding" in errors[0] and "d.png" in errors[1]
+    assert "2 done, 2 failed" in p.stderr
+    assert sorted(f.name for f in out.iterdir()) == ["a.hfc", "c.hfc"]
+
+
+def test_info_errors_name_the_file(tiny_model: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.hfc"
+    bad.write_bytes(b"HF\x02" + bytes(20))
+    assert_clean_error(run("info", bad, "--model", tiny_model), f"{bad}: checksum mismatch")
+    assert_clean_error(run("info", tmp_path / "gone.hfc", "--model", tiny_model), "gone.hfc")
+
+
+def test_version_and_help_text(tiny_model: Path) -> None:
+    """Issue 18.4: --version; help for every option, no type noise (<bool>, {IN})."""
+    p = run("--version")
+    assert p.returncode == 0 and p.stdout.startswith("hf-run ") and "stream format" in p.stdout
+    for cmd in ("compress", "decompress", "info", "eval"):
+        text = run(cmd, "--help").stdout
+        assert "<" not in text and "{" not in text, text
+        options = [ln.split() for ln in text.splitlines() if ln.strip().startswith("-")]
+        assert options and all(len(opt) >= 2 and not opt[-1].isupper() for opt in options), text
+
+
+def test_single_image_eval_prints_its_summary(tiny_model: Path, png: Path) -> None:
+    p = run("eval", png, "--model", tiny_model, "--mask", "1_4")
+    assert p.returncode == 0, p.stderr
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("photo.png") and lines[-1].startswith("mean of 1") and "dB" in lines[-1]
+
+
+@pytest.mark.parametrize("script", ["train", "export"])
+def test_training_tools_without_torch_say_so_in_one_line(script: str) -> None:
+    code = f"import sys; sys.modules['torch'] = None; from hybridflow.runtime.entrypoints import {script}; {script}()"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr.strip().splitlines() == [
+        f"error: hf-{script} needs the train extra (torch not installed): pip install 'hybridflow[train]'"]
