@@ -6,16 +6,22 @@ import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import typer
+
+if TYPE_CHECKING:
+    from .quantize import Int8Request
 
 app = typer.Typer(add_completion=False, help=__doc__)
 
 
 def export_bundle(ckpt: Path, out: Path, simplify: bool = True, parity: bool = True,
-                  real_images: list[np.ndarray] | None = None, timing: bool = True) -> dict:
-    """Export into a temporary folder next to ``out``, then swap it in (never a half-written model)."""
+                  real_images: list[np.ndarray] | None = None, timing: bool = True,
+                  int8: Int8Request | None = None) -> dict:
+    """Export into a temporary folder next to ``out``, then swap it in (never a half-written model).
+    ``int8`` adds int8 variants of the decode-side graphs after the fp32 parity checks (export/quantize.py)."""
     from ..models.bundle import load_bundle
     from . import convert, manifest
     from .graphs import graph_specs
@@ -36,6 +42,9 @@ def export_bundle(ckpt: Path, out: Path, simplify: bool = True, parity: bool = T
             if real_images:
                 masks = ("1_4",) if c.predictor is not None else ("none",)
                 man["parity"]["end_to_end"] = end_to_end(tmp, specs, real_images, masks)
+            manifest.write(man, tmp)
+        if int8 is not None:
+            int8.apply(tmp, man)
             manifest.write(man, tmp)
         if out.exists():
             shutil.rmtree(out)
@@ -78,8 +87,12 @@ def main_cmd(
     simplify: bool = typer.Option(True, help="run onnxsim on every graph"),
     parity: bool = typer.Option(True, help="measure ONNX vs PyTorch parity and store it in the manifest"),
     data: Path = typer.Option(None, help="folder of real images for parity (default: ../shared/data/val)"),
+    quantize: str = typer.Option("int8", help="int8: add int8 variants of the pixel/VQ decoders, kept if they "
+                                 "cost ≤ 0.05 dB on val crops (export/quantize.py); none: fp32 only"),
+    calibration: Path = typer.Option(None, help="training images for int8 calibration (default: ../shared/data/train)"),
 ) -> None:
     from ..models.data import data_root, list_images, read_rgb
+    from . import quantize as quantize_mod
 
     if not ckpt.is_file():
         typer.echo(f"error: checkpoint not found: {ckpt}", err=True)
@@ -87,7 +100,8 @@ def main_cmd(
     folder = data or data_root() / "val"
     images = [read_rgb(p) for p in list_images(folder)[:4]] if parity and folder.is_dir() else None
     try:
-        man = export_bundle(ckpt, out, simplify, parity, images)
+        int8 = quantize_mod.request(quantize, calibration or data_root() / "train", folder)
+        man = export_bundle(ckpt, out, simplify, parity, images, int8=int8)
     except (ValueError, OSError, RuntimeError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
@@ -99,6 +113,8 @@ def main_cmd(
         typer.echo(f"  {name:17s} {g['bytes'] / 1e6:6.2f} MB  {errs}{timing}")
     if "end_to_end" in man.get("parity", {}):
         typer.echo(f"  end to end: {man['parity']['end_to_end']}")
+    if man.get("parity", {}).get("int8"):
+        typer.echo(quantize_mod.summary(man["parity"]["int8"]))
 
 
 def main() -> None:

@@ -22,8 +22,10 @@ import numpy as np
 from .complexity import ComplexityModel
 from .entropy import EntropyTables
 from .fixedpoint import IntegerHyperSynthesis
-from .session import check_provider, check_threads, open_session, providers_for
+from .session import CPU, check_provider, check_threads, open_session, providers_for
 
+PRECISIONS = ("auto", "fp32", "int8")  # auto: a graph's int8 variant (see below) on the CPU provider
+INT8_SUFFIX = "_int8"
 MODEL_FORMAT_VERSION = 2  # 2: cont_analysis → y only, hyper_analysis y → z
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
 # Graph runs at once per Model, whatever the number of calling threads: each run holds its activations
@@ -64,6 +66,8 @@ class Model:
     provider: str = "auto"
     threads: int | None = None
     optimise: bool = True
+    # which variant runs where the manifest lists "<graph>_int8" (written by hf-export --quantize int8)
+    precision: str = field(default_factory=lambda: os.environ.get("HF_PRECISION", "auto"))
     max_concurrent_runs: int = MAX_CONCURRENT_RUNS  # 0: no cap
     _sessions: dict[str, Any] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -167,11 +171,21 @@ class Model:
                     raise ModelError(f"model {self.name} has no {graph!r} graph")
                 path = self.directory / self.manifest["graphs"][graph]["file"]
                 providers = providers_for(self.provider, path)
+                path = self._variant(graph, providers) or path
                 try:
                     self._sessions[graph] = open_session(path, providers, self.threads, self.optimise)
                 except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, NoSuchFile, Fail …)
                     raise ModelError(f"{path}: cannot load graph {graph!r} ({_one_line(e)})") from None
             return self._sessions[graph]
+
+    def _variant(self, graph: str, providers: list[str]) -> Path | None:
+        """The int8 variant's file, where the manifest lists one and ``precision`` asks for it."""
+        if self.precision not in PRECISIONS:
+            raise ModelError(f"unknown precision {self.precision!r}; choose one of {', '.join(PRECISIONS)}")
+        entry = self.manifest["graphs"].get(graph + INT8_SUFFIX)
+        if entry is None or entry.get("variant_of") != graph or self.precision == "fp32":
+            return None
+        return self.directory / entry["file"] if self.precision == "int8" or providers == CPU else None
 
     def run(self, graph: str, **inputs: np.ndarray) -> list[np.ndarray]:
         session = self.session(graph)

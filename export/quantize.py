@@ -1,0 +1,355 @@
+"""int8 variants of the decode-side graphs: static QDQ quantisation, calibrated on training crops.
+
+What: for each graph in ``QUANTISABLE`` that the model has, ``add_int8`` writes ``<graph>_int8.onnx``
+next to the fp32 graph and lists it in the manifest as ``graphs["<graph>_int8"]`` (with
+``variant_of``), so the model id covers its bytes. The runtime runs the variant in place of the fp32
+graph on the CPU provider (``runtime/model.py``; ``HF_PRECISION=fp32`` turns it off).
+
+How: onnxruntime's ``quantize_static`` with ``QuantFormat.QDQ``, per-channel int8 weights and uint8
+activations (the u8·s8 kernels that use avx512_vnni), MinMax ranges from a fixed set of training
+crops. The calibration inputs are what the decoder really sees: each crop goes through the model's own
+fp32 graphs as the codec does (vq_encoder → indices; cont_analysis → hyper_analysis → rounded ẑ →
+integer hyper synthesis → rounded ŷ → cont_synthesis → guidance). The graphs keep dynamic spatial
+dims, so calibration does not depend on the runtime's window size.
+
+Reproducibility: the ranges are measured in float by onnxruntime, whose last bits depend on the CPU.
+Every range is snapped outward to ``RANGE_BITS`` significant bits before the scales are computed
+(``snap``), so a re-export on another machine writes the same bytes unless a range lies within float
+noise of a grid point. Crops and their order are fixed (sorted file names, centred crops).
+
+What is never quantised: the encoder side and everything that feeds entropy parameters (vq_encoder,
+cont_analysis, hyper_analysis, the integer hyper synthesis): streams stay bit-exact across CPUs and
+precisions. The quantised graphs only change decoded pixels, by the amount recorded in the manifest's
+``parity.int8`` (``quality``)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+QUANTISABLE = ("pixel_decoder", "vq_decoder")
+NEVER = ("vq_encoder", "cont_analysis", "hyper_analysis")  # the entropy path stays bit-exact
+SUFFIX = "_int8"
+RANGE_BITS = 4  # significant bits of each snapped calibration range (≤ 6 % wider than measured)
+CALIBRATION_IMAGES = 24
+CALIBRATION_SIDE = 512  # at most 2×2 tiles per crop: the centred whole-tile area of each image
+QUALITY_IMAGES = 6
+MAX_PSNR_LOSS = 0.05  # dB; a variant that costs more on the quality crops is not kept
+# Only convolutions (measured on the s7 pixel decoder, 6 val crops, see benchmarks/quantize.py): quantising
+# the SiLU/residual Mul/Sigmoid/Add too cost 0.10–0.13 dB and was slower (more Q/DQ around fp32 ops)
+OP_TYPES = ("Conv",)
+
+
+# ----------------------------------------------------------------------------------- helpers
+def snap(value: float, bits: int = RANGE_BITS, up: bool = True) -> float:
+    """``value`` rounded to ``bits`` significant bits, towards +inf (``up``) or −inf: an exact float32,
+    the same for inputs that differ only in their last bits (unless they straddle a grid point)."""
+    if value == 0 or not math.isfinite(value):
+        return 0.0 if value == 0 else value
+    mantissa, exponent = math.frexp(value)  # value = mantissa · 2^exponent, 0.5 ≤ |mantissa| < 1
+    scaled = mantissa * 2**bits
+    return math.ldexp(math.ceil(scaled) if up else math.floor(scaled), exponent - bits)
+
+
+def fold_fp16_casts(model: onnx.ModelProto) -> int:
+    """Replace ``Cast(fp16 initialiser) → float32`` by a float32 initialiser, so the quantiser sees
+    weights as constants (``convert.fp16_initialisers`` stores them that way). Returns how many."""
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    consumers: dict[str, int] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers[name] = consumers.get(name, 0) + 1
+    folded, keep = 0, []
+    for node in graph.node:
+        src = inits.get(node.input[0]) if node.op_type == "Cast" and node.input else None
+        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        if src is not None and src.data_type == TensorProto.FLOAT16 and to == TensorProto.FLOAT:
+            graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(src).astype(np.float32),
+                                                             node.output[0]))
+            if consumers.get(src.name, 0) == 1:
+                graph.initializer.remove(src)
+            folded += 1
+        else:
+            keep.append(node)
+    del graph.node[:]
+    graph.node.extend(keep)
+    return folded
+
+
+def output_convs(model: onnx.ModelProto) -> list[str]:
+    """Names of the convolutions nearest the graph outputs (no other Conv between them and an output):
+    the layer that writes pixels keeps fp32, where 8-bit steps would show directly (measured: it
+    halves the quantisation's PSNR cost for ~3 % of the MACs)."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    found, seen, todo = [], set(), [o.name for o in model.graph.output]
+    while todo:
+        node = producer.get(todo.pop())
+        if node is None or node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.op_type == "Conv":
+            found.append(node.name)
+        else:
+            todo += list(node.input)
+    return sorted(found)
+
+
+def _centre_tiles(rgb: np.ndarray, side: int, tile: int) -> np.ndarray | None:
+    h, w = (min(side, rgb.shape[0]) // tile * tile, min(side, rgb.shape[1]) // tile * tile)
+    if not h or not w:
+        return None
+    y, x = (rgb.shape[0] - h) // 2, (rgb.shape[1] - w) // 2
+    return np.ascontiguousarray(rgb[y : y + h, x : x + w])
+
+
+def fixed_crops(folder: Path, n: int, side: int = CALIBRATION_SIDE, tile: int = 256) -> list[np.ndarray]:
+    """``n`` images spread evenly over the sorted file list of ``folder``, each cut to its centred
+    whole-tile area (at most ``side``²): the same crops, in the same order, on every machine."""
+    from ..models.data import list_images, read_rgb
+
+    paths = list_images(folder)
+    if not paths:
+        raise ValueError(f"no images in {folder}")
+    crops = []
+    for p in paths[:: max(1, len(paths) // n)]:
+        crop = _centre_tiles(read_rgb(p), side, tile)
+        if crop is not None:
+            crops.append(crop)
+        if len(crops) == n:
+            break
+    return crops
+
+
+# -------------------------------------------------------------------- decoder inputs of a crop
+def decoder_inputs(model: Any, rgb: np.ndarray) -> dict[str, np.ndarray]:  # noqa: ANN401  (runtime Model)
+    """What the pixel decoder sees for a crop of whole 256² tiles: the full index map and the aligned
+    guidance, computed with the model's fp32 graphs exactly as the codec computes them."""
+    m, tile = model.manifest, int(model.manifest["tile"])
+    h, w = rgb.shape[:2]
+    assert h % tile == 0 and w % tile == 0, "crop must be whole tiles"
+    px = int(m["token_pixels"])
+    tiles = [rgb[y : y + tile, x : x + tile] for y in range(0, h, tile) for x in range(0, w, tile)]
+    batch = np.stack(tiles).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
+    idx = np.concatenate([model.run("vq_encoder", image=batch[k : k + 1])[0] for k in range(len(tiles))])
+    g = tile // px
+    rows, cols = h // tile, w // tile
+    indices = idx.reshape(rows, cols, g, g).transpose(0, 2, 1, 3).reshape(1, rows * g, cols * g)
+    out = {"indices": np.ascontiguousarray(indices, dtype=np.int64)}
+    if "pixel_decoder" in m["graphs"]:
+        d = int(m["downscale"])
+        low = cv2.resize(rgb, (w // d, h // d), interpolation=cv2.INTER_AREA)
+        low = np.ascontiguousarray(low.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255)
+        (y,) = model.run("cont_analysis", image=low)
+        (z,) = model.run("hyper_analysis", y=y)
+        t = model.tables
+        z_hat = np.clip(np.round(z[0]), -t.z_radius, t.z_radius)
+        mean, _ = model.hyper(z_hat)
+        y_hat = np.clip(np.round(y[0].astype(np.float64) - mean), -t.y_radius, t.y_radius) + mean
+        (guidance,) = model.run("cont_synthesis", y_hat=y_hat.astype(np.float32)[None])
+        out["guidance"] = np.ascontiguousarray(guidance)
+    return out
+
+
+def graph_feeds(graph: onnx.ModelProto | str | Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = [i.name for i in (graph if isinstance(graph, onnx.ModelProto) else onnx.load(graph)).graph.input]
+    return {n: inputs[n] for n in names}
+
+
+# --------------------------------------------------------------------------------- quantise
+def _reader(feeds: Sequence[dict[str, np.ndarray]]) -> Any:  # noqa: ANN401
+    """A CalibrationDataReader over a fixed list of feeds, in order."""
+    from onnxruntime.quantization import CalibrationDataReader
+
+    class Reader(CalibrationDataReader):
+        def __init__(self) -> None:
+            self._it = iter(feeds)
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self._it, None)
+
+    return Reader()
+
+
+def quantise_graph(src: Path, dst: Path, feeds: Sequence[dict[str, np.ndarray]],
+                   exclude_nodes: Sequence[str] | None = None, op_types: Sequence[str] = OP_TYPES) -> dict[str, Any]:
+    """``src`` (fp32 ONNX) → ``dst`` (QDQ int8), calibrated on ``feeds``; returns what was done.
+    ``exclude_nodes=None`` keeps the output convolutions in fp32 (``output_convs``)."""
+    import onnxruntime.quantization as oq
+    from onnxruntime.quantization.calibrate import load_tensors_data, save_tensors_data
+
+    model = onnx.load(src)
+    folded = fold_fp16_casts(model)
+    exclude_nodes = output_convs(model) if exclude_nodes is None else list(exclude_nodes)
+    common = dict(quant_format=oq.QuantFormat.QDQ, per_channel=True, reduce_range=False,
+                  activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt8,
+                  op_types_to_quantize=list(op_types), nodes_to_exclude=list(exclude_nodes),
+                  calibrate_method=oq.CalibrationMethod.MinMax, calibration_providers=["CPUExecutionProvider"])
+    quiet = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # "please pre-process" warnings: we deliberately do not
+    try:
+        with tempfile.TemporaryDirectory(prefix="hf-quant-") as tmp:
+            fp32, cache = Path(tmp) / "fp32.onnx", Path(tmp) / "ranges.json"
+            onnx.save(model, fp32)
+            # pass 1 measures the ranges (and writes a throw-away model); pass 2 quantises with the snapped ones
+            oq.quantize_static(fp32, Path(tmp) / "measured.onnx", _reader(feeds), calibration_cache_path=cache,
+                               **common)
+            ranges = load_tensors_data(cache)
+            for td in ranges.data.values():
+                lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in td.range_value)
+                td.lowest = np.array(snap(min(lo, 0.0), up=False), np.float32)
+                td.highest = np.array(snap(max(hi, 0.0), up=True), np.float32)
+            save_tensors_data(ranges, cache)
+            oq.quantize_static(fp32, Path(tmp) / "int8.onnx", None, calibration_cache_path=cache, **common)
+            q = onnx.load(Path(tmp) / "int8.onnx")
+    finally:
+        logging.getLogger().setLevel(quiet)
+    q.producer_name, q.producer_version = "hybridflow-export", ""
+    del q.metadata_props[:]
+    onnx.checker.check_model(q)
+    data = q.SerializeToString()
+    dst.write_bytes(data)
+    counts: dict[str, int] = {}
+    for node in q.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return {"bytes": len(data), "folded_fp16_casts": folded, "calibration_feeds": len(feeds),
+            "quantize_linear": counts.get("QuantizeLinear", 0), "excluded": list(exclude_nodes)}
+
+
+# ------------------------------------------------------------------------------ quality check
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 10 * math.log10(255**2 / max(mse, 1e-10))
+
+
+def _to_u8(chw: np.ndarray) -> np.ndarray:
+    return (np.clip(chw, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
+
+
+def quality(fp32_path: Path, int8_path: Path, crops: Sequence[np.ndarray],
+            inputs: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:
+    """fp32 vs int8 decodes of ``crops`` (from their own ``inputs``): PSNR of each against the crop,
+    and the largest pixel difference between the two decodes."""
+    from ..runtime.session import CPU, open_session
+
+    fp32 = open_session(fp32_path, CPU, threads=None)
+    int8 = open_session(int8_path, CPU, threads=None)
+    names = [i.name for i in fp32.get_inputs()]
+    p32, p8, diff = [], [], 0
+    for rgb, inp in zip(crops, inputs):
+        feed = {n: inp[n] for n in names}
+        a, b = _to_u8(fp32.run(None, feed)[0][0]), _to_u8(int8.run(None, feed)[0][0])
+        p32.append(psnr(a, rgb))
+        p8.append(psnr(b, rgb))
+        diff = max(diff, int(np.abs(a.astype(np.int16) - b).max()))
+    return {"crops": len(crops), "psnr_fp32": float(np.mean(p32)), "psnr_int8": float(np.mean(p8)),
+            "psnr_loss": float(np.mean(p32) - np.mean(p8)), "max_abs_pixel_diff": diff}
+
+
+# ---------------------------------------------------------------------------------- export hook
+def add_int8(directory: Path, manifest: dict[str, Any], calibration: Sequence[np.ndarray],
+             check: Sequence[np.ndarray] = (), graphs: Sequence[str] = QUANTISABLE,
+             max_psnr_loss: float | None = MAX_PSNR_LOSS) -> dict[str, Any]:
+    """Quantise ``graphs`` of the exported model in ``directory``, calibrated on the ``calibration``
+    crops; measure each against fp32 on the ``check`` crops and keep it only if it costs at most
+    ``max_psnr_loss`` dB there (None: keep regardless). Adds the kept variants to ``manifest["graphs"]``,
+    recomputes the model id, and returns the report (also stored as ``manifest["parity"]["int8"]``)."""
+    from ..runtime.fixedpoint import IntegerHyperSynthesis
+    from ..runtime.model import Model
+    from . import manifest as manifest_mod
+
+    directory = Path(directory)
+    bad = set(graphs) & set(NEVER)
+    if bad:
+        raise ValueError(f"refusing to quantise encoder-side graphs {sorted(bad)}: the entropy path must stay exact")
+    todo = [g for g in graphs if g in manifest["graphs"]]
+    if not todo or not calibration:
+        return {}
+    model = Model.load(directory, provider="cpu")
+    model.precision = "fp32"
+    cal_inputs = [decoder_inputs(model, c) for c in calibration]
+    check_inputs = [decoder_inputs(model, c) for c in check]
+    report: dict[str, Any] = {}
+    for graph in todo:
+        src = directory / manifest["graphs"][graph]["file"]
+        name = f"{graph}{SUFFIX}"
+        dst = directory / f"{name}.onnx"
+        feeds = [graph_feeds(src, i) for i in cal_inputs]
+        entry: dict[str, Any] = {"quantisation": quantise_graph(src, dst, feeds)}
+        if check:
+            entry["quality"] = quality(src, dst, check, check_inputs)
+        loss = entry.get("quality", {}).get("psnr_loss", 0.0)
+        kept = max_psnr_loss is None or loss <= max_psnr_loss
+        entry["kept"] = kept
+        if kept:
+            manifest["graphs"][name] = {
+                "file": dst.name, "bytes": dst.stat().st_size, "opset": manifest["graphs"][graph]["opset"],
+                "variant_of": graph, "precision": "int8",
+                "scheme": "static QDQ: per-channel s8 weights, u8 activations, MinMax ranges snapped to "
+                          f"{RANGE_BITS} significant bits",
+                "inputs": manifest["graphs"][graph]["inputs"], "outputs": manifest["graphs"][graph]["outputs"],
+            }
+        else:
+            dst.unlink()
+        report[graph] = entry
+    hyper = IntegerHyperSynthesis.load(directory / manifest["hyper_synthesis"])
+    manifest["model_id"] = manifest_mod.model_id(manifest, directory, hyper)
+    manifest.setdefault("parity", {})["int8"] = report
+    return report
+
+
+@dataclass
+class Int8Request:
+    """What ``hf-export --quantize int8`` asks for: calibration crops (training images) and quality-check
+    crops (validation images, never Kodak)."""
+
+    calibration: list[np.ndarray]
+    check: list[np.ndarray] = field(default_factory=list)
+    max_psnr_loss: float | None = MAX_PSNR_LOSS
+
+    def apply(self, directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+        return add_int8(directory, manifest, self.calibration, self.check, max_psnr_loss=self.max_psnr_loss)
+
+
+MODES = ("int8", "none")
+
+
+def request(mode: str, calibration: Path, check: Path | None) -> Int8Request | None:
+    """The CLI's ``--quantize MODE --calibration DIR`` (check crops from ``check``, if it exists)."""
+    if mode not in MODES:
+        raise ValueError(f"unknown --quantize {mode!r}; choose one of {', '.join(MODES)}")
+    if mode == "none":
+        return None
+    if not Path(calibration).is_dir():
+        raise ValueError(f"no calibration images at {calibration}: pass --calibration DIR (training images) "
+                         "or --quantize none")
+    checks = fixed_crops(check, QUALITY_IMAGES) if check is not None and Path(check).is_dir() else []
+    return Int8Request(fixed_crops(calibration, CALIBRATION_IMAGES), checks)
+
+
+def summary(report: dict[str, Any]) -> str:
+    lines = []
+    for graph, e in report.items():
+        q = e.get("quality")
+        how = (f"{q['crops']} crops: {q['psnr_fp32']:.2f} → {q['psnr_int8']:.2f} dB "
+               f"(−{q['psnr_loss']:.3f}), max pixel diff {q['max_abs_pixel_diff']}") if q else "not checked"
+        lines.append(f"  {graph}{SUFFIX}: {'kept' if e['kept'] else 'REJECTED'}; {how}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover  (debug: print a model's int8 report)
+    import sys
+
+    print(json.dumps(json.loads(Path(sys.argv[1], "manifest.json").read_text()).get("parity", {}).get("int8"),
+                     indent=1))

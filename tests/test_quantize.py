@@ -1,0 +1,150 @@
+"""int8 variants of the decode-side graphs (export/quantize.py), on the tiny random model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+pytest.importorskip("torch")
+
+from hybridflow.export import quantize  # noqa: E402
+from hybridflow.export.cli import export_bundle  # noqa: E402
+
+
+def _crops(photo: np.ndarray) -> list[np.ndarray]:
+    """Three fixed 256²/512×256 crops: the photo fixture and two textured synthetic images."""
+    rng = np.random.default_rng(1)
+    y, x = np.mgrid[:256, :512]
+    synth = np.stack([np.sin(x / 9.0), np.cos(y / 13.0), np.sin((x - y) / 31.0)], -1) * 90 + 128
+    synth = np.clip(synth + rng.normal(0, 12, synth.shape), 0, 255).astype(np.uint8)
+    return [photo[:256, :256].copy(), synth, synth[:, ::-1][:, :256].copy()]
+
+
+@pytest.fixture(scope="module")
+def int8_model(tiny_bundle: Path, tmp_path_factory: pytest.TempPathFactory, photo: np.ndarray) -> Path:
+    out = tmp_path_factory.mktemp("int8") / "m"
+    crops = _crops(photo)
+    export_bundle(tiny_bundle, out, parity=False, int8=quantize.Int8Request(crops, crops[:1], max_psnr_loss=None))
+    return out
+
+
+@pytest.fixture(scope="module")
+def photo() -> np.ndarray:  # module scope (the conftest one is per test)
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[:300, :420]
+    base = np.stack([np.sin(x / 17.0), np.cos(y / 11.0), np.sin((x + y) / 23.0)], -1) * 80 + 128
+    return np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
+
+
+def test_manifest_lists_int8_variants_and_id_covers_them(int8_model: Path, tiny_model: Path) -> None:
+    man = json.loads((int8_model / "manifest.json").read_text())
+    for graph in quantize.QUANTISABLE:
+        entry = man["graphs"][graph + quantize.SUFFIX]
+        assert entry["variant_of"] == graph and entry["precision"] == "int8"
+        assert (int8_model / entry["file"]).stat().st_size == entry["bytes"]
+        q = onnx.load(int8_model / entry["file"])
+        assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
+        assert man["parity"]["int8"][graph]["kept"]
+    for graph in quantize.NEVER + ("predictor", "cont_synthesis", "cont_reconstruct"):
+        assert graph + quantize.SUFFIX not in man["graphs"]
+    fp32 = json.loads((tiny_model / "manifest.json").read_text())
+    assert man["model_id"] != fp32["model_id"]  # same networks, different decoded pixels: another id
+
+
+def test_int8_export_is_reproducible(tiny_bundle: Path, int8_model: Path, tmp_path: Path, photo: np.ndarray) -> None:
+    crops = _crops(photo)
+    man = export_bundle(tiny_bundle, tmp_path / "again", parity=False,
+                        int8=quantize.Int8Request(crops, crops[:1], max_psnr_loss=None))
+    assert man["model_id"] == json.loads((int8_model / "manifest.json").read_text())["model_id"]
+    for graph in quantize.QUANTISABLE:
+        name = f"{graph}{quantize.SUFFIX}.onnx"
+        assert (tmp_path / "again" / name).read_bytes() == (int8_model / name).read_bytes()
+
+
+def test_float_noise_in_calibration_does_not_change_the_bytes(int8_model: Path, tmp_path: Path,
+                                                              photo: np.ndarray) -> None:
+    """Another CPU measures the calibration activations with different last bits: simulated by a
+    relative 1e-6 of noise on the guidance; the snapped ranges, hence the file, must not move."""
+    from hybridflow.runtime.model import Model
+
+    model = Model.load(int8_model, provider="cpu")
+    model.precision = "fp32"
+    src = int8_model / "pixel_decoder.onnx"
+    inputs = [quantize.graph_feeds(src, quantize.decoder_inputs(model, c)) for c in _crops(photo)]
+    rng = np.random.default_rng(0)
+    noisy = [{k: (v * (1 + rng.uniform(-1e-6, 1e-6, v.shape))).astype(v.dtype) if v.dtype == np.float32 else v
+              for k, v in feeds.items()} for feeds in inputs]
+    assert not np.array_equal(noisy[0]["guidance"], inputs[0]["guidance"])
+    quantize.quantise_graph(src, tmp_path / "noisy.onnx", noisy)
+    assert (tmp_path / "noisy.onnx").read_bytes() == (int8_model / "pixel_decoder_int8.onnx").read_bytes()
+
+
+def test_int8_decode_is_close_to_fp32_and_streams_are_unchanged(int8_model: Path, photo: np.ndarray) -> None:
+    from hybridflow.runtime import Codec
+    from hybridflow.runtime.model import Model
+    from hybridflow.runtime.session import CPU
+
+    int8 = Codec(Model.load(int8_model, provider="cpu"))
+    fp32_model = Model.load(int8_model, provider="cpu")
+    fp32_model.precision = "fp32"
+    fp32 = Codec(fp32_model)
+    assert int8.model._variant("pixel_decoder", CPU) == int8_model / "pixel_decoder_int8.onnx"
+    assert fp32.model._variant("pixel_decoder", CPU) is None
+    for stream in ("hybrid", "vq"):
+        a, b = int8.analyse(photo, "1_4", stream), fp32.analyse(photo, "1_4", stream)  # encoder side untouched
+        assert np.array_equal(a.indices, b.indices)
+        assert a.z_hat is None or (np.array_equal(a.z_hat, b.z_hat) and np.array_equal(a.y_residual, b.y_residual))
+        data = int8.compress(photo, "1_4", stream)
+        assert data == fp32.compress(photo, "1_4", stream)
+        x, y = int8.decompress(data).astype(np.int16), fp32.decompress(data).astype(np.int16)
+        assert x.shape == photo.shape
+        assert quantize.psnr(x, y) > 35, stream  # random tiny model: ~1.5 levels mean difference
+
+
+def test_precision_must_be_known(int8_model: Path) -> None:
+    from hybridflow.runtime.model import Model, ModelError
+
+    model = Model.load(int8_model, provider="cpu")
+    model.precision = "int4"
+    with pytest.raises(ModelError, match="precision"):
+        model.session("pixel_decoder")
+
+
+def test_encoder_side_is_never_quantised(int8_model: Path) -> None:
+    man = json.loads((int8_model / "manifest.json").read_text())
+    with pytest.raises(ValueError, match="entropy path"):
+        quantize.add_int8(int8_model, man, [np.zeros((256, 256, 3), np.uint8)], graphs=("vq_encoder",))
+
+
+def test_snap_is_outward_exact_and_absorbs_float_noise() -> None:
+    for v in (0.123456, 3.3, -7.77, 1e-5, -2.5e3, 1.0, -0.5):
+        up, down = quantize.snap(v, up=True), quantize.snap(v, up=False)
+        assert down <= v <= up
+        assert up == float(np.float32(up)) and down == float(np.float32(down))
+        assert abs(up - v) <= abs(v) * 2 ** (1 - quantize.RANGE_BITS)
+        for noisy in (v * (1 + 1e-7), v * (1 - 1e-7)):
+            assert quantize.snap(noisy, up=True) == up or math.isclose(v, up, rel_tol=1e-6)
+    assert quantize.snap(0.0) == 0.0
+
+
+def test_fp16_weights_behind_casts_are_folded() -> None:
+    from onnx import TensorProto, helper, numpy_helper
+
+    w = np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float16)
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["w16"], ["w"], to=TensorProto.FLOAT),
+         helper.make_node("Conv", ["x", "w"], ["y"], pads=[1, 1, 1, 1], name="conv")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4, 8, 8])],
+        [numpy_helper.from_array(w, "w16")])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert quantize.fold_fp16_casts(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Conv"]
+    (init,) = model.graph.initializer
+    assert init.name == "w" and np.array_equal(numpy_helper.to_array(init), w.astype(np.float32))
+    assert quantize.output_convs(model) == ["conv"]
