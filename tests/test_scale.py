@@ -124,14 +124,30 @@ def test_a_rerun_after_an_interruption_does_only_what_was_left(tiny_model: Path,
         assert (dst / f.relative_to(src).with_suffix(".hfc")).read_bytes() == expected[f.name]
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+def _ours(pid: int) -> bool:
+    """Started by this test process (our Ray's raylet is its child), not by someone else's Ray."""
+    while pid > 1:
+        pid = _parent(pid)
+        if pid == os.getpid():
+            return True
+    return False
+
+
 def _busy_actor_pid() -> int | None:
-    """A Compressor actor's process while it runs a batch (Ray titles it ``….submit`` then)."""
+    """One of our Compressor actors' processes while it runs a batch (Ray titles it ``….submit`` then)."""
     for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
         try:
             title = cmdline.read_bytes().split(b"\0")[0].decode()
         except OSError:
             continue
-        if "MapBatches(_Compressor)" in title and title.endswith(".submit"):
+        if "MapBatches(_Compressor)" in title and title.endswith(".submit") and _ours(int(cmdline.parent.name)):
             return int(cmdline.parent.name)
     return None
 
