@@ -1,15 +1,24 @@
-"""Fuzz the container parser and decoder: N mutated streams, each must decode or raise ValueError.
+"""Fuzz the container parser and decoder: every case must decode to an image of its header's size or
+raise the codec's own BitstreamError, within 2 s; anything else (another exception, a hang) is a bug.
 
-    python -m benchmarks.fuzz [--cases 10000] [--model DIR]
+    python -m benchmarks.fuzz [--cases 50000] [--model DIR] [--seed 0]
 
-Without --model a tiny random model is exported to a temporary folder (parsing and entropy
-decoding do not depend on the weights, and the tiny model makes each full decode cheap). Half the
-cases keep the CRC valid after mutating, so the entropy decoder itself is exercised."""
+Two generators, half the cases each:
+- *mutate*: bit flips, truncations, insertions, splices of real streams (half re-signed with a valid
+  CRC, so the entropy decoder itself is exercised);
+- *forge*: structure-aware streams with a valid CRC and arbitrary header fields — stream kind, flags
+  incl. reserved bits, sizes from 1 px to beyond the limits (canonical or not), schedule tables of
+  any length, the right or a wrong model id, and payloads that are empty, random, real, cut or extended.
+Without --model a tiny random model is exported to a temporary folder (parsing and entropy decoding
+do not depend on the weights, and full decodes are cheap); with the shipped model each decode costs
+real time, so use a smaller --cases. ``--worst-case`` also times the most expensive valid streams of
+≤ 1 KB of each kind (the format's minimum payload per tile caps their tile count)."""
 
 from __future__ import annotations
 
 import argparse
 import collections
+import resource
 import tempfile
 import time
 import zlib
@@ -17,7 +26,11 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.synthetic import photo_like
 from hybridflow.runtime import Codec
+from hybridflow.runtime.bitstream import FORMAT_VERSION, MIN_PAYLOAD_PER_TILE, STREAMS, BitstreamError, _varint, read
+
+SLOW_S = 2.0
 
 
 def mutate(rng: np.random.Generator, data: bytes) -> tuple[str, bytes]:
@@ -41,11 +54,104 @@ def mutate(rng: np.random.Generator, data: bytes) -> tuple[str, bytes]:
     return kind + ("+crc" if resign else ""), bytes(buf)
 
 
+def _side(rng: np.random.Generator) -> int:
+    pick = rng.integers(5)
+    if pick == 0:
+        return int(rng.integers(1, 600))
+    if pick == 1:
+        return int(rng.choice([1, 15, 16, 17, 255, 256, 257, 511, 512, 768, 4096, 65535, 65536]))
+    if pick == 2:
+        return int(rng.integers(1, 1 << 16) + 1)
+    if pick == 3:
+        return int(rng.integers(1 << 16, 1 << 21))  # beyond the limit
+    return 0
+
+
+def _size_field(rng: np.random.Generator, n: int) -> bytes:
+    raw = _varint(n)
+    roll = rng.random()
+    if roll < 0.05:  # non-canonical: a redundant continuation
+        return raw[:-1] + bytes([raw[-1] | 0x80, 0])
+    if roll < 0.07:  # truncated varint
+        return bytes([raw[0] | 0x80])
+    return raw
+
+
+def forge(rng: np.random.Generator, model_id: bytes, payloads: list[bytes]) -> tuple[str, bytes]:
+    """A structure-aware stream with a valid CRC and arbitrary field values (see the module doc)."""
+    stream = int(rng.integers(4)) if rng.random() < 0.05 else int(rng.integers(3))
+    uniform = rng.random() < 0.7
+    flags = stream | (0x4 if uniform else 0) | (int(rng.integers(8)) << 3 if uniform or rng.random() < 0.05 else 0)
+    if rng.random() < 0.03:
+        flags |= int(rng.integers(1, 4)) << 6
+    width, height = _side(rng), _side(rng)
+    mid = model_id if rng.random() < 0.9 else rng.bytes(4)
+    out = bytearray(b"HF" + bytes([FORMAT_VERSION]) + mid + bytes([flags]))
+    out += _size_field(rng, width) + _size_field(rng, height)
+    tiles = -(-max(width, 1) // 256) * -(-max(height, 1) // 256)
+    if not uniform and stream != 2:
+        n = -(-3 * tiles // 8) if rng.random() < 0.8 else int(rng.integers(0, 64))
+        out += rng.bytes(min(n, 4096))
+    name = STREAMS[stream] if stream < 3 else "invalid"
+    source = ["empty", "random", "minimum", "real", "real-cut", "real-extended"][rng.integers(6)]
+    if source == "random":
+        out += rng.bytes(int(rng.integers(1, 2048)))
+    elif source == "minimum" and stream < 3:
+        out += rng.bytes(min(MIN_PAYLOAD_PER_TILE[STREAMS[stream]] * tiles + int(rng.integers(0, 8)), 1 << 16))
+    elif source.startswith("real"):
+        real = payloads[int(rng.integers(len(payloads)))]
+        if source == "real-cut":
+            real = real[: int(rng.integers(0, max(1, len(real))))]
+        elif source == "real-extended":
+            real += rng.bytes(int(rng.integers(1, 64)))
+        out += real
+    if rng.random() < 0.95:
+        out += zlib.crc32(out).to_bytes(4, "little")
+    else:
+        out += rng.bytes(4)
+    return f"forge {name} {source}", bytes(out)
+
+
+def seed_streams(codec: Codec, rng: np.random.Generator) -> list[bytes]:
+    seeds = []
+    for k, (h, w) in enumerate([(64, 64), (200, 300), (300, 520)]):
+        img = photo_like(h, w, seed=k)
+        for mask, stream in (("1_4", "hybrid"), ("auto", "hybrid"), ("none", "vq"), ("1_16", "vq"),
+                             ("none", "continuous")):
+            seeds.append(codec.compress(img, mask=mask, stream=stream))
+    return seeds
+
+
+def check(codec: Codec, data: bytes) -> str:
+    """'decoded' or 'refused (…)'; raises on anything else (the property under test)."""
+    try:
+        out = codec.decompress(data)
+    except BitstreamError as e:
+        return f"refused ({type(e).__name__})"
+    header = read(data)[0]
+    assert out.shape == (header.height, header.width, 3) and out.dtype == np.uint8
+    return "decoded"
+
+
+def worst_case(codec: Codec) -> None:
+    """Decode time of the largest valid streams of ≤ 1 KB: flat images whose tile count is the most
+    the per-tile minimum allows in 1 KB, at the cheapest schedule (padded by the encoder)."""
+    print("worst-case valid streams of ≤ 1 KB (flat image, most tiles the payload minimum allows):")
+    for stream, mask in (("hybrid", "all"), ("vq", "all"), ("continuous", "none")):
+        tiles = (1024 - 18) // MIN_PAYLOAD_PER_TILE[stream]
+        data = codec.compress(np.full((256, 256 * tiles, 3), 128, np.uint8), mask=mask, stream=stream)
+        codec.decompress(data)  # warm-up (opens the sessions)
+        t0 = time.perf_counter()
+        codec.decompress(data)
+        print(f"  {stream:10s} {tiles:3d} tiles, {len(data)} bytes: decoded in {time.perf_counter() - t0:.2f} s")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", type=int, default=10000)
+    ap.add_argument("--cases", type=int, default=50000)
     ap.add_argument("--model", type=Path, default=None)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--worst-case", action="store_true")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
@@ -58,24 +164,36 @@ def main() -> None:
             export_bundle(Path(tmp) / "tiny.pt", model, parity=False)
         codec = Codec.load(model, provider="cpu")
         rng = np.random.default_rng(args.seed)
-        seeds = []
-        for k, (h, w) in enumerate([(64, 64), (200, 300), (300, 520)]):
-            img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            for mask, stream in (("1_4", "hybrid"), ("auto", "hybrid"), ("none", "vq"), ("none", "continuous")):
-                seeds.append(codec.compress(np.roll(img, k, 0), mask=mask, stream=stream))
+        seeds = seed_streams(codec, rng)
+        payloads = [s[read(s)[2] - 4 : -4] for s in seeds]
+        label = f"model {codec.model.name} (id {codec.model.model_id.hex()}"
+        label += ", tiny random model exported for this run)" if args.model is None else f", {args.model})"
+        print(f"{args.cases} cases, seed {args.seed}, {label}, stream format {FORMAT_VERSION}")
+        if args.worst_case:
+            worst_case(codec)
         outcomes: collections.Counter[str] = collections.Counter()
+        slowest, slow = 0.0, 0
         t0 = time.time()
         for i in range(args.cases):
-            kind, data = mutate(rng, seeds[i % len(seeds)])
+            kind, data = (mutate(rng, seeds[i % len(seeds)]) if i % 2 else
+                          forge(rng, codec.model.model_id, payloads))
+            t = time.perf_counter()
             try:
-                out = codec.decompress(data)
-                assert out.dtype == np.uint8 and out.ndim == 3
-                outcomes[f"{kind}: decoded"] += 1
-            except ValueError as e:
-                outcomes[f"{kind}: refused ({type(e).__name__})"] += 1
-            # anything else propagates: a crash is a bug
-        print(f"{args.cases} cases in {time.time() - t0:.0f} s, no crash")
-        for key, n in sorted(outcomes.items()):
+                outcome = check(codec, data)
+            except Exception:  # anything but BitstreamError is a bug: show the case, then fail
+                print(f"case {i} ({kind}) crashed: {data.hex()}")
+                raise
+            dt = time.perf_counter() - t
+            slowest, slow = max(slowest, dt), slow + (dt > SLOW_S)
+            outcomes[f"{kind}: {outcome}"] += 1
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(f"{args.cases} cases in {time.time() - t0:.0f} s: 0 crashes, {slow} over {SLOW_S:.0f} s "
+              f"(slowest {slowest:.2f} s), peak RSS {peak:.0f} MB")
+        groups: collections.Counter[str] = collections.Counter()
+        for key, n in outcomes.items():  # forged cases grouped by stream kind, mutations by kind
+            kind, outcome = key.split(": ")
+            groups[" ".join(kind.split(" ")[:2]) + ": " + outcome] += n
+        for key, n in sorted(groups.items()):
             print(f"  {key:40s} {n}")
 
 
