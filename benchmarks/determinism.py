@@ -15,8 +15,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.kodak import load_images
-from hybridflow.models.data import data_root
+from hybridflow.models.data import data_root, list_images
 from hybridflow.runtime import Codec
+from hybridflow.runtime.bitstream import BitstreamError
 from hybridflow.runtime.model import DEFAULT_MODEL_DIR
 
 
@@ -37,17 +38,23 @@ def main() -> None:
 
         torch_codec = Codec(TorchModel.from_specs(args.model, graph_specs(load_bundle(args.ckpt))))
         pairs.append(("torch → ort-2t-opt", torch_codec, fast))
-    images = load_images(data_root() / "val", args.limit)
-    print(f"{len(images)} val images, mask {args.mask}")
+    folder = data_root() / "val"
+    images = load_images(folder, args.limit)
+    print(f"{len(images)} of the {len(list_images(folder))} val images, mask {args.mask}, model {fast.model.name} "
+          f"(id {fast.model.model_id.hex()})")
     for label, enc, dec in pairs:
-        max_diff, same_bytes = 0, 0
-        for _, rgb in images:
+        decoded, same_bytes, max_diff = 0, 0, 0
+        for name, rgb in images:
             data = enc.compress(rgb, mask=args.mask)
-            same_bytes += data == fast.compress(rgb, mask=args.mask)
-            ref = enc.decompress(data)
-            got = dec.decompress(data)
-            max_diff = max(max_diff, int(np.abs(ref.astype(int) - got.astype(int)).max()))
-        print(f"{label}: {len(images)}/{len(images)} decoded; bytes identical to ort-2t-opt's for "
+            same_bytes += data == dec.compress(rgb, mask=args.mask)  # the two configurations' encoders
+            try:
+                got = dec.decompress(data)
+            except BitstreamError as e:
+                print(f"  {name}: {label} refused: {e}")
+                continue
+            decoded += 1
+            max_diff = max(max_diff, int(np.abs(enc.decompress(data).astype(int) - got.astype(int)).max()))
+        print(f"{label}: {decoded}/{len(images)} decoded; the two encoders wrote identical bytes for "
               f"{same_bytes}/{len(images)}; max pixel difference between the two decoders {max_diff}")
 
 

@@ -2,6 +2,7 @@
 
 import cv2
 import numpy as np
+import pytest
 
 from hybridflow.runtime import metrics
 
@@ -31,3 +32,34 @@ def test_half_resolution_ratio_ignores_line_artefacts() -> None:
     assert metrics.sharpness_ratio(lined, x, scale=2) < 0.3
     q = metrics.quality(x, 100, lined)
     assert q["sharpness"] > 2 * q["sharpness_half"]
+
+
+def test_psnr_known_values() -> None:
+    x = _photo_like()
+    assert metrics.psnr(x, x) == float("inf")
+    y = np.clip(x.astype(int) + 5, 0, 255).astype(np.uint8)
+    mse = np.mean((x.astype(float) - y) ** 2)
+    assert metrics.psnr(x, y) == pytest.approx(10 * np.log10(255**2 / mse), abs=1e-9)
+    assert metrics.psnr(np.zeros((4, 4, 3), np.uint8), np.full((4, 4, 3), 255, np.uint8)) == pytest.approx(0.0)
+    one = np.full((4, 4, 3), 1, np.uint8)
+    assert metrics.psnr(np.zeros((4, 4, 3), np.uint8), one) == pytest.approx(48.1308, abs=1e-4)
+
+
+def test_ms_ssim_is_one_for_itself_and_falls_with_distortion() -> None:
+    x = _photo_like()
+    assert metrics.ms_ssim(x, x) == pytest.approx(1.0, abs=1e-9)
+    rng = np.random.default_rng(3)
+    noisy = [np.clip(x + rng.normal(0, s, x.shape), 0, 255).astype(np.uint8) for s in (5, 20, 60)]
+    scores = [metrics.ms_ssim(x, n) for n in noisy]
+    assert 1.0 > scores[0] > scores[1] > scores[2] > 0
+    assert metrics.ms_ssim(x, cv2.GaussianBlur(x, (0, 0), 3.0)) < 0.9
+    small = x[:20, :20]  # fewer scales, still defined
+    assert metrics.ms_ssim(small, small) == pytest.approx(1.0, abs=1e-9)
+
+
+def test_perplexity_counts_effective_codes() -> None:
+    assert metrics.perplexity(np.array([5, 5, 5, 5])) == pytest.approx(4.0)
+    assert metrics.perplexity(np.array([0, 7, 0, 0])) == pytest.approx(1.0)
+    assert metrics.perplexity(np.array([10, 10, 0, 0, 0])) == pytest.approx(2.0)
+    skewed = metrics.perplexity(np.array([90, 5, 5]))
+    assert 1.0 < skewed < 3.0 and skewed == pytest.approx(np.exp(-(0.9 * np.log(0.9) + 0.1 * np.log(0.05))))
