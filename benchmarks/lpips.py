@@ -24,22 +24,9 @@ Lpips = Callable[[np.ndarray, np.ndarray], float]
 def load(path: str | Path | None = None) -> Lpips:
     """LPIPS-Alex from ``path`` (default: see the module docstring); the returned function takes two
     (H, W, 3) uint8 images of the same size and returns their distance (0 = identical)."""
-    import torch
-
     from hybridflow.models.lpips import LPIPS
 
-    net = LPIPS("alex", folder=Path(path) if path else None)
-
-    def as_tensor(rgb: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
-
-    def distance(a: np.ndarray, b: np.ndarray) -> float:
-        if a.shape != b.shape or a.ndim != 3 or a.shape[2] != 3:
-            raise ValueError(f"LPIPS needs two RGB images of one size, got {a.shape} and {b.shape}")
-        with torch.inference_mode():
-            return float(net(as_tensor(a), as_tensor(b))[0])
-
-    return distance
+    return LPIPS("alex", folder=Path(path) if path else None).distance
 
 
 def maybe_load(path: str | Path | None = None) -> Lpips | None:

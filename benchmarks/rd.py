@@ -66,6 +66,8 @@ def main() -> None:
     ap.add_argument("--folder", type=Path, default=None)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--only", default="", help="comma-separated STREAM:MASK rows to run (e.g. hybrid:auto,vq:none); "
+                                               "default: every row and the classic codecs")
     ap.add_argument("--lpips", default=os.environ.get(lpips.ENV),
                     help=f"folder with {lpips.ALEXNET_FILE} and {lpips.LINEAR_FILE} (default ${lpips.ENV})")
     args = ap.parse_args()
@@ -76,7 +78,10 @@ def main() -> None:
     perceptual = lpips.maybe_load(args.lpips)
     rows: list[dict[str, object]] = []
     picked: Counter[str] = Counter()  # the schedules `auto` chose, over all tiles
+    only = {tuple(item.split(":")) for item in args.only.split(",") if item}
     for label, mask, stream in HYBRID + ABLATIONS:
+        if only and ((stream, mask) not in only or label == NO_CORRECTION):
+            continue
         if mask not in ("none", "all") and not codec.model.has("predictor"):
             continue
         if label == NO_CORRECTION and not codec.model.has("pixel_decoder"):
@@ -91,9 +96,9 @@ def main() -> None:
             if mask == "auto":
                 picked.update(codec.info(data).schedules)
             rows.append({"codec": label, "setting": mask, "image": name,
-                         **quality(rgb, len(data), rec, perceptual), "encode_s": t1 - t0, "decode_s": t2 - t1})
+                         **metrics.quality(rgb, len(data), rec, perceptual), "encode_s": t1 - t0, "decode_s": t2 - t1})
         print(f"{label} {mask}: done", flush=True)
-    for b in available():
+    for b in [] if only else available():
         for q in b.settings:
             for name, rgb in images:
                 t0 = time.perf_counter()
@@ -101,8 +106,9 @@ def main() -> None:
                 t1 = time.perf_counter()
                 rec = b.decode(data)
                 t2 = time.perf_counter()
-                rows.append({"codec": b.name, "setting": q, "image": name,
-                             **quality(rgb, len(data), rec, perceptual), "encode_s": t1 - t0, "decode_s": t2 - t1})
+                q_img = metrics.quality(rgb, len(data), rec, perceptual)
+                rows.append({"codec": b.name, "setting": q, "image": name, **q_img,
+                             "encode_s": t1 - t0, "decode_s": t2 - t1})
         print(f"{b.name}: done", flush=True)
     with open(args.out / "rd_points.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
@@ -112,14 +118,6 @@ def main() -> None:
     (args.out / "rd_summary.md").write_text(summary)
     plot(rows, args.out)
     print(summary)
-
-
-def quality(original: np.ndarray, n_bytes: int, rec: np.ndarray, perceptual: lpips.Lpips | None) -> dict[str, float]:
-    """``metrics.quality``, plus ``lpips`` when the LPIPS weights were found."""
-    q = metrics.quality(original, n_bytes, rec)
-    if perceptual is not None:
-        q["lpips"] = perceptual(original, rec)
-    return q
 
 
 def has_lpips(rows: list[dict[str, object]]) -> bool:

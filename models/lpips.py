@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -99,6 +100,17 @@ class LPIPS(nn.Module):
             if i in self.backbone.taps:
                 out.append(x)
         return out
+
+    def distance(self, a: np.ndarray, b: np.ndarray) -> float:
+        """Two (H, W, 3) uint8 images of one size → their distance (0 = identical)."""
+        if a.shape != b.shape or a.ndim != 3 or a.shape[2] != 3:
+            raise ValueError(f"LPIPS needs two RGB images of one size, got {a.shape} and {b.shape}")
+
+        def as_tensor(rgb: np.ndarray) -> torch.Tensor:
+            return torch.from_numpy(np.ascontiguousarray(rgb, dtype=np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+
+        with torch.inference_mode():
+            return float(self(as_tensor(a), as_tensor(b))[0])
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         def unit(f: torch.Tensor) -> torch.Tensor:

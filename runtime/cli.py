@@ -322,6 +322,7 @@ def evaluate(
             return
         files = [f for spec in inputs for f in _expand(spec)[0] if f.suffix != SUFFIX]
         codec = _load(model, provider, threads)
+        perceptual = metrics.lpips_alex()  # LPIPS-Alex when torch and its weights are installed
         rows: list[dict[str, object]] = []
 
         def job(src: Path, _: Path) -> str:
@@ -332,9 +333,10 @@ def evaluate(
             rec = codec.decompress(data)
             t2 = time.perf_counter()
             row = {"image": src.name, "width": rgb.shape[1], "height": rgb.shape[0], "bytes": len(data),
-                   **metrics.quality(rgb, len(data), rec), "encode_s": t1 - t0, "decode_s": t2 - t1}
+                   **metrics.quality(rgb, len(data), rec, perceptual), "encode_s": t1 - t0, "decode_s": t2 - t1}
             rows.append(row)
-            return (f"{src.name:24s} {row['bpp']:.4f} bpp  {row['psnr']:.2f} dB  MS-SSIM {row['ms_ssim']:.4f}  "
+            lp = f"LPIPS-Alex {row['lpips']:.4f}  " if "lpips" in row else ""
+            return (f"{src.name:24s} {row['bpp']:.4f} bpp  {row['psnr']:.2f} dB  MS-SSIM {row['ms_ssim']:.4f}  {lp}"
                     f"sharpness {row['sharpness']:.2f} (½: {row['sharpness_half']:.2f})  "
                     f"enc {row['encode_s']:.2f}s dec {row['decode_s']:.2f}s")
 
@@ -351,8 +353,10 @@ def _eval_summary(rows: list[dict[str, object]], csv_path: Path | None) -> None:
     if rows:
         keys = ("bpp", "psnr", "ms_ssim", "sharpness", "encode_s", "decode_s")
         mean = {k: sum(float(r[k]) for r in rows) / len(rows) for k in keys}
+        scored = [float(r["lpips"]) for r in rows if r.get("lpips") is not None]
+        lp = f"LPIPS-Alex {sum(scored) / len(scored):.4f}  " if scored else ""
         typer.echo(f"{'mean of ' + str(len(rows)):24s} {mean['bpp']:.4f} bpp  {mean['psnr']:.2f} dB  "
-                   f"MS-SSIM {mean['ms_ssim']:.4f}  sharpness {mean['sharpness']:.2f}  "
+                   f"MS-SSIM {mean['ms_ssim']:.4f}  {lp}sharpness {mean['sharpness']:.2f}  "
                    f"enc {mean['encode_s']:.2f}s dec {mean['decode_s']:.2f}s")
         if csv_path:
             with open(csv_path, "w", newline="") as f:

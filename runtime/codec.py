@@ -28,14 +28,15 @@ from .bitstream import BitstreamError, Header
 from .entropy import TERMINATOR_BITS, Decoder, Encoder
 from .masking import SCHEDULES, schedule_code, schedule_name, sent_mask
 from .model import Model
-from .tiling import TILE, TileGrid, batches, pad, place, tile_stack, windowed
+from .tiling import TILE, TileGrid, batches, pad, tile_stack, windowed, windows
 
 STREAMS = bitstream.STREAMS
 RECON_WINDOW = 64  # guidance cells per side of a continuous-only reconstruction window (1024 px)
 RECON_MARGIN = 4
 LATENT_WINDOW = 32  # y cells per side of an analysis/synthesis window (2048 px), so memory stays bounded
 LATENT_MARGIN = 4  # y cells around each window: covers the transforms' receptive field
-DECODE_MARGIN = 2  # tokens of neighbouring tiles decoded around each tile, then cropped away
+DECODE_WINDOW = 48  # tokens per side of a pixel-decoder window (768 px: a Kodak image is one window)
+DECODE_MARGIN = 2  # tokens around each window for models whose manifest has no "decoder_margin" (≤ s7)
 
 
 @dataclass
@@ -74,17 +75,6 @@ def _to_u8(images: np.ndarray) -> np.ndarray:
     return (np.clip(images, 0, 1) * 255 + 0.5).astype(np.uint8).transpose(0, 2, 3, 1)
 
 
-def _replicate_edges(idx: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Tokens wholly in the padding were never sent: repeat the last in-image row/column there, as
-    the encoder's edge padding would have, so the decoder sees no artificial border."""
-    rows, cols = int(valid[:, 0].sum()), int(valid[0].sum())
-    if rows == idx.shape[0] and cols == idx.shape[1]:
-        return idx
-    r = np.minimum(np.arange(idx.shape[0]), rows - 1)
-    c = np.minimum(np.arange(idx.shape[1]), cols - 1)
-    return idx[r[:, None], c[None, :]]
-
-
 def check_image(rgb: np.ndarray) -> None:
     if not isinstance(rgb, np.ndarray) or rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
         raise ValueError("expected an (H, W, 3) uint8 RGB array")
@@ -110,6 +100,8 @@ class Codec:
         self.token_px = int(model.manifest["token_pixels"])
         self.y_stride = int(model.manifest["latent_stride"])  # full-res pixels per y cell
         self.grid_side = TILE // self.token_px
+        # tokens of context each pixel-decoder window needs: the decoder's receptive field
+        self.decode_margin = int(model.manifest.get("decoder_margin", DECODE_MARGIN))
 
     @classmethod
     def load(cls, model_dir: Path | str | None = None, provider: str = "auto", threads: int | None = None,
@@ -291,47 +283,49 @@ class Codec:
                                         guidance=self._tile_guidance(guidance, grid, chunk))
             for k, t in enumerate(chunk):
                 y, x = (v // self.token_px for v in grid.position(t))
-                tokens[y : y + g, x : x + g] = _replicate_edges(idx[k], valid[k])
+                tokens[y : y + g, x : x + g] = idx[k]
         return tokens
 
     def _decode_pixels(self, header: Header, grid: TileGrid, tokens: np.ndarray, guidance: np.ndarray | None,
                        out: np.ndarray, progress: Callable[[int, int], None] | None) -> None:
-        """Pass 2: decode each tile with a margin of neighbouring tokens, keep the centre (no seams)."""
-        g, m, px = self.grid_side, DECODE_MARGIN, self.token_px
-        tok = np.pad(tokens, m, mode="edge")
+        """Pass 2: the token image (only the tokens that touch the picture) decoded in large windows,
+        each with a margin of at least the decoder's receptive field. With a position-wise decoder
+        this equals decoding the whole token image in one call: no seams by construction."""
+        px = self.token_px
+        rows, cols = -(-grid.height // px), -(-grid.width // px)
+        tok = tokens[:rows, :cols]
         fused = header.stream == "hybrid" and self.correction and self.model.has("pixel_decoder")
-        guid = np.pad(guidance[0], ((0, 0), (m, m), (m, m)), mode="edge") if fused else None
-        for chunk in batches(grid.count, self.tile_batch):
-            corners = [(y // px, x // px) for y, x in (grid.position(t) for t in chunk)]
-            idx = np.stack([tok[y : y + g + 2 * m, x : x + g + 2 * m] for y, x in corners])
+        wins = windows(rows, cols, DECODE_WINDOW, self.decode_margin)
+        for k, win in enumerate(wins):
+            idx = np.ascontiguousarray(tok[win.read()])[None]
             if fused:
-                gw = np.stack([guid[:, y : y + g + 2 * m, x : x + g + 2 * m] for y, x in corners])
-                (rgb,) = self.model.run("pixel_decoder", indices=idx, guidance=gw)
+                g = np.ascontiguousarray(guidance[(0, slice(None), *win.read())])[None]
+                (rgb,) = self.model.run("pixel_decoder", indices=idx, guidance=g)
             else:
                 (rgb,) = self.model.run("vq_decoder", indices=idx)
-            tiles = _to_u8(rgb[:, :, m * px : m * px + TILE, m * px : m * px + TILE])
-            for k, t in enumerate(chunk):
-                place(out, grid, t, tiles[k])
+            ys, xs = win.write(px)
+            ky, kx = win.keep(px)
+            h, w = min(ys.stop, grid.height) - ys.start, min(xs.stop, grid.width) - xs.start
+            out[ys.start : ys.start + h, xs.start : xs.start + w] = _to_u8(
+                rgb[:, :, ky.start : ky.start + h, kx.start : kx.start + w])[0]
             if progress:
-                progress(chunk.stop, grid.count)
+                progress(k + 1, len(wins))
 
     def _reconstruct_continuous(self, guidance: np.ndarray, grid: TileGrid, out: np.ndarray) -> None:
         """Low-res reconstruction upsampled ×4, in overlapping windows so memory stays bounded."""
         per_cell = TILE // self.grid_side  # full-resolution pixels per guidance cell
         gh, gw = guidance.shape[2:]
-        for y0 in range(0, gh, RECON_WINDOW):
-            for x0 in range(0, gw, RECON_WINDOW):
-                ya, xa = max(0, y0 - RECON_MARGIN), max(0, x0 - RECON_MARGIN)
-                yb, xb = min(gh, y0 + RECON_WINDOW + RECON_MARGIN), min(gw, x0 + RECON_WINDOW + RECON_MARGIN)
-                (low,) = self.model.run("cont_reconstruct", guidance=np.ascontiguousarray(guidance[:, :, ya:yb, xa:xb]))
-                low_u8 = _to_u8(low)[0]
-                up = cv2.resize(low_u8, ((xb - xa) * per_cell, (yb - ya) * per_cell), interpolation=cv2.INTER_CUBIC)
-                py, px = (y0 - ya) * per_cell, (x0 - xa) * per_cell
-                oy, ox = y0 * per_cell, x0 * per_cell
-                h = min(RECON_WINDOW * per_cell, grid.height - oy)
-                w = min(RECON_WINDOW * per_cell, grid.width - ox)
-                if h > 0 and w > 0:
-                    out[oy : oy + h, ox : ox + w] = up[py : py + h, px : px + w]
+        for win in windows(gh, gw, RECON_WINDOW, RECON_MARGIN):
+            (low,) = self.model.run("cont_reconstruct", guidance=np.ascontiguousarray(guidance[(0, slice(None),
+                                                                                                 *win.read())])[None])
+            ry, rx = win.read(per_cell)
+            up = cv2.resize(_to_u8(low)[0], (rx.stop - rx.start, ry.stop - ry.start), interpolation=cv2.INTER_CUBIC)
+            ys, xs = win.write(per_cell)
+            ky, kx = win.keep(per_cell)
+            h, w = min(ys.stop, grid.height) - ys.start, min(xs.stop, grid.width) - xs.start
+            if h > 0 and w > 0:
+                out[ys.start : ys.start + h, xs.start : xs.start + w] = up[ky.start : ky.start + h,
+                                                                          kx.start : kx.start + w]
 
     # ------------------------------------------------------------------------------------ info
     def info(self, data: bytes) -> StreamInfo:

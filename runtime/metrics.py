@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import cv2
 import numpy as np
 
@@ -51,12 +53,31 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.mean(vals))
 
 
-def quality(original: np.ndarray, n_bytes: int, reconstruction: np.ndarray) -> dict[str, float]:
-    """Everything we report for one coded image; bpp is file bits ÷ original pixels."""
-    return {"bpp": 8 * n_bytes / (original.shape[0] * original.shape[1]),
-            "psnr": psnr(original, reconstruction), "ms_ssim": ms_ssim(original, reconstruction),
-            "sharpness": sharpness_ratio(reconstruction, original),
-            "sharpness_half": sharpness_ratio(reconstruction, original, scale=2)}
+Perceptual = Callable[[np.ndarray, np.ndarray], float]
+
+
+def lpips_alex() -> Perceptual | None:
+    """LPIPS-Alex, the perceptual yardstick, when torch and its weights are present (a training
+    install with ``../shared/weights/lpips`` or ``$HF_LPIPS_WEIGHTS``); None otherwise. The runtime
+    itself never needs torch: this is only for reporting."""
+    try:
+        from ..models.lpips import LPIPS, available
+    except ImportError:
+        return None
+    return LPIPS("alex").distance if available("alex") else None
+
+
+def quality(original: np.ndarray, n_bytes: int, reconstruction: np.ndarray,
+            perceptual: Perceptual | None = None) -> dict[str, float]:
+    """Everything we report for one coded image; bpp is file bits ÷ original pixels. ``lpips`` only
+    when a perceptual metric is given (see :func:`lpips_alex`)."""
+    q = {"bpp": 8 * n_bytes / (original.shape[0] * original.shape[1]),
+         "psnr": psnr(original, reconstruction), "ms_ssim": ms_ssim(original, reconstruction),
+         "sharpness": sharpness_ratio(reconstruction, original),
+         "sharpness_half": sharpness_ratio(reconstruction, original, scale=2)}
+    if perceptual is not None:
+        q["lpips"] = perceptual(original, reconstruction)
+    return q
 
 
 def perplexity(counts: np.ndarray) -> float:

@@ -57,7 +57,8 @@ MANIFEST_SCHEMA = pa.schema([
 EVAL_SCHEMA = pa.schema([
     ("path", pa.string()), ("width", pa.int64()), ("height", pa.int64()), ("bytes", pa.int64()),
     ("bpp", pa.float64()), ("psnr", pa.float64()), ("ms_ssim", pa.float64()), ("sharpness", pa.float64()),
-    ("sharpness_half", pa.float64()), ("encode_s", pa.float64()), ("decode_s", pa.float64()),
+    ("sharpness_half", pa.float64()), ("lpips", pa.float64()), ("encode_s", pa.float64()),
+    ("decode_s", pa.float64()),
     ("status", pa.string()), ("error", pa.string()), ("worker", pa.string()),
 ])
 
@@ -239,6 +240,12 @@ class _Compressor(_Worker):
 
 
 class _Evaluator(_Worker):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from . import metrics
+
+        super().__init__(*args, **kwargs)
+        self.lpips = metrics.lpips_alex()  # LPIPS-Alex where torch and its weights are on the worker
+
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         rows = [self.one(str(root), str(rel)) for root, rel in zip(batch["root"], batch["rel"])]
         return pa.Table.from_pylist(rows, schema=EVAL_SCHEMA)
@@ -258,7 +265,7 @@ class _Evaluator(_Worker):
             rec = self.codec.decompress(data)
             t2 = time.perf_counter()
             row.update(width=rgb.shape[1], height=rgb.shape[0], bytes=len(data),
-                       **metrics.quality(rgb, len(data), rec), encode_s=t1 - t0, decode_s=t2 - t1)
+                       **metrics.quality(rgb, len(data), rec, self.lpips), encode_s=t1 - t0, decode_s=t2 - t1)
         except Exception as e:  # a bad file is a row, never the end of the run
             row.update(status="failed", error=_one_line(e))
         return row
@@ -374,8 +381,9 @@ def evaluate_archive(sources: str | Iterable[str], *, mask: str = "auto", stream
                                            "provider": provider, "mask": mask, "stream": stream}, engine))
     rows = pa.concat_tables(tables).sort_by("path")
     ok = rows.filter(pc.equal(rows.column("status"), "ok"))
-    keys = ("bpp", "psnr", "ms_ssim", "sharpness", "sharpness_half", "encode_s", "decode_s")
-    means = {k: float(np.mean(ok.column(k).to_numpy())) if ok.num_rows else float("nan") for k in keys}
+    keys = ("bpp", "psnr", "ms_ssim", "sharpness", "sharpness_half", "lpips", "encode_s", "decode_s")
+    columns = {k: ok.column(k).drop_null().to_numpy() for k in keys}  # lpips is null without torch
+    means = {k: float(np.mean(v)) if len(v) else float("nan") for k, v in columns.items()}
     return EvalSummary(rows, means, time.perf_counter() - t0)
 
 
