@@ -170,9 +170,9 @@ def _schedule_table(r: _Reader, n_tiles: int) -> list[int]:
 
 
 def _check_payload(payload: bytes, stream: str, n_tiles: int) -> None:
-    # The writer strips up to 3 trailing zero bytes, so a stored payload ends in a zero byte only
-    # when a whole zero word was cut to one byte.
-    if payload and payload[-1] == 0 and len(payload) % 4 != 1:
+    # An ANS payload never ends in a zero word and the writer strips up to 3 trailing zero bytes, so
+    # a stored payload ends in a non-zero byte.
+    if payload and payload[-1] == 0:
         raise BitstreamError("malformed payload: trailing zero bytes")
     if len(payload) < min_payload_bytes(stream, n_tiles):
         raise BitstreamError(f"corrupt stream: {len(payload)} payload bytes cannot pay for {n_tiles} {stream} "

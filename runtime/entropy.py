@@ -98,7 +98,7 @@ class Encoder:
 class Decoder:
     def __init__(self, tables: EntropyTables, words: np.ndarray):
         self.t = tables
-        self.coder = _stack.AnsCoder(words.astype(np.uint32))
+        self.coder = self._guard(_stack.AnsCoder, words.astype(np.uint32))
 
     def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:

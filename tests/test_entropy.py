@@ -58,6 +58,11 @@ def test_garbage_payload_is_refused() -> None:
             dec.finish()
 
 
+def test_words_constriction_refuses_are_an_entropy_error() -> None:
+    with pytest.raises(EntropyError):
+        Decoder(tables(), np.array([5, 0], np.uint32))
+
+
 def encoded(t: EntropyTables, idx: np.ndarray, terminators: int = 1) -> np.ndarray:
     enc = Encoder(t, terminators)
     enc.push_indices(idx)
