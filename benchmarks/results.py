@@ -81,6 +81,11 @@ def main() -> None:
         "# HybridFlow benchmark results\n",
         f"Generated {datetime.date.today()} at commit {commit} on {cpu} ({platform.system()}), "
         f"onnxruntime CPU provider. Regenerate with `python -m benchmarks.results`. {side}\n",
+        "**Kodak is for reporting only.** Every decision (stopping a run, choosing or shipping a model, setting a "
+        "rate or a threshold, choosing crops to inspect) is made on `../shared/data/val` or held-back training "
+        "crops. Up to session 7 (model s7) several were made on Kodak (models/TRAINING.md: stage-1 rate targets "
+        "set from Kodak's bpp, crops compared on kodim04/15/23 to pick a GAN weight); from session 8 on they are "
+        "not, and TRAINING.md says which val figures each decision used.\n",
         stage1,
         rd,
         "Plots: `benchmarks/out/rd_psnr.png`, `rd_msssim.png`, `rd_sharpness.png`, `rd_sharpness_half.png`; "
