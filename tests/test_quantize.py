@@ -148,3 +148,18 @@ def test_fp16_weights_behind_casts_are_folded() -> None:
     (init,) = model.graph.initializer
     assert init.name == "w" and np.array_equal(numpy_helper.to_array(init), w.astype(np.float32))
     assert quantize.output_convs(model) == ["conv"]
+
+
+def test_cli_request(tmp_path: Path, photo: np.ndarray) -> None:
+    import cv2
+
+    assert quantize.request("none", tmp_path / "missing", None) is None
+    with pytest.raises(ValueError, match="--quantize"):
+        quantize.request("int4", tmp_path, None)
+    with pytest.raises(ValueError, match="--calibration"):
+        quantize.request("int8", tmp_path / "missing", None)
+    for k in range(3):
+        cv2.imwrite(str(tmp_path / f"{k}.png"), np.roll(photo, 40 * k, axis=1)[:, :, ::-1])
+    req = quantize.request("int8", tmp_path, tmp_path)
+    assert len(req.calibration) == 3 and len(req.check) == 3
+    assert all(c.shape == (256, 256, 3) for c in req.calibration)  # centred whole tiles of a 300×420 image

@@ -1,0 +1,341 @@
+"""What the int8 decoders (``hf-export --quantize int8``, export/quantize.py) buy and cost.
+
+    python -m benchmarks.quantize --model DIR [--ckpt BUNDLE] [--threads 1,2] [--window 20]
+                                  [--val N] [--kodak N] [--repeat 5] [--out benchmarks/out/quantize.txt]
+
+1. Decoder cost, counted from the ONNX graph: Conv/ConvTranspose/MatMul/Gemm multiply-accumulates per
+   output pixel at the runtime's window size (shape inference with the window's dims).
+2. Per window (``--window`` tokens a side; default the runtime's window + margins), per thread count:
+   fp32 ORT, int8 ORT and PyTorch eager on the same network (from ``--ckpt``), timed in turn
+   (interleaved, min and median of ``--repeat``): ms, output MP/s, GFLOP/s and the fraction of this
+   CPU's peak. Peak is given two ways: *GEMM* = the best throughput onnxruntime itself reaches on a
+   large fp32 MatMul / u8·s8 MatMulInteger here (what a conv could reach at best), and *nominal* =
+   cores × clock × FLOP/cycle (AVX-512: 2 FMA pipes × 16 fp32 lanes; VNNI: 4 int8 MACs per fp32
+   lane), with the clock as /proc/cpuinfo reports it (boost makes real clocks higher).
+3. End to end on Kodak: decode time of the same streams (``auto``) with the fp32 and the int8 model
+   (``Model.precision``), 2 threads or the largest of ``--threads``.
+4. Quality: PSNR and LPIPS-Alex of fp32 and int8 decodes against the original, on ``--val`` val images
+   (the tuning set) and on the decoded Kodak images (reported, never tuned on).
+
+The machine is shared: the 1-minute load average is printed with every measurement."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+
+from hybridflow.runtime import Codec
+from hybridflow.runtime.metrics import psnr
+from hybridflow.runtime.model import INT8_SUFFIX, Model
+from hybridflow.runtime.session import CPU, open_session
+
+GRAPHS = ("pixel_decoder", "vq_decoder")
+MAC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
+
+
+def load_avg() -> str:
+    return f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "?"
+
+
+# --------------------------------------------------------------------------------- 1. MACs
+def _fixed_dims(model: onnx.ModelProto, dims: dict[str, int]) -> onnx.ModelProto:
+    m = onnx.ModelProto()
+    m.CopyFrom(model)
+    for value in m.graph.input:
+        for d in value.type.tensor_type.shape.dim:
+            if d.dim_param in dims:
+                d.dim_value = dims[d.dim_param]
+    return onnx.shape_inference.infer_shapes(m, data_prop=True)
+
+
+def macs(path: Path, side: int, batch: int = 1) -> tuple[int, int]:
+    """(multiply-accumulates, output pixels) of one run at ``side``×``side`` tokens."""
+    model = _fixed_dims(onnx.load(path), {"batch": batch, "height": side, "width": side})
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)}
+    consts = {t.name: list(t.dims) for t in model.graph.initializer}
+    total = 0
+    for node in model.graph.node:
+        if node.op_type not in MAC_OPS:
+            continue
+        out = shapes.get(node.output[0])
+        w = consts.get(node.input[1]) or shapes.get(node.input[1])
+        if not out or not w or 0 in out:
+            raise ValueError(f"{path.name}: no shape for {node.name} (shape inference failed)")
+        if node.op_type.startswith("Conv"):
+            groups = next((a.i for a in node.attribute if a.name == "group"), 1)
+            per_out = int(np.prod(w[1:])) if node.op_type == "Conv" else int(np.prod(w[2:])) * w[0] // groups
+            total += int(np.prod(out)) * per_out
+        else:
+            total += int(np.prod(out)) * w[-2]
+    image = shapes[model.graph.output[0].name]
+    return total, int(np.prod(image[2:])) * batch
+
+
+# ------------------------------------------------------------------------------ 2. peaks
+GEMM_N = 1536
+
+
+def gemm_runners(threads: int, n: int = GEMM_N) -> dict[str, Callable[[], Any]]:
+    """onnxruntime's own large GEMMs here (fp32 MatMul, u8·s8 MatMulInteger, n³ MACs each): timed in
+    turn with the decoders, their best rate is the reachable peak under the same load."""
+    from onnx import TensorProto, helper
+
+    out = {}
+    rng = np.random.default_rng(0)
+    for kind, ta, tb, op in (("fp32", TensorProto.FLOAT, TensorProto.FLOAT, "MatMul"),
+                             ("int8", TensorProto.UINT8, TensorProto.INT8, "MatMulInteger")):
+        graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["c"])], "gemm",
+                                  [helper.make_tensor_value_info("a", ta, [n, n]),
+                                   helper.make_tensor_value_info("b", tb, [n, n])],
+                                  [helper.make_tensor_value_info("c", TensorProto.FLOAT if kind == "fp32"
+                                                                 else TensorProto.INT32, [n, n])])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+        path = Path(f"/tmp/hf-gemm-{kind}-{os.getpid()}.onnx")
+        onnx.save(model, path)
+        try:
+            sess = open_session(path, CPU, threads)
+        finally:
+            path.unlink()
+        feed = ({"a": rng.standard_normal((n, n), np.float32), "b": rng.standard_normal((n, n), np.float32)}
+                if kind == "fp32" else {"a": rng.integers(0, 255, (n, n), dtype=np.uint8),
+                                        "b": rng.integers(-127, 127, (n, n), dtype=np.int8)})
+        out[kind] = (lambda s, f: (lambda: s.run(None, f)))(sess, feed)
+    return out
+
+
+def nominal_peak(threads: int) -> dict[str, float]:
+    flags, mhz = "", 0.0
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        text = cpuinfo.read_text()
+        flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
+        mhz = next((float(line.split(":")[1]) for line in text.splitlines() if line.startswith("cpu MHz")), 0.0)
+    fp32 = 64 if "avx512f" in flags else 32 if "fma" in flags else 8  # FLOP/cycle/core
+    int8 = fp32 * 4 if ("avx512_vnni" in flags or "avx_vnni" in flags) else fp32 * 2
+    ghz = threads * mhz / 1e3
+    return {"fp32": fp32 * ghz, "int8": int8 * ghz, "ghz": mhz / 1e3}
+
+
+# ----------------------------------------------------------------------------- 3. windows
+def _timed(fn: Callable[[], Any]) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def window_inputs(model: Model, side: int) -> dict[str, dict[str, np.ndarray]]:
+    """Real decoder inputs for a ``side``² token window: a Kodak (else val) crop through the model's
+    fp32 graphs (export/quantize.decoder_inputs), edge-padded to the window like the runtime's margins."""
+    from benchmarks.kodak import load_images
+    from hybridflow.export.quantize import decoder_inputs
+
+    tile = int(model.manifest["tile"])
+    rgb = load_images(limit=1)[0][1]
+    tiles = -(-side * int(model.manifest["token_pixels"]) // tile)
+    inputs = decoder_inputs(model, rgb[: tiles * tile, : tiles * tile])
+    out = {k: v[..., :side, :side] if v.shape[-1] >= side else
+           np.pad(v, [(0, 0)] * (v.ndim - 2) + [(0, side - v.shape[-2]), (0, side - v.shape[-1])], mode="edge")
+           for k, v in inputs.items()}
+    names = {g: [i.name for i in onnx.load(model.directory / model.manifest["graphs"][g]["file"]).graph.input]
+             for g in GRAPHS if g in model.manifest["graphs"]}
+    return {g: {n: np.ascontiguousarray(out[n]) for n in ns} for g, ns in names.items()}
+
+
+def _runner(session: Any, feed: dict[str, np.ndarray]) -> Callable[[], Any]:  # noqa: ANN401
+    return lambda: session.run(None, feed)
+
+
+def torch_runner(ckpt: Path | None, graph: str, threads: int, feed: dict[str, np.ndarray]
+                 ) -> Callable[[], Any] | None:
+    """The same network in PyTorch eager (fp32, ``threads`` intra-op threads), from the bundle."""
+    if ckpt is None or not Path(ckpt).is_file():
+        return None
+    import torch
+
+    from hybridflow.export.graphs import graph_specs
+    from hybridflow.models.bundle import load_bundle
+
+    module = {s.name: s.module for s in graph_specs(load_bundle(ckpt))}[graph].eval()
+    args = [torch.from_numpy(v) for v in feed.values()]
+
+    def run() -> Any:
+        torch.set_num_threads(threads)
+        with torch.inference_mode():
+            return module(*args)
+
+    return run
+
+
+def window_section(model: Model, ckpt: Path | None, side: int, threads: list[int], repeat: int) -> str:
+    inputs = window_inputs(model, side)
+    per_px = {g: np.divide(*macs(model.directory / model.manifest["graphs"][g]["file"], side)) for g in inputs}
+    lines = [f"MACs per output pixel (Conv/MatMul, from the graph at {side}² tokens): "
+             + ", ".join(f"{g} {v:,.0f}" for g, v in per_px.items()) + " (× 2 for FLOPs).", "",
+             f"### Per window: {side}×{side} tokens ({side * int(model.manifest['token_pixels'])}² output pixels)", "",
+             "Runs in turn (one of each, `--repeat` rounds), so all columns of a block see the same load. "
+             f"*GEMM peak*: onnxruntime's {GEMM_N}³ fp32 MatMul / u8·s8 MatMulInteger timed in the same rounds. "
+             "*Nominal peak*: cores × clock × FLOP/cycle (AVX-512: 2 FMA × 16 lanes; VNNI ×4 for int8), clock "
+             "as /proc/cpuinfo reports it.", "",
+             "| graph | threads | variant | min ms | median ms | MP/s | GFLOP/s (GOP/s) | of GEMM peak | "
+             "of nominal peak | speed-up vs fp32 ORT | load |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for t in threads:
+        nominal, gemm = nominal_peak(t), gemm_runners(t)
+        for graph, feed in inputs.items():
+            path = model.directory / model.manifest["graphs"][graph]["file"]
+            mac, pixels = macs(path, side)
+            sessions: dict[str, Callable[[], Any]] = {"fp32 ORT": _runner(open_session(path, CPU, t), feed)}
+            q = model.manifest["graphs"].get(graph + INT8_SUFFIX)
+            if q:
+                sessions["int8 ORT"] = _runner(open_session(model.directory / q["file"], CPU, t), feed)
+            eager = torch_runner(ckpt, graph, t, feed)
+            if eager:
+                sessions["PyTorch eager fp32"] = eager
+            sessions.update({f"GEMM {k}": v for k, v in gemm.items()})
+            for fn in sessions.values():
+                fn()  # warm-up
+            times: dict[str, list[float]] = {k: [] for k in sessions}
+            load = load_avg()
+            for _ in range(repeat):
+                for k, fn in sessions.items():
+                    times[k].append(_timed(fn))
+            peak = {kind: 2 * GEMM_N**3 / min(times[f"GEMM {kind}"]) / 1e9 for kind in gemm}
+            base = min(times["fp32 ORT"])
+            for k, ts in times.items():
+                best, kind = min(ts), "int8" if "int8" in k else "fp32"
+                if k.startswith("GEMM"):
+                    lines.append(f"| (ORT GEMM {GEMM_N}³) | {t} | {kind} | {1e3 * best:.0f} | "
+                                 f"{1e3 * np.median(ts):.0f} | – | {peak[kind]:.0f} | 100 % | "
+                                 f"{100 * peak[kind] / nominal[kind]:.0f} % | – | {load} |")
+                    continue
+                rate = 2 * mac / best / 1e9
+                lines.append(f"| {graph} | {t} | {k} | {1e3 * best:.0f} | {1e3 * np.median(ts):.0f} | "
+                             f"{pixels / best / 1e6:.2f} | {rate:.0f} | {100 * rate / peak[kind]:.0f} % | "
+                             f"{100 * rate / nominal[kind]:.0f} % | {base / best:.2f}× | {load} |")
+            print(f"window {graph} {t} thr done (load {load_avg()})", flush=True)
+    nominal = nominal_peak(1)
+    lines += ["", f"Nominal per core: fp32 {nominal['fp32']:.0f} GFLOP/s, int8 {nominal['int8']:.0f} GOP/s at "
+              f"{nominal['ghz']:.2f} GHz."]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- 4. end to end
+def codec(model_dir: Path, precision: str, threads: int) -> Codec:
+    model = Model.load(model_dir, provider="cpu", threads=threads)
+    model.precision = precision
+    return Codec(model)
+
+
+def decode_section(model_dir: Path, images: list[tuple[str, np.ndarray]], title: str, threads: int,
+                   lpips: Callable[[np.ndarray, np.ndarray], float] | None, timing: bool) -> str:
+    fp32, int8 = codec(model_dir, "fp32", threads), codec(model_dir, "int8", threads)
+    rows: dict[str, list[float]] = {k: [] for k in ("t32", "t8", "p32", "p8", "l32", "l8", "diff")}
+    bpp = []
+    load_start = load_avg()
+    for k, (_, rgb) in enumerate(images):
+        data = fp32.compress(rgb)
+        bpp.append(8 * len(data) / (rgb.shape[0] * rgb.shape[1]))
+        if k == 0:
+            fp32.decompress(data), int8.decompress(data)  # untimed: opens the sessions
+        a, ta = _timed_result(fp32.decompress, data)
+        b, tb = _timed_result(int8.decompress, data)
+        rows["t32"].append(ta)
+        rows["t8"].append(tb)
+        rows["p32"].append(psnr(rgb, a))
+        rows["p8"].append(psnr(rgb, b))
+        rows["diff"].append(float(np.abs(a.astype(np.int16) - b).mean()))
+        if lpips:
+            rows["l32"].append(lpips(rgb, a))
+            rows["l8"].append(lpips(rgb, b))
+    m = {k: float(np.mean(v)) if v else float("nan") for k, v in rows.items()}
+    lines = [f"### {title}: {len(images)} images, mask auto, mean {np.mean(bpp):.4f} bpp, {threads} threads "
+             f"(load {load_start} at start, {load_avg()} at end)", "",
+             "| decoder | PSNR dB | LPIPS-Alex | decode s/img |", "|---|---|---|---|",
+             f"| fp32 | {m['p32']:.3f} | {m['l32']:.4f} | {m['t32']:.3f} |",
+             f"| int8 | {m['p8']:.3f} | {m['l8']:.4f} | {m['t8']:.3f} |",
+             f"| cost of int8 | {m['p32'] - m['p8']:+.3f} | {m['l8'] - m['l32']:+.4f} | "
+             f"{m['t32'] / m['t8']:.2f}× faster |", "",
+             f"Mean |fp32 − int8| per pixel: {m['diff']:.2f} levels; worst image PSNR cost "
+             f"{max(np.subtract(rows['p32'], rows['p8'])):+.3f} dB."]
+    if not timing:
+        lines[4:7] = [row.rsplit("|", 2)[0] + "| – |" for row in lines[4:7]]
+    return "\n".join(lines)
+
+
+def _timed_result(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
+    t = time.perf_counter()
+    out = fn(*args)
+    return out, time.perf_counter() - t
+
+
+def val_images(n: int) -> list[tuple[str, np.ndarray]]:
+    from hybridflow.models.data import data_root, list_images, read_rgb
+
+    paths = list_images(data_root() / "val")
+    return [(p.name, read_rgb(p)) for p in paths[:: max(1, len(paths) // n)][:n]]
+
+
+def _runtime_window(manifest: dict[str, Any]) -> int:
+    """Tokens per side of a full pixel-decoder window as the runtime runs it (window + 2 margins)."""
+    from hybridflow.runtime import codec
+
+    window = getattr(codec, "DECODE_WINDOW", 16)
+    return window + 2 * int(manifest.get("decoder_margin", codec.DECODE_MARGIN))
+
+
+def int_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v]
+
+
+def main() -> None:
+    from benchmarks.kodak import load_images
+    from benchmarks.lpips import maybe_load
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, required=True, help="a model exported with --quantize int8")
+    ap.add_argument("--ckpt", type=Path, default=Path("models/release/hybridflow.pt"),
+                    help="its bundle, for the PyTorch eager column (skipped if missing)")
+    ap.add_argument("--threads", type=int_list, default=[1, 2])
+    ap.add_argument("--window", type=int, default=None,
+                    help="tokens per window side (default: the runtime's window + 2 margins)")
+    ap.add_argument("--repeat", type=int, default=5)
+    ap.add_argument("--val", type=int, default=12, help="val images for the quality table (0: none)")
+    ap.add_argument("--kodak", type=int, default=24, help="Kodak images for the end-to-end table (0: none)")
+    ap.add_argument("--out", type=Path, default=None, help="also write the report here")
+    args = ap.parse_args()
+
+    man = Model.load(args.model).manifest
+    if not any(g + INT8_SUFFIX in man["graphs"] for g in GRAPHS):
+        raise SystemExit(f"{args.model} has no int8 graphs: export it with hf-export --quantize int8")
+    from benchmarks.speed import cpu_model
+
+    parts = [f"Machine: {cpu_model()}, {os.cpu_count()} cores; model {man.get('name')} ({man['model_id'][:8]}); "
+             f"1-min load average at start {load_avg()}.", ""]
+    model = Model.load(args.model, provider="cpu")
+    model.precision = "fp32"
+    side = args.window or _runtime_window(man)
+    parts.append(window_section(model, args.ckpt, side, args.threads, args.repeat))
+    print(parts[-1], flush=True)
+    lpips = maybe_load() if (args.val or args.kodak) else None
+    threads = max(args.threads)
+    if args.kodak:
+        parts += ["", decode_section(args.model, load_images(limit=args.kodak), "Kodak (end to end)", threads,
+                                     lpips, True)]
+        print(parts[-1], flush=True)
+    if args.val:
+        parts += ["", decode_section(args.model, val_images(args.val), "val", threads, lpips, True)]
+        print(parts[-1], flush=True)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text("\n".join(parts) + "\n")
+
+
+if __name__ == "__main__":
+    main()
