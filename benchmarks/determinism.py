@@ -2,10 +2,11 @@
 must decode under another (any disagreement in the entropy parameters makes decoding fail or return
 garbage), and decoded pixels may differ only by float noise in the synthesis graphs.
 
-    python -m benchmarks.determinism [--model DIR --ckpt BUNDLE] [--limit N]
+    python -m benchmarks.determinism [--model DIR] [--ckpt BUNDLE] [--limit N]
 
 Pairs checked per image: ORT 2 threads + full graph optimisation → ORT 1 thread + no optimisation
-(both directions), and the PyTorch reference encoder → ORT decoder (needs --ckpt, the model's bundle)."""
+(both directions), and the PyTorch reference encoder → ORT decoder (the model's bundle: --ckpt, or the one
+derived from the model directory)."""
 
 from __future__ import annotations
 
@@ -24,19 +25,19 @@ from hybridflow.runtime.model import DEFAULT_MODEL_DIR
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR)
-    ap.add_argument("--ckpt", type=Path, default=Path("models/release/hybridflow.pt"))
+    ap.add_argument("--ckpt", type=Path, default=None, help="bundle (default: derived from --model)")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--mask", default="auto")
     args = ap.parse_args()
     fast = Codec.load(args.model, provider="cpu", threads=2, optimise=True)
     plain = Codec.load(args.model, provider="cpu", threads=1, optimise=False)
     pairs = [("ort-2t-opt → ort-1t-noopt", fast, plain), ("ort-1t-noopt → ort-2t-opt", plain, fast)]
-    if args.ckpt.exists():
+    if args.ckpt is not None or (args.model / "bundle_index.json").exists():
         from hybridflow.export.graphs import graph_specs
         from hybridflow.export.parity import TorchModel
-        from hybridflow.models.bundle import load_bundle
+        from hybridflow.models.train.release import open_bundle
 
-        torch_codec = Codec(TorchModel.from_specs(args.model, graph_specs(load_bundle(args.ckpt))))
+        torch_codec = Codec(TorchModel.from_specs(args.model, graph_specs(open_bundle(args.ckpt or args.model))))
         pairs.append(("torch → ort-2t-opt", torch_codec, fast))
     folder = data_root() / "val"
     images = load_images(folder, args.limit)

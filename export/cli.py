@@ -1,4 +1,5 @@
-"""``hf-export --ckpt BUNDLE --out DIR``: ONNX graphs + manifest.json + integer hyper synthesis."""
+"""``hf-export --ckpt BUNDLE --out DIR``: ONNX graphs + manifest.json + integer hyper synthesis, and the
+index from which ``hf-train rebundle DIR`` rebuilds BUNDLE (so the bundle itself need not be kept)."""
 
 from __future__ import annotations
 
@@ -22,9 +23,10 @@ def export_bundle(ckpt: Path, out: Path, simplify: bool = True, parity: bool = T
                   int8: Int8Request | None = None) -> dict:
     """Export into a temporary folder next to ``out``, then swap it in (never a half-written model).
     ``int8`` adds int8 variants of the decode-side graphs after the fp32 parity checks (export/quantize.py)."""
+    from ..models import checkpoint
     from ..models.bundle import load_bundle
-    from . import convert, manifest
-    from .graphs import graph_specs
+    from . import bundle_index, convert, manifest
+    from .graphs import graph_specs, real_inputs
     from .parity import end_to_end, graph_parity
 
     c = load_bundle(ckpt)
@@ -36,8 +38,9 @@ def export_bundle(ckpt: Path, out: Path, simplify: bool = True, parity: bool = T
         graphs = {s.name: convert.to_onnx(s, tmp / f"{s.name}.onnx", simplify) for s in specs}
         man = manifest.build(c, graphs, tmp)
         manifest.write(man, tmp)
+        bundle_index.write(checkpoint.load(ckpt), tmp, {name: g["file"] for name, g in graphs.items()})
         if parity:
-            real = _real_inputs(c, real_images) if real_images else {}
+            real = real_inputs(c, real_images) if real_images else {}
             man["parity"] = {"graphs": graph_parity(tmp, specs, real, timing)}
             if real_images:
                 masks = ("1_4",) if c.predictor is not None else ("none",)
@@ -53,31 +56,6 @@ def export_bundle(ckpt: Path, out: Path, simplify: bool = True, parity: bool = T
         if tmp.exists():
             shutil.rmtree(tmp)
     return man
-
-
-def _real_inputs(c, images: list[np.ndarray]) -> dict[str, dict[str, np.ndarray]]:  # noqa: ANN001
-    """Real 256² tiles (and what the models make of them) as parity inputs."""
-    import torch
-
-    tiles = np.stack([img[:256, :256] for img in images if min(img.shape[:2]) >= 256])
-    x = torch.from_numpy(tiles.transpose(0, 3, 1, 2).astype(np.float32) / 255)
-    with torch.no_grad():
-        idx = c.vq.encode(x * 2 - 1)
-        low = torch.nn.functional.avg_pool2d(x, c.cont.cfg.downscale)
-        y, _ = c.cont.analysis(low)
-        g = c.cont.guidance(torch.round(y))
-    real = {
-        "vq_encoder": {"image": x.numpy()},
-        "vq_decoder": {"indices": idx.numpy()},
-        "cont_analysis": {"image": low.numpy()},
-        "hyper_analysis": {"y": y.numpy()},
-        "cont_synthesis": {"y_hat": torch.round(y).numpy()},
-        "cont_reconstruct": {"guidance": g.numpy()},
-    }
-    vis = np.broadcast_to(np.indices(idx.shape[1:]).sum(0) % 2 == 0, idx.shape).copy()
-    real["predictor"] = {"indices": idx.numpy(), "visible": vis, "guidance": g.numpy()}
-    real["pixel_decoder"] = {"indices": idx.numpy(), "guidance": g.numpy()}
-    return real
 
 
 @app.command()

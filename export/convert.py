@@ -6,17 +6,21 @@ import io
 import warnings
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
+from onnx import TensorProto, helper, numpy_helper
 
 from .graphs import GraphSpec
 
 OPSET = 17
+FP16_MIN_ELEMENTS = 64  # smaller float constants (scales, epsilons) are not worth a Cast node
 
 
-def to_onnx(spec: GraphSpec, path: Path, simplify: bool = True) -> dict[str, object]:
+def to_onnx(spec: GraphSpec, path: Path, simplify: bool = True, fp16_weights: bool = True) -> dict[str, object]:
     """Export with the TorchScript-based exporter (deterministic bytes, dynamic axes as given), then
-    onnxsim; if simplification fails or changes the interface, keep the plain graph and say so."""
+    onnxsim; if simplification fails or changes the interface, keep the plain graph and say so.
+    With ``fp16_weights`` the weights are stored in fp16 where that is exact (see ``fp16_initialisers``)."""
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -38,6 +42,7 @@ def to_onnx(spec: GraphSpec, path: Path, simplify: bool = True) -> dict[str, obj
         except Exception as e:  # onnxsim is optional and sometimes fails on exotic graphs
             warnings.warn(f"{spec.name}: onnxsim failed ({e}); kept the unsimplified graph", stacklevel=2)
     model.producer_name = "hybridflow-export"
+    halved = fp16_initialisers(model) if fp16_weights else 0
     onnx.checker.check_model(model)
     data = model.SerializeToString()
     Path(path).write_bytes(data)
@@ -46,9 +51,42 @@ def to_onnx(spec: GraphSpec, path: Path, simplify: bool = True) -> dict[str, obj
         "bytes": len(data),
         "opset": OPSET,
         "simplified": simplified,
+        "fp16_initialisers": halved,
         "inputs": {i.name: _shape(i) for i in model.graph.input},
         "outputs": {o.name: _shape(o) for o in model.graph.output},
     }
+
+
+def fp16_initialisers(model: onnx.ModelProto, min_elements: int = FP16_MIN_ELEMENTS) -> int:
+    """Store every float32 initialiser whose values are exactly fp16 in fp16, followed by a Cast to
+    float32 under the original name. The weights come from an fp16 bundle, so this halves the files
+    without changing one bit of what the graph computes: onnxruntime folds the Casts when it opens
+    the session. Tensors that are not exact (e.g. products folded by onnxsim), integer and small
+    tensors stay as they are. Returns how many initialisers were converted."""
+    graph = model.graph
+    inputs = {i.name for i in graph.input}
+    taken = inputs | {n for node in graph.node for n in node.output} | {t.name for t in graph.initializer}
+    kept, casts = [], []
+    for t in graph.initializer:
+        value = numpy_helper.to_array(t)
+        with np.errstate(over="ignore"):  # out-of-range values become inf and fail the exactness check
+            half = value.astype(np.float16)
+        if (t.data_type != TensorProto.FLOAT or value.size < min_elements or t.name in inputs
+                or not np.array_equal(half.astype(np.float32), value)):
+            kept.append(t)
+            continue
+        name = f"{t.name}__fp16"
+        while name in taken:
+            name += "_"
+        taken.add(name)
+        kept.append(numpy_helper.from_array(half, name))
+        casts.append(helper.make_node("Cast", [name], [t.name], name=f"{name}__cast", to=TensorProto.FLOAT))
+    del graph.initializer[:]
+    graph.initializer.extend(kept)
+    nodes = casts + list(graph.node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return len(casts)
 
 
 def _shape(value: onnx.ValueInfoProto) -> list[object]:

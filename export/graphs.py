@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -139,3 +140,26 @@ def graph_specs(c: Components, tile: int = 256) -> list[GraphSpec]:
                                {"indices": idx, "guidance": guid}, ["image"],
                                {"indices": tokens, "guidance": spatial, "image": spatial}))
     return specs
+
+
+def real_inputs(c: Components, images: list[np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
+    """Real 256² tiles (and what the models make of them) as parity inputs."""
+    tiles = np.stack([img[:256, :256] for img in images if min(img.shape[:2]) >= 256])
+    x = torch.from_numpy(tiles.transpose(0, 3, 1, 2).astype(np.float32) / 255)
+    with torch.no_grad():
+        idx = c.vq.encode(x * 2 - 1)
+        low = torch.nn.functional.avg_pool2d(x, c.cont.cfg.downscale)
+        y, _ = c.cont.analysis(low)
+        g = c.cont.guidance(torch.round(y))
+    real = {
+        "vq_encoder": {"image": x.numpy()},
+        "vq_decoder": {"indices": idx.numpy()},
+        "cont_analysis": {"image": low.numpy()},
+        "hyper_analysis": {"y": y.numpy()},
+        "cont_synthesis": {"y_hat": torch.round(y).numpy()},
+        "cont_reconstruct": {"guidance": g.numpy()},
+    }
+    vis = np.broadcast_to(np.indices(idx.shape[1:]).sum(0) % 2 == 0, idx.shape).copy()
+    real["predictor"] = {"indices": idx.numpy(), "visible": vis, "guidance": g.numpy()}
+    real["pixel_decoder"] = {"indices": idx.numpy(), "guidance": g.numpy()}
+    return real

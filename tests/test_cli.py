@@ -118,6 +118,18 @@ def test_eval_writes_csv(tiny_model: Path, png: Path, tmp_path: Path) -> None:
     assert rows[0].startswith("image,width,height,bytes,bpp,psnr,ms_ssim") and len(rows) == 2
 
 
+def test_provider_cuda_without_a_gpu_is_one_line(tiny_model: Path, png: Path, tmp_path: Path) -> None:
+    """--provider cuda cannot be tested for real here (no GPU); without one it must fail in one clean line."""
+    from hybridflow.runtime.session import cuda_works
+
+    if cuda_works(str(tiny_model / "vq_encoder.onnx")):
+        pytest.skip("this machine has a working CUDA stack")
+    p = run("compress", png, tmp_path / "x.hfc", "--model", tiny_model, "--provider", "cuda")
+    assert_clean_error(p, "--provider cuda: onnxruntime cannot use a GPU on this machine")
+    assert len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert not (tmp_path / "x.hfc").exists()
+
+
 def test_literal_names_with_pattern_characters(tiny_model: Path, photo: np.ndarray, tmp_path: Path) -> None:
     """Issue 21.6: with img[1].png and img1.png present, 'img[1].png' compressed img1.png into a new
     folder. A name that exists is used literally; an unmatched pattern creates nothing."""

@@ -64,3 +64,64 @@ def test_entropy_tables_do_not_depend_on_float_noise() -> None:
     assert np.array_equal(fixed_point_pmf(noisy), table)
     st = scale_table()
     assert np.array_equal(st * 2**20, np.round(st * 2**20)) and (np.diff(st) > 0).all()
+
+
+def _equal_payloads(a: object, b: object) -> bool:
+    """Tensor by tensor (dtype and bits), and the same Python types for everything else."""
+    torch = pytest.importorskip("torch")
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape and torch.equal(a, b)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and list(a) == list(b) and all(_equal_payloads(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(_equal_payloads(x, y) for x, y in zip(a, b))
+    return type(a) is type(b) and a == b
+
+
+def test_fp16_initialisers_change_no_output(tmp_path: Path) -> None:
+    """fp16 storage + Cast must compute exactly what the fp32 graph computes, in half the bytes."""
+    import onnxruntime as ort
+
+    from hybridflow.export.convert import to_onnx
+    from hybridflow.export.graphs import graph_specs
+    from hybridflow.models.bundle import load_bundle, save_bundle, tiny_components
+
+    save_bundle(tmp_path / "b.pt", tiny_components(seed=3))  # through the bundle: fp16-exact weights
+    specs = {s.name: s for s in graph_specs(load_bundle(tmp_path / "b.pt"))}
+    for name in ("vq_decoder", "cont_analysis", "predictor"):
+        full = to_onnx(specs[name], tmp_path / f"{name}32.onnx", fp16_weights=False)
+        half = to_onnx(specs[name], tmp_path / f"{name}16.onnx")
+        # (tiny graphs: their structure weighs more than their weights; the shipped ones halve)
+        assert half["fp16_initialisers"] > 0 and half["bytes"] < 0.8 * full["bytes"], name
+        feeds = {k: v.numpy() for k, v in specs[name].inputs.items()}
+        out32 = ort.InferenceSession(tmp_path / f"{name}32.onnx", providers=["CPUExecutionProvider"]).run(None, feeds)
+        out16 = ort.InferenceSession(tmp_path / f"{name}16.onnx", providers=["CPUExecutionProvider"]).run(None, feeds)
+        for a, b in zip(out32, out16):
+            assert np.array_equal(a, b), name
+
+
+def test_bundle_is_rebuilt_from_the_export_bit_for_bit(tiny_bundle: Path, tiny_model: Path, tmp_path: Path) -> None:
+    from hybridflow.export.bundle_index import EXTRA_FILE, derive
+    from hybridflow.models import checkpoint
+
+    derived = derive(tiny_model)
+    assert _equal_payloads(derived, checkpoint.load(tiny_bundle))
+    checkpoint.save(tmp_path / "rebuilt.pt", **derived)
+    man = export_bundle(tmp_path / "rebuilt.pt", tmp_path / "again", parity=False)
+    assert man["model_id"] == json.loads((tiny_model / "manifest.json").read_text())["model_id"]
+    for f in ("bundle_index.json", EXTRA_FILE):  # re-export leaves the derivation files byte-identical
+        assert (tmp_path / "again" / f).read_bytes() == (tiny_model / f).read_bytes()
+
+
+def test_edited_model_dir_does_not_rebuild_a_wrong_bundle(tiny_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from hybridflow.export.bundle_index import EXTRA_FILE, derive
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    data = bytearray((broken / EXTRA_FILE).read_bytes())
+    data[0] ^= 1
+    (broken / EXTRA_FILE).write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="hash"):
+        derive(broken)

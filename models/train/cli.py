@@ -141,7 +141,8 @@ def bundle(
 
 @app.command()
 def unbundle(
-    bundle_path: Path = typer.Argument(..., help="release bundle (e.g. models/release/hybridflow.pt)"),
+    bundle_path: Path = typer.Argument(..., help="release bundle, or a model directory written by hf-export "
+                                                 "(e.g. runtime/assets/default)"),
     out: Path = typer.Option(..., help="folder for vq.pt, cont.pt, predictor.pt, correction.pt"),
 ) -> None:
     """Split a bundle into stage checkpoints, so training can start again from a shipped release
@@ -150,6 +151,31 @@ def unbundle(
 
     for path in split_bundle(bundle_path, out):
         print(path)
+
+
+@app.command()
+def rebundle(
+    model_dir: Path = typer.Argument(..., help="model directory written by hf-export (e.g. runtime/assets/default)"),
+    out: Path = typer.Option(..., help="bundle file to write"),
+) -> None:
+    """Rebuild, bit for bit, the bundle a model directory was exported from (its graphs' weights plus
+    bundle_index.json and bundle_extra.bin): the release bundle is not kept in git."""
+    from .release import rebuild_bundle
+
+    try:
+        rebuild_bundle(model_dir, out)
+    except (ValueError, OSError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+    print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def pack(ctx: typer.Context) -> None:
+    """Deterministic training pack for a GPU window: --out DIR [--seed S] [--mib N] (see --help)."""
+    from .pack import main as pack_main
+
+    pack_main(ctx.args)
 
 
 def main() -> None:

@@ -14,7 +14,7 @@ from ...runtime import metrics
 from ...runtime.complexity import ComplexityModel
 from ...runtime.masking import sent_mask
 from .. import checkpoint
-from ..bundle import Components, load_bundle, save_bundle
+from ..bundle import Components, components_from_payload, load_bundle, save_bundle
 from ..correction import CorrectionNet
 from ..data import ImageCache, data_root
 from ..hyperprior import ContConfig, ContinuousCodec
@@ -82,9 +82,27 @@ def make_bundle(out: Path, vq_ckpt: Path, cont_ckpt: Path, predictor_ckpt: Path 
     return c
 
 
+def derived_payload(model_dir: Path) -> dict:
+    """The bundle payload a model directory was exported from (see export/bundle_index.py)."""
+    from ...export.bundle_index import derive
+
+    return derive(model_dir)
+
+
+def rebuild_bundle(model_dir: Path, out: Path) -> None:
+    checkpoint.save(out, **derived_payload(model_dir))
+
+
+def open_bundle(path: Path) -> Components:
+    """A bundle file, or the bundle a model directory was exported from."""
+    path = Path(path)
+    return components_from_payload(derived_payload(path), path) if path.is_dir() else load_bundle(path)
+
+
 def split_bundle(bundle: Path, out: Path) -> list[Path]:
-    """Stage checkpoints (the format ``hf-train`` stages read) rebuilt from a release bundle."""
-    c = load_bundle(bundle)
+    """Stage checkpoints (the format ``hf-train`` stages read) rebuilt from a release bundle or a model
+    directory."""
+    c = open_bundle(bundle)
     parts = {"vq": (c.vq, c.vq.cfg), "cont": (c.cont, c.cont.cfg)}
     if c.predictor is not None:
         parts["predictor"] = (c.predictor, c.predictor.cfg)

@@ -1,0 +1,128 @@
+"""The training bundle stored once: rebuilt from an exported model instead of kept as a second copy.
+
+Nearly every fp16 weight of a bundle is also an initialiser of some exported graph (stored there in
+fp16, see ``convert.fp16_initialisers``), sometimes transposed. At export time ``write`` records, for
+every tensor of the bundle, which initialiser holds the same values and the SHA-256 of its fp16 bytes;
+the few tensors that no graph holds as such (GDN parameters that onnxsim folds into products, the
+float hyper synthesis that ships as integers, the entropy prior, the raw codebook) go into a small raw
+file beside it. ``derive`` rebuilds the exact bundle payload from a model directory and checks every
+hash, so a model directory is all a release needs: ``hf-train rebundle DIR --out bundle.pt``."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+
+INDEX_FILE = "bundle_index.json"
+EXTRA_FILE = "bundle_extra.bin"
+INDEX_VERSION = 1
+
+
+def _sha(a: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(a).tobytes()).hexdigest()
+
+
+def _fp16_values(t: onnx.TensorProto) -> np.ndarray | None:
+    """The initialiser's values as fp16 if they are exactly fp16, else None."""
+    if t.data_type not in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16):
+        return None
+    value = numpy_helper.to_array(t)
+    with np.errstate(over="ignore"):  # out-of-range values become inf and fail the exactness check
+        half = value.astype(np.float16)
+    return half if np.array_equal(half.astype(value.dtype), value) else None
+
+
+def _initialiser_pool(model_dir: Path, graph_files: dict[str, str]) -> dict[str, tuple[str, str, bool]]:
+    """SHA-256 of fp16 bytes → (graph, initialiser, transposed); the first occurrence in graph-name order."""
+    pool: dict[str, tuple[str, str, bool]] = {}
+    for graph in sorted(graph_files):
+        for t in onnx.load(model_dir / graph_files[graph]).graph.initializer:
+            half = _fp16_values(t)
+            if half is None:
+                continue
+            pool.setdefault(_sha(half), (graph, t.name, False))
+            if half.ndim == 2:
+                pool.setdefault(_sha(half.T), (graph, t.name, True))
+    return pool
+
+
+def write(payload: dict[str, Any], model_dir: Path, graph_files: dict[str, str]) -> dict[str, int]:
+    """Write the index and the extra tensors of ``payload`` (a loaded bundle) into ``model_dir``.
+    Deterministic bytes, so re-exporting leaves both files unchanged. Returns byte counts."""
+    pool = _initialiser_pool(model_dir, graph_files)
+    extra = bytearray()
+
+    def encode(v: Any) -> Any:
+        if isinstance(v, torch.Tensor):
+            a = v.detach().cpu().contiguous().numpy()
+            entry: dict[str, Any] = {"dtype": str(a.dtype), "shape": list(a.shape), "sha256": _sha(a)}
+            if a.dtype == np.float16 and entry["sha256"] in pool:
+                graph, name, transposed = pool[entry["sha256"]]
+                entry.update(graph=graph, initializer=name, transpose=transposed)
+            else:
+                entry.update(offset=len(extra), nbytes=a.nbytes)
+                extra.extend(a.tobytes())
+            return {"__tensor__": entry}
+        if isinstance(v, tuple):
+            return {"__tuple__": [encode(x) for x in v]}
+        if isinstance(v, list):
+            return [encode(x) for x in v]
+        if isinstance(v, dict):
+            return {k: encode(x) for k, x in v.items()}
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        raise TypeError(f"cannot index a bundle value of type {type(v).__name__}")
+
+    index = {"version": INDEX_VERSION, "extra_file": EXTRA_FILE, "payload": encode(payload)}
+    (model_dir / INDEX_FILE).write_text(json.dumps(index, indent=1) + "\n")
+    (model_dir / EXTRA_FILE).write_bytes(bytes(extra))
+    return {"index_bytes": (model_dir / INDEX_FILE).stat().st_size, "extra_bytes": len(extra)}
+
+
+def derive(model_dir: Path) -> dict[str, Any]:
+    """The bundle payload that ``model_dir`` was exported from, bit for bit (every tensor's hash checked)."""
+    model_dir = Path(model_dir)
+    path = model_dir / INDEX_FILE
+    if not path.is_file():
+        raise ValueError(f"{model_dir}: no {INDEX_FILE} (export the model again with this version of hf-export)")
+    index = json.loads(path.read_text())
+    if index.get("version") != INDEX_VERSION:
+        raise ValueError(f"{path}: index version {index.get('version')} is not supported")
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    graph_files = {name: g["file"] for name, g in manifest["graphs"].items()}
+    extra = (model_dir / index["extra_file"]).read_bytes()
+    graphs: dict[str, dict[str, onnx.TensorProto]] = {}
+
+    def tensor(e: dict[str, Any]) -> torch.Tensor:
+        if "graph" in e:
+            if e["graph"] not in graphs:
+                loaded = onnx.load(model_dir / graph_files[e["graph"]])
+                graphs[e["graph"]] = {t.name: t for t in loaded.graph.initializer}
+            a = numpy_helper.to_array(graphs[e["graph"]][e["initializer"]]).astype(e["dtype"])
+            a = a.T if e["transpose"] else a
+        else:
+            a = np.frombuffer(extra[e["offset"] : e["offset"] + e["nbytes"]], dtype=e["dtype"])
+        a = np.ascontiguousarray(a).reshape(e["shape"])
+        if _sha(a) != e["sha256"]:
+            raise ValueError(f"{model_dir}: a bundle tensor does not match its recorded hash (files edited?)")
+        return torch.from_numpy(a.copy())
+
+    def decode(v: Any) -> Any:
+        if isinstance(v, dict):
+            if "__tensor__" in v:
+                return tensor(v["__tensor__"])
+            if "__tuple__" in v:
+                return tuple(decode(x) for x in v["__tuple__"])
+            return {k: decode(x) for k, x in v.items()}
+        if isinstance(v, list):
+            return [decode(x) for x in v]
+        return v
+
+    return decode(index["payload"])
