@@ -120,7 +120,7 @@ class MaskedTokenPredictor(nn.Module):
         if compact:
             count = key_mask.sum(1)
             order = torch.argsort((~key_mask).to(torch.int8), dim=1, stable=True)[:, : int(count.max())]
-            valid = torch.arange(order.shape[1])[None, :] < count[:, None]
+            valid = torch.arange(order.shape[1], device=count.device)[None, :] < count[:, None]
             sel = order[..., None].expand(-1, -1, x.shape[-1])
             h = x.gather(1, sel)
             for blk in self.encoder:

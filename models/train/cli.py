@@ -178,5 +178,18 @@ def pack(ctx: typer.Context) -> None:
     pack_main(ctx.args)
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+def burst(ctx: typer.Context) -> None:
+    """All stages in one time box (GPU window or CPU dry run): --minutes M --out DIR --data PACK
+    [--device cuda|cpu] (see --help)."""
+    from .burst import main as burst_main
+
+    try:
+        burst_main(ctx.args)
+    except (ValueError, OSError, RuntimeError) as e:
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(1) from None
+
+
 def main() -> None:
     app()

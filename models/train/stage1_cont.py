@@ -17,13 +17,26 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from ...runtime import metrics
+from .. import checkpoint
 from ..data import ImageCache, data_root, downscale, val_crops
 from ..hyperprior import ContConfig, ContinuousCodec
-from .loop import Checkpointer, RunState, resume, resumed_rng, save_on_interrupt, seed_everything, to_tensor
+from .loop import (
+    Checkpointer,
+    Deadline,
+    RunConfig,
+    RunState,
+    autocast,
+    reserve_s,
+    resume,
+    resumed_rng,
+    save_on_interrupt,
+    seed_everything,
+    to_tensor,
+)
 
 
 @dataclass
-class ContTrainConfig:
+class ContTrainConfig(RunConfig):
     steps: int = 20000
     batch: int = 16
     crop: int = 64  # low-res pixels (= 256 full-resolution)
@@ -32,9 +45,7 @@ class ContTrainConfig:
     target_bpp: float = 0.025
     lmbda_rate: float = 0.002  # log-λ step per step of the rate controller (0 = fixed λ)
     val_every: int = 1000
-    ckpt_minutes: float = 3.0
-    seed: int = 0
-    threads: int = 1
+    init: str = ""  # stage1-cont checkpoint whose model starts this run (e.g. split from the shipped model)
 
 
 def bpp_full(out: dict[str, torch.Tensor], lowres_pixels: int, downscale_by: int) -> torch.Tensor:
@@ -45,23 +56,28 @@ def bpp_full(out: dict[str, torch.Tensor], lowres_pixels: int, downscale_by: int
 @torch.no_grad()
 def validate(model: ContinuousCodec, images: list[np.ndarray]) -> dict[str, float]:
     model.eval()
+    device = next(model.parameters()).device
     bpps, psnrs = [], []
     for img in images:
         lr = downscale(img, model.cfg.downscale)
-        x = (to_tensor(lr[None]) + 1) / 2
+        x = (to_tensor(lr[None], device) + 1) / 2
         out = model(x)
         bpps.append(bpp_full(out, lr.shape[0] * lr.shape[1], model.cfg.downscale).item())
-        rec = (out["x_hat"].clamp(0, 1) * 255).round().byte()[0].permute(1, 2, 0).numpy()
+        rec = (out["x_hat"].clamp(0, 1) * 255).round().byte()[0].permute(1, 2, 0).cpu().numpy()
         psnrs.append(metrics.psnr(lr, rec))
     model.train()
     return {"val_bpp": float(np.mean(bpps)), "val_psnr_lowres": float(np.mean(psnrs))}
 
 
 def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir: Path) -> None:
+    deadline = Deadline(cfg.minutes, reserve_s(cfg.minutes))  # set-up and caches count too
     rng = seed_everything(cfg.seed, cfg.threads)
     state = RunState(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     model = ContinuousCodec(model_cfg)
+    if cfg.init:
+        model.load_state_dict(checkpoint.load(Path(cfg.init))["model"])
+    model.to(cfg.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     log_lmbda = math.log(cfg.lmbda)
     if ck := resume(state, cfg.seed, model=model, opt=opt):
@@ -75,13 +91,15 @@ def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir:
                   config=model_cfg, train_config=cfg, kind="cont")
 
     bar = tqdm(total=cfg.steps, initial=state.step, desc="stage1-cont", dynamic_ncols=True)
+    stop = state.step >= cfg.steps or deadline.passed()
     with save_on_interrupt(save):
-        while state.step < cfg.steps:
+        while not stop:
             t0 = time.time()
-            x = (to_tensor(data.random_crops(rng, cfg.batch, cfg.crop)) + 1) / 2
-            out = model(x)
+            x = (to_tensor(data.random_crops(rng, cfg.batch, cfg.crop), cfg.device) + 1) / 2
+            with autocast(cfg):  # (burst keeps this stage in fp32: likelihoods are differences of CDFs)
+                out = model(x)
             bpp = bpp_full(out, cfg.batch * cfg.crop**2, model_cfg.downscale)
-            mse = F.mse_loss(out["x_hat"], x)
+            mse = F.mse_loss(out["x_hat"].float(), x)
             loss = bpp + math.exp(log_lmbda) * mse
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -91,16 +109,18 @@ def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir:
             log_lmbda -= cfg.lmbda_rate * float(np.clip((bpp.item() - cfg.target_bpp) / cfg.target_bpp, -1, 1))
             state.step += 1
             state.elapsed_s += time.time() - t0
+            deadline.step_done(time.time() - t0)
+            stop = state.step >= cfg.steps or deadline.passed()
             bar.update(1)
             psnr = 10 * math.log10(1 / max(mse.item(), 1e-10))
             bar.set_postfix(bpp=f"{bpp.item():.4f}", psnr_lr=f"{psnr:.2f}", lmbda=f"{math.exp(log_lmbda):.1f}")
             if state.step % 50 == 0:
                 state.log({"bpp": bpp.item(), "psnr_lowres": psnr, "lmbda": math.exp(log_lmbda)})
-            if state.step % cfg.val_every == 0 or state.step == cfg.steps:
+            if state.step % cfg.val_every == 0 or stop:
                 v = validate(model, images)
                 state.log(v)
                 bar.write(f"step {state.step}: {v}")
-            if ckpt.due() or state.step == cfg.steps:
+            if ckpt.due() and not stop:
                 save()
     bar.close()
     save()

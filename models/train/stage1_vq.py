@@ -26,11 +26,23 @@ from ..data import ImageCache, data_root, val_crops
 from ..discriminator import PatchDiscriminator
 from ..losses import hinge_d_loss, perceptual_loss, texture_energy_loss
 from ..vq import VQAutoencoder, VQConfig
-from .loop import Checkpointer, RunState, resume, resumed_rng, save_on_interrupt, seed_everything, to_tensor
+from .loop import (
+    Checkpointer,
+    Deadline,
+    RunConfig,
+    RunState,
+    autocast,
+    reserve_s,
+    resume,
+    resumed_rng,
+    save_on_interrupt,
+    seed_everything,
+    to_tensor,
+)
 
 
 @dataclass
-class VQTrainConfig:
+class VQTrainConfig(RunConfig):
     steps: int = 6000
     batch: int = 8
     crop: int = 128
@@ -40,9 +52,6 @@ class VQTrainConfig:
     disc_weight: float = 0.1
     restart_every: int = 100
     val_every: int = 500
-    ckpt_minutes: float = 3.0
-    seed: int = 0
-    threads: int = 1
     texture_weight: float = 0.0  # weight of the local detail-energy loss (losses.texture_energy_loss)
     texture_match: str = "rms"  # what that loss compares: "rms", "energy", "oriented" or "oriented_total"
     adaptive_gan: bool = False
@@ -62,10 +71,11 @@ def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last: torch.Te
 def validate(model: VQAutoencoder, images: list[np.ndarray]) -> dict[str, float]:
     """PSNR and code usage on 256² centre crops of ``val`` images."""
     model.eval()
-    x = to_tensor(np.stack(images))
+    x = to_tensor(np.stack(images), next(model.parameters()).device)
     idx = model.encode(x)
     rec = model.decode(idx)
-    rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+    rec_u8 = ((rec.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+    idx = idx.cpu()
     psnr = float(np.mean([metrics.psnr(a, b) for a, b in zip(images, rec_u8)]))
     sharp = float(np.mean([metrics.sharpness_ratio(b, a) for a, b in zip(images, rec_u8)]))
     counts = np.bincount(idx.flatten().numpy(), minlength=model.cfg.n_codes)
@@ -75,6 +85,7 @@ def validate(model: VQAutoencoder, images: list[np.ndarray]) -> dict[str, float]
 
 
 def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Path) -> None:
+    deadline = Deadline(cfg.minutes, reserve_s(cfg.minutes))  # set-up and caches count too
     rng = seed_everything(cfg.seed, cfg.threads)
     state = RunState(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -88,6 +99,8 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
     if cfg.decoder_only:
         for p in (*model.encoder.parameters(), *model.quantizer.parameters()):
             p.requires_grad_(False)
+    model.to(cfg.device)
+    disc.to(cfg.device)
     opt = torch.optim.Adam(trained.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     if resume(state, cfg.seed, model=model, disc=disc, opt=opt, opt_d=opt_d):
@@ -108,32 +121,35 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
                   opt_d=opt_d.state_dict(), config=model_cfg, train_config=cfg, kind="vq")
 
     bar = tqdm(total=cfg.steps, initial=state.step, desc="stage1-vq", dynamic_ncols=True)
+    stop = state.step >= cfg.steps or deadline.passed()
     with save_on_interrupt(save):
-        while state.step < cfg.steps:
+        while not stop:
             t0 = time.time()
-            x = to_tensor(data.random_crops(rng, cfg.batch, cfg.crop))
-            if cfg.decoder_only:
-                with torch.no_grad():
-                    z = model.encoder(x)
-                    zq, _, qloss = model.quantizer(z)
-                rec = model.decoder(zq)
-            else:
-                rec, _, qloss, z = model(x)
-            l1 = (rec - x).abs().mean()
-            perc = perceptual_loss(rec, x)
-            loss = l1 + cfg.perceptual_weight * perc
-            if cfg.texture_weight:
-                loss = loss + cfg.texture_weight * texture_energy_loss(rec, x, cfg.texture_match)
-            gan_on = state.step >= cfg.disc_start
-            w_gan = 0.0
-            if gan_on:
-                g_loss = -disc(rec).mean()
-                w_gan = cfg.disc_weight * min(1.0, (state.step - cfg.disc_start) / 500)
-                if cfg.adaptive_gan:
-                    w_gan = w_gan * adaptive_weight(loss, g_loss, model.decoder.conv_out.weight)
-                loss = loss + w_gan * g_loss
-            if not cfg.decoder_only:
-                loss = loss + qloss
+            x = to_tensor(data.random_crops(rng, cfg.batch, cfg.crop), cfg.device)
+            with autocast(cfg):
+                if cfg.decoder_only:
+                    with torch.no_grad():
+                        z = model.encoder(x)
+                        zq, _, qloss = model.quantizer(z)
+                    rec = model.decoder(zq)
+                else:
+                    rec, _, qloss, z = model(x)
+                rec = rec.float()
+                l1 = (rec - x).abs().mean()
+                perc = perceptual_loss(rec, x)
+                loss = l1 + cfg.perceptual_weight * perc
+                if cfg.texture_weight:
+                    loss = loss + cfg.texture_weight * texture_energy_loss(rec, x, cfg.texture_match)
+                gan_on = state.step >= cfg.disc_start
+                w_gan = 0.0
+                if gan_on:
+                    g_loss = -disc(rec).mean()
+                    w_gan = cfg.disc_weight * min(1.0, (state.step - cfg.disc_start) / 500)
+                    if cfg.adaptive_gan:
+                        w_gan = w_gan * adaptive_weight(loss, g_loss, model.decoder.conv_out.weight)
+                    loss = loss + w_gan * g_loss
+                if not cfg.decoder_only:
+                    loss = loss + qloss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
@@ -141,7 +157,8 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
                 group["lr"] = generator_lr(state.step)
             opt.step()
             if gan_on:
-                d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
+                with autocast(cfg):
+                    d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
                 opt_d.zero_grad(set_to_none=True)
                 d_loss.backward()
                 opt_d.step()
@@ -150,17 +167,19 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
                 restarted = model.quantizer.restart_dead_codes(z.detach())
             state.step += 1
             state.elapsed_s += time.time() - t0
+            deadline.step_done(time.time() - t0)
+            stop = state.step >= cfg.steps or deadline.passed()
             bar.update(1)
             bar.set_postfix(l1=f"{l1.item():.3f}", perc=f"{perc.item():.3f}",
                             used=int((model.quantizer.usage > 0.03).sum()))
             if state.step % 50 == 0:
                 state.log({"l1": l1.item(), "perc": perc.item(), "q": qloss.item(), "restarted": restarted,
                            "w_gan": float(w_gan)})
-            if state.step % cfg.val_every == 0 or state.step == cfg.steps:
+            if state.step % cfg.val_every == 0 or stop:
                 v = validate(model, tiles)
                 state.log(v)
                 bar.write(f"step {state.step}: {v}")
-            if ckpt.due() or state.step == cfg.steps:
+            if ckpt.due() and not stop:
                 save()
     bar.close()
     save()

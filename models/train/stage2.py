@@ -25,11 +25,23 @@ from ..data import ImageCache, data_root
 from ..hyperprior import ContConfig, ContinuousCodec
 from ..transformer import MaskedTokenPredictor, TransformerConfig
 from ..vq import VQAutoencoder, VQConfig
-from .loop import Checkpointer, RunState, resume, resumed_rng, save_on_interrupt, seed_everything, to_tensor
+from .loop import (
+    Checkpointer,
+    Deadline,
+    RunConfig,
+    RunState,
+    autocast,
+    reserve_s,
+    resume,
+    resumed_rng,
+    save_on_interrupt,
+    seed_everything,
+    to_tensor,
+)
 
 
 @dataclass
-class Stage2TrainConfig:
+class Stage2TrainConfig(RunConfig):
     steps: int = 3000
     batch: int = 16
     lr: float = 5e-4
@@ -40,9 +52,7 @@ class Stage2TrainConfig:
     use_guidance: bool = True
     use_codebook: bool = True  # sets TransformerConfig.code_dim from the VQ model
     val_every: int = 250
-    ckpt_minutes: float = 3.0
-    seed: int = 0
-    threads: int = 1
+    init: str = ""  # a stage-2 checkpoint whose weights (and model config) start this run
 
 
 def load_frozen(vq_ckpt: Path, cont_ckpt: Path) -> tuple[VQAutoencoder, ContinuousCodec]:
@@ -53,22 +63,27 @@ def load_frozen(vq_ckpt: Path, cont_ckpt: Path) -> tuple[VQAutoencoder, Continuo
 @torch.no_grad()
 def tokens_and_guidance(vq: VQAutoencoder, cont: ContinuousCodec, tiles_u8: np.ndarray
                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the decoder will have for these tiles: VQ indices and decoded continuous guidance."""
-    x = to_tensor(tiles_u8)
+    """What the decoder will have for these tiles: VQ indices and decoded continuous guidance (computed on
+    the models' device, returned on the CPU)."""
+    x = to_tensor(tiles_u8, next(vq.parameters()).device)
     idx = vq.encode(x)
     low = cont.lowres(x)
     y, z = cont.analysis(low)
     mean, _ = cont.h_s(torch.round(z))
     g = cont.guidance(torch.round(y - mean) + mean)
-    return idx, g
+    return idx.cpu(), g.cpu()
 
 
 def build_cache(path: Path, vq: VQAutoencoder, cont: ContinuousCodec, n: int, cache_dir: Path,
-                seed: int = 77, batch: int = 16) -> None:
+                seed: int = 77, batch: int = 16, deadline: Deadline | None = None) -> None:
+    """``deadline``: a time-boxed run stops adding tiles at half its budget (at least one batch); such a
+    run's cache lives in its own work folder, so the file name's tile count is not relied on."""
     data = ImageCache(data_root() / "train", cache_dir)
     rng = np.random.default_rng(seed)
     toks, guid = [], []
     for _ in tqdm(range(0, n, batch), desc="stage2 cache"):
+        if toks and deadline is not None and deadline.share_left() < 0.5:
+            break
         idx, g = tokens_and_guidance(vq, cont, data.random_crops(rng, batch, 256))
         toks.append(idx.numpy().astype(np.int16))
         guid.append(g.numpy().astype(np.float16))
@@ -105,12 +120,13 @@ def stage1_key(vq_ckpt: Path, cont_ckpt: Path) -> str:
 
 def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, vq_ckpt: Path, cont_ckpt: Path,
           cache_dir: Path, cache_only: bool = False) -> None:
+    deadline = Deadline(cfg.minutes, reserve_s(cfg.minutes))  # set-up and caches count too
     rng = seed_everything(cfg.seed, cfg.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
     cache = cache_dir / f"stage2_tokens_{stage1_key(vq_ckpt, cont_ckpt)}_{cfg.tiles}.npz"
     vq, cont = load_frozen(vq_ckpt, cont_ckpt)
     if not cache.exists():
-        build_cache(cache, vq, cont, cfg.tiles, cache_dir)
+        build_cache(cache, vq.to(cfg.device), cont.to(cfg.device), cfg.tiles, cache_dir, deadline=deadline)
     if cache_only:
         return
     with np.load(cache) as f:
@@ -118,11 +134,17 @@ def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, v
         guidance = torch.from_numpy(f["guidance"].astype(np.float32))
     # held-out crops of the *training* folder, only for the progress line (real evaluation: benchmarks/)
     n_val = min(max(64, len(tokens) // 20), len(tokens) // 2)
+    start = checkpoint.load(Path(cfg.init)) if cfg.init else None
+    if start is not None:  # the model's shape comes from the checkpoint
+        model_cfg = checkpoint.to_config(TransformerConfig, start["config"])
     model_cfg.guidance_channels = guidance.shape[1]
     model_cfg.code_dim = vq.cfg.code_dim if cfg.use_codebook else 0
     model = MaskedTokenPredictor(model_cfg)
-    if model_cfg.code_dim:
+    if start is not None:
+        model.load_state_dict(start["model"])
+    if model_cfg.code_dim:  # after loading: the codebook of *this* VQ model
         model.set_codebook(vq.quantizer.normalised_codebook().detach())
+    model.to(cfg.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
     state = RunState(run_dir)
     if resume(state, cfg.seed, model=model, opt=opt):
@@ -138,18 +160,21 @@ def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, v
                   kind="predictor", vq_ckpt=str(vq_ckpt), cont_ckpt=str(cont_ckpt))
 
     bar = tqdm(total=cfg.steps, initial=state.step, desc="stage2", dynamic_ncols=True)
+    stop = state.step >= cfg.steps or deadline.passed()
     with save_on_interrupt(save):
-        while state.step < cfg.steps:
+        while not stop:
             t0 = time.time()
             pick = torch.from_numpy(rng.integers(n_val, len(tokens), cfg.batch))
-            idx, g = tokens[pick], guidance[pick]
-            vis = torch.from_numpy(random_visible(rng, cfg.batch, model_cfg.grid, cfg.structured_prob))
+            idx, g = tokens[pick].to(cfg.device), guidance[pick].to(cfg.device)
+            vis = torch.from_numpy(random_visible(rng, cfg.batch, model_cfg.grid, cfg.structured_prob)).to(cfg.device)
             if cfg.use_guidance:
-                drop = torch.from_numpy(rng.random(cfg.batch) < cfg.guidance_dropout)
+                drop = torch.from_numpy(rng.random(cfg.batch) < cfg.guidance_dropout).to(cfg.device)
                 g = torch.where(drop[:, None, None, None], torch.zeros_like(g), g)
-            hidden = model.hidden(idx, vis, g if cfg.use_guidance else None, compact=True)
-            masked = ~vis.reshape(cfg.batch, -1)
-            loss = F.cross_entropy(model.logits(hidden[masked]), idx.reshape(cfg.batch, -1)[masked])
+            with autocast(cfg):
+                hidden = model.hidden(idx, vis, g if cfg.use_guidance else None, compact=True)
+                masked = ~vis.reshape(cfg.batch, -1)
+                logits = model.logits(hidden[masked]).float()
+            loss = F.cross_entropy(logits, idx.reshape(cfg.batch, -1)[masked])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -157,15 +182,18 @@ def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, v
             sched.step()
             state.step += 1
             state.elapsed_s += time.time() - t0
+            deadline.step_done(time.time() - t0)
+            stop = state.step >= cfg.steps or deadline.passed()
             bar.update(1)
             bar.set_postfix(ce=f"{loss.item():.3f}")
             if state.step % 50 == 0:
                 state.log({"ce": loss.item()})
-            if state.step % cfg.val_every == 0 or state.step == cfg.steps:
-                acc = held_out_accuracy(model, tokens[:n_val], guidance[:n_val] if cfg.use_guidance else None)
+            if state.step % cfg.val_every == 0 or stop:
+                acc = held_out_accuracy(model, tokens[:n_val].to(cfg.device),
+                                        guidance[:n_val].to(cfg.device) if cfg.use_guidance else None)
                 state.log({"heldout_acc_1_4": acc})
                 bar.write(f"step {state.step}: held-out token accuracy at 1_4 = {acc:.3f}")
-            if ckpt.due() or state.step == cfg.steps:
+            if ckpt.due() and not stop:
                 save()
     bar.close()
     save()
@@ -174,7 +202,7 @@ def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, v
 @torch.no_grad()
 def held_out_accuracy(model: MaskedTokenPredictor, tokens: torch.Tensor, guidance: torch.Tensor | None) -> float:
     model.eval()
-    vis = torch.from_numpy(np.broadcast_to(sent_mask("1_4", model.cfg.grid), tokens.shape).copy())
+    vis = torch.from_numpy(np.broadcast_to(sent_mask("1_4", model.cfg.grid), tokens.shape).copy()).to(tokens.device)
     pred = model.predict(tokens, vis, guidance)
     model.train()
     return float((pred == tokens)[~vis].float().mean())
