@@ -29,7 +29,8 @@ import numpy as np
 
 from benchmarks.synthetic import photo_like
 from hybridflow.runtime import Codec
-from hybridflow.runtime.bitstream import FORMAT_VERSION, MIN_PAYLOAD_PER_TILE, STREAMS, BitstreamError, _varint, read
+from hybridflow.runtime.bitstream import FORMAT_VERSION, BitstreamError, _varint, read
+from hybridflow.runtime.streams import STREAMS, stream_kind
 
 SLOW_S = 2.0
 
@@ -98,7 +99,8 @@ def forge(rng: np.random.Generator, model_id: bytes, payloads: list[bytes]) -> t
     if source == "random":
         out += rng.bytes(int(rng.integers(1, 2048)))
     elif source == "minimum" and stream < 3:
-        out += rng.bytes(min(MIN_PAYLOAD_PER_TILE[STREAMS[stream]] * tiles + int(rng.integers(0, 8)), 1 << 16))
+        floor = stream_kind(STREAMS[stream]).min_payload_per_tile * tiles
+        out += rng.bytes(min(floor + int(rng.integers(0, 8)), 1 << 16))
     elif source.startswith("real"):
         real = payloads[int(rng.integers(len(payloads)))]
         if source == "real-cut":
@@ -141,7 +143,7 @@ def worst_case(codec: Codec) -> None:
     the decode costs (on 2 idle cores the wall time is about half the CPU time)."""
     print("worst-case valid streams of ≤ 1 KB (flat image, as many tiles as fit in 1 KB):")
     for stream, mask in (("hybrid", "all"), ("vq", "all"), ("continuous", "none")):
-        tiles = (1024 - 18) // MIN_PAYLOAD_PER_TILE[stream]
+        tiles = (1024 - 18) // stream_kind(stream).min_payload_per_tile
         while (data := codec.compress(np.full((256, 256 * tiles, 3), 128, np.uint8), mask=mask,
                                       stream=stream)) and len(data) > 1024:
             tiles = max(1, tiles * 1024 // len(data) - (tiles > 1))

@@ -12,19 +12,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .masking import SCHEDULES
+from .streams import STREAMS, StreamKind, stream_kind
 from .tiling import TileGrid
 
 MAGIC = b"HF"
 FORMAT_VERSION = 2  # 2: payload ends with ≥ 1 terminator symbol; minimum payload per tile; strict header
-STREAMS = ("hybrid", "vq", "continuous")
 MAX_SIDE = 1 << 16
 MAX_PIXELS = 1 << 28  # 268 MP: bounds what a (possibly forged) header can make the decoder allocate
 MAX_VARINT_BYTES = 3  # enough for MAX_SIDE
 CRC_BYTES = 4
-# Decode work grows with the tile count, so every tile must be paid for with payload bytes: a stream
-# of ≤ 1 KB then holds at most 7 hybrid, 15 vq or 63 continuous tiles (≈ 2 s of decoding on 2 cores
-# with the shipped model). Encoders pad short payloads with terminator symbols (entropy.py).
-MIN_PAYLOAD_PER_TILE = {"hybrid": 128, "vq": 64, "continuous": 16}
 
 
 class BitstreamError(ValueError):
@@ -37,7 +33,11 @@ class Header:
     width: int
     height: int
     model_id: bytes  # 4 bytes: first bytes of the model's SHA-256
-    schedules: list[int]  # per-tile schedule codes (empty for "continuous")
+    schedules: list[int]  # per-tile schedule codes (empty when the kind carries no tokens)
+
+    @property
+    def kind(self) -> StreamKind:
+        return stream_kind(self.stream)
 
     @property
     def uniform(self) -> bool:
@@ -49,7 +49,7 @@ class Header:
 
 
 def min_payload_bytes(stream: str, n_tiles: int) -> int:
-    return MIN_PAYLOAD_PER_TILE[stream] * n_tiles
+    return stream_kind(stream).min_payload_per_tile * n_tiles
 
 
 def stored_payload(words: np.ndarray) -> bytes:
@@ -89,7 +89,7 @@ def _check_header(header: Header) -> None:
         raise ValueError(f"unsupported image size {header.width}×{header.height}")
     if len(header.model_id) != 4:
         raise ValueError("model id must be 4 bytes")
-    expected = 0 if header.stream == "continuous" else header.n_tiles
+    expected = header.n_tiles if header.kind.tokens else 0
     if len(header.schedules) != expected or any(not 0 <= c < len(SCHEDULES) for c in header.schedules):
         raise ValueError(f"{header.stream} stream needs {expected} schedule codes in 0…{len(SCHEDULES) - 1}")
 
@@ -101,14 +101,14 @@ def write(header: Header, words: np.ndarray) -> bytes:
         raise ValueError("payload below the per-tile minimum: pad it with terminators (Codec.entropy_code)")
     flags = STREAMS.index(header.stream)
     codes = header.schedules
-    if header.stream != "continuous" and header.uniform:
+    if header.kind.tokens and header.uniform:
         flags |= 0x4 | (codes[0] << 3)
     out = bytearray(MAGIC)
     out.append(FORMAT_VERSION)
     out += header.model_id
     out.append(flags)
     out += _varint(header.width) + _varint(header.height)
-    if header.stream != "continuous" and not header.uniform:
+    if header.kind.tokens and not header.uniform:
         out += _pack3(codes)
     out += payload
     out += zlib.crc32(out).to_bytes(CRC_BYTES, "little")
@@ -147,9 +147,9 @@ def _parse_flags(flags: int) -> tuple[str, int | None]:
         raise BitstreamError("invalid stream flags")
     stream = STREAMS[flags & 3]
     uniform, code = bool(flags & 0x4), (flags >> 3) & 7
-    if stream == "continuous" and flags & 0x3C:
-        raise BitstreamError("invalid stream flags: a continuous stream has no schedule")
-    if stream != "continuous" and not uniform and code:
+    if not stream_kind(stream).tokens and flags & 0x3C:
+        raise BitstreamError(f"invalid stream flags: a {stream} stream has no schedule")
+    if stream_kind(stream).tokens and not uniform and code:
         raise BitstreamError("invalid stream flags: schedule bits set without the uniform bit")
     if uniform and code >= len(SCHEDULES):
         raise BitstreamError("invalid mask schedule code")
@@ -176,7 +176,7 @@ def _check_payload(payload: bytes, stream: str, n_tiles: int) -> None:
         raise BitstreamError("malformed payload: trailing zero bytes")
     if len(payload) < min_payload_bytes(stream, n_tiles):
         raise BitstreamError(f"corrupt stream: {len(payload)} payload bytes cannot pay for {n_tiles} {stream} "
-                             f"tiles (at least {MIN_PAYLOAD_PER_TILE[stream]} bytes per tile)")
+                             f"tiles (at least {stream_kind(stream).min_payload_per_tile} bytes per tile)")
 
 
 def read(data: bytes) -> tuple[Header, np.ndarray, int]:
@@ -199,7 +199,7 @@ def read(data: bytes) -> tuple[Header, np.ndarray, int]:
         raise BitstreamError(f"invalid image size {width}×{height}")
     n_tiles = TileGrid(height, width).count
     schedules: list[int] = []
-    if stream != "continuous":
+    if stream_kind(stream).tokens:
         schedules = [uniform_code] * n_tiles if uniform_code is not None else _schedule_table(r, n_tiles)
     payload = r.body[r.pos :]
     _check_payload(payload, stream, n_tiles)

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any
 import typer
 import typer.core
 
-from .bitstream import STREAMS
 from .imageio import READABLE, SUFFIX
 from .masking import CHOICES
 from .session import MAX_THREADS, PROVIDERS, check_provider, check_threads
+from .streams import STREAMS
 
 if TYPE_CHECKING:
     from .scale import Engine

@@ -28,9 +28,9 @@ from .bitstream import BitstreamError, Header
 from .entropy import TERMINATOR_BITS, Decoder, Encoder
 from .masking import SCHEDULES, schedule_code, schedule_name, sent_mask
 from .model import Model
+from .streams import StreamKind, stream_kind
 from .tiling import TILE, TileGrid, batches, pad, tile_stack, windowed, windows
 
-STREAMS = bitstream.STREAMS
 RECON_WINDOW = 64  # guidance cells per side of a continuous-only reconstruction window (1024 px)
 RECON_MARGIN = 4
 LATENT_WINDOW = 32  # y cells per side of an analysis/synthesis window (2048 px), so memory stays bounded
@@ -120,17 +120,16 @@ class Codec:
                 progress: Progress | None = None) -> Symbols:
         """Everything the stream will carry, before entropy coding."""
         check_image(rgb)
-        if stream not in STREAMS:
-            raise ValueError(f"unknown stream {stream!r}; choose one of {', '.join(STREAMS)}")
+        kind = stream_kind(stream)
         grid = TileGrid(rgb.shape[0], rgb.shape[1])
         padded = pad(rgb, grid)
         sym = Symbols(Header(stream, grid.width, grid.height, self.model.model_id, []))
-        if stream != "continuous":
-            sym.header.schedules = self._choose_schedules(rgb, grid, mask, stream)
+        if kind.tokens:
+            sym.header.schedules = self._choose_schedules(rgb, grid, mask, kind)
             sym.indices = self._sent_indices(padded, grid, sym.header.schedules, progress)
         elif progress:
             progress(grid.count, grid.count)  # the continuous analysis below is one cheap pass
-        if stream != "vq":
+        if kind.continuous:
             y = windowed(lambda im: self.model.run("cont_analysis", image=im)[0], self._lowres(padded),
                          self.y_stride // self.downscale, 1, LATENT_WINDOW, LATENT_MARGIN)
             (z,) = self.model.run("hyper_analysis", y=y)
@@ -143,7 +142,7 @@ class Codec:
 
     def entropy_code(self, sym: Symbols) -> bytes:
         """One ANS payload; padded with terminators when it is below the format's minimum per tile
-        (only unusually flat or sparse images, see bitstream.MIN_PAYLOAD_PER_TILE)."""
+        (only unusually flat or sparse images, see streams.StreamKind.min_payload_per_tile)."""
         terminators = 1
         while (short := bitstream.payload_shortfall(sym.header, words := self._payload(sym, terminators))) > 0:
             terminators += -(-8 * short // TERMINATOR_BITS)
@@ -163,8 +162,8 @@ class Codec:
         small = cv2.resize(padded, (w // self.downscale, h // self.downscale), interpolation=cv2.INTER_AREA)
         return _to_float(small[None])
 
-    def _choose_schedules(self, rgb: np.ndarray, grid: TileGrid, mask: str, stream: str) -> list[int]:
-        if mask == "auto" and stream == "vq":
+    def _choose_schedules(self, rgb: np.ndarray, grid: TileGrid, mask: str, kind: StreamKind) -> list[int]:
+        if mask == "auto" and not kind.continuous:
             mask = "none"  # complexity-aware masking needs the continuous guidance
         if mask != "auto":
             code = schedule_code(mask)
@@ -213,10 +212,10 @@ class Codec:
         from making the decoder allocate or work for a huge image."""
         t, grid = self.model.tables, TileGrid(header.height, header.width)
         need = 0.0
-        if header.stream != "vq":
+        if header.kind.continuous:
             cells = grid.count * (TILE * TILE) // int(self.model.manifest["hyper_stride"]) ** 2
             need += cells * float(-np.log2(t.z_pmf.max(axis=1)).sum())
-        if header.stream != "continuous":
+        if header.kind.tokens:
             sent = sum(int(self._sent_positions(grid, k, c).sum()) for k, c in enumerate(header.schedules))
             need += sent * float(-np.log2(t.index_prior.max() / t.index_prior.sum()))
         if 0.9 * need > 32 * len(words) + 64:
@@ -226,9 +225,9 @@ class Codec:
         header, words, _ = self.read_header(data)
         grid = TileGrid(header.height, header.width)
         dec = Decoder(self.model.tables, words)
-        guidance = self._decode_continuous(dec, grid) if header.stream != "vq" else None
+        guidance = self._decode_continuous(dec, grid) if header.kind.continuous else None
         sent = []
-        if header.stream != "continuous":
+        if header.kind.tokens:
             for t, code in enumerate(header.schedules):
                 pos = self._sent_positions(grid, t, code)
                 sent.append((pos, dec.pop_indices(int(pos.sum()))))
@@ -236,7 +235,7 @@ class Codec:
         if guidance is not None and not np.isfinite(guidance).all():
             raise BitstreamError("corrupt payload: continuous stream decodes to invalid values")
         out = np.empty((grid.height, grid.width, 3), np.uint8)
-        if header.stream == "continuous":
+        if not header.kind.tokens:
             self._reconstruct_continuous(guidance, grid, out)
         else:
             self._decode_tiles(header, grid, sent, guidance, out, progress)
@@ -294,7 +293,8 @@ class Codec:
         px = self.token_px
         rows, cols = -(-grid.height // px), -(-grid.width // px)
         tok = tokens[:rows, :cols]
-        fused = header.stream == "hybrid" and self.correction and self.model.has("pixel_decoder")
+        # the correction network needs the guidance; --stream vq (no guidance) uses the plain VQ decoder
+        fused = header.kind.continuous and self.correction and self.model.has("pixel_decoder")
         wins = windows(rows, cols, DECODE_WINDOW, self.decode_margin)
         for k, win in enumerate(wins):
             idx = np.ascontiguousarray(tok[win.read()])[None]

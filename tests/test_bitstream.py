@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from hybridflow.runtime import bitstream
-from hybridflow.runtime.bitstream import MIN_PAYLOAD_PER_TILE, BitstreamError, Header
+from hybridflow.runtime.bitstream import BitstreamError, Header
+from hybridflow.runtime.streams import STREAMS, stream_kind
 
 
 def tiles_of(w: int, h: int) -> int:
@@ -13,7 +14,7 @@ def tiles_of(w: int, h: int) -> int:
 
 def words_for(stream: str, n_tiles: int, seed: int = 0) -> np.ndarray:
     """Random non-zero words, enough to pass the per-tile payload minimum."""
-    n = -(-MIN_PAYLOAD_PER_TILE[stream] * n_tiles // 4) + 1
+    n = -(-stream_kind(stream).min_payload_per_tile * n_tiles // 4) + 1
     return np.random.default_rng(seed).integers(1, 2**32, n, dtype=np.uint64).astype(np.uint32) | 1 << 24
 
 
@@ -29,12 +30,12 @@ def roundtrip(header: Header, words: np.ndarray) -> tuple[Header, np.ndarray, in
     return bitstream.read(bitstream.write(header, words))
 
 
-@pytest.mark.parametrize("stream", bitstream.STREAMS)
+@pytest.mark.parametrize("stream", STREAMS)
 def test_round_trip_uniform_and_mixed(stream: str) -> None:
     n = tiles_of(1000, 700)
     words = words_for(stream, n)
     for schedules in ([2] * n, [k % 6 for k in range(n)]):
-        sched = [] if stream == "continuous" else schedules
+        sched = schedules if stream_kind(stream).tokens else []
         h, w, _ = roundtrip(Header(stream, 1000, 700, b"abcd", sched), words)
         assert (h.stream, h.width, h.height, h.model_id, h.schedules) == (stream, 1000, 700, b"abcd", sched)
         np.testing.assert_array_equal(w, words)
@@ -127,13 +128,13 @@ def test_trailing_zero_payload_bytes_are_not_canonical() -> None:
             bitstream.read(signed(data[:-4] + tail))
 
 
-@pytest.mark.parametrize("stream", bitstream.STREAMS)
+@pytest.mark.parametrize("stream", STREAMS)
 def test_every_tile_must_be_paid_for(stream: str) -> None:
     """Issue 21.1: a 17-byte vq stream declared 65535×4096, all masked, and kept the decoder busy
-    for 35 minutes. The payload must carry MIN_PAYLOAD_PER_TILE bytes for each declared tile."""
-    sched = [] if stream == "continuous" else [5] * tiles_of(65535, 4096)
+    for 35 minutes. The payload must carry StreamKind.min_payload_per_tile bytes for each declared tile."""
+    sched = [5] * tiles_of(65535, 4096) if stream_kind(stream).tokens else []
     words = words_for(stream, 1)
-    flags = bitstream.STREAMS.index(stream) | (0 if stream == "continuous" else 0x4 | 5 << 3)
+    flags = STREAMS.index(stream) | (0x4 | 5 << 3 if stream_kind(stream).tokens else 0)
     forged = head(flags, bitstream._varint(65535) + bitstream._varint(4096)) + stored(words)
     with pytest.raises(BitstreamError, match="cannot pay for 4096"):
         bitstream.read(signed(forged))
