@@ -6,9 +6,9 @@ Averages hide the point of a < 0.05 bpp codec (texture instead of blur), so this
 image the same crop (the most detailed one: highest luma-Laplacian energy on a grid of candidates) is cut
 from every reconstruction and shown 1:1; titles carry bpp and PSNR of the *whole* image.
 
-- ``crops_streams.png``: original / continuous-only / VQ-only / hybrid (the two single-stream ablations
+- ``crops_streams.jpg``: original / continuous-only / VQ-only / hybrid (the two single-stream ablations
   against the combined stream; masks as in the RD benchmark's configurations).
-- ``crops_codecs.png``: original / HybridFlow (hybrid, mask auto) / AVIF / HEIC / WebP / JPEG, each classic
+- ``crops_codecs.jpg``: original / HybridFlow (hybrid, mask auto) / AVIF / HEIC / WebP / JPEG, each classic
   codec at the quality whose bpp is closest to HybridFlow's on that image. Every integer quality within
   the range ``benchmarks/baselines.py`` uses is tried, so the match is as close as the codec allows; where
   it still cannot get within 1.5× of HybridFlow's rate the title says so."""
@@ -28,7 +28,7 @@ from benchmarks.kodak import load_images
 from hybridflow.runtime import Codec, metrics
 
 DEFAULT_IMAGES = "kodim04,kodim15,kodim23"
-CODECS = ("AVIF", "HEIC (x265)", "WebP", "JPEG")  # columns of crops_codecs.png, in this order
+CODECS = ("AVIF", "HEIC (x265)", "WebP", "JPEG")  # columns of crops_codecs.jpg, in this order
 MAX_RATIO = 1.5  # a classic codec further than this from HybridFlow's bpp is flagged in its title
 DPI = 100
 PAD, TITLE = 8, 40  # pixels around panels / above each panel for its title
@@ -129,7 +129,7 @@ def figure(rows: list[list[tuple[np.ndarray, str]]], size: int, path: Path) -> N
             ax.imshow(img, interpolation="none")
             ax.set_title(title, fontsize=7.5, pad=2, linespacing=1.1)
             ax.axis("off")
-    fig.savefig(path, dpi=DPI)
+    fig.savefig(path, dpi=DPI, pil_kwargs={"quality": 92, "subsampling": 0})  # JPEG 4:4:4: the tree stays small
     plt.close(fig)
 
 
@@ -175,7 +175,7 @@ def main() -> None:
     header = ["image", "codec / stream", "setting", "bpp", "PSNR (dB)", "sharpness", "note"]
     print("\nStreams (whole-image figures):\n\n" + table(header, stream_lines))
     print("\nClassic codecs at HybridFlow's rate:\n\n" + table(header, codec_lines) + "\n")
-    for file, rows in (("crops_streams.png", stream_rows), ("crops_codecs.png", codec_rows)):
+    for file, rows in (("crops_streams.jpg", stream_rows), ("crops_codecs.jpg", codec_rows)):
         figure(rows, args.size, args.out / file)
         print(f"wrote {args.out / file}")
 

@@ -92,7 +92,7 @@ def main() -> None:
         "all points in "
         "`benchmarks/out/rd_points.csv`.\n",
         crops,
-        "Figures: `benchmarks/out/crops_streams.png`, `benchmarks/out/crops_codecs.png`.\n",
+        "Figures: `benchmarks/out/crops_streams.jpg`, `benchmarks/out/crops_codecs.jpg`.\n",
         runtime,
         speed,
         *(quoted(*item) for item in SEPARATE),

@@ -104,15 +104,24 @@ def stage3(
     lr_decay: bool = typer.Option(False, help="LR falls linearly to 0 at --steps"),
     disc_weight: float = typer.Option(0.0, help="> 0 adds a patch-GAN term (gradient-balanced weight × this)"),
     disc_init: Path = typer.Option(None, help="stage1-vq checkpoint whose discriminator starts the GAN"),
+    perceptual_weight: float = typer.Option(0.5, help="weight of the (1 − MS-SSIM) + FFT-amplitude term"),
+    lpips_weight: float = typer.Option(0.0, help="weight of the LPIPS-VGG term (../shared/weights/lpips)"),
+    train_vq_decoder: bool = typer.Option(False, help="fine-tune the VQ decoder together with the correction"),
+    plain_share: float = typer.Option(0.0, help="share of steps training the plain VQ decoder on full maps"),
+    decoder_norm: str = typer.Option("", help="'channel': convert both decoders to position-wise norm first"),
+    bf16: bool = typer.Option(False, help="bfloat16 autocast for the forward pass"),
+    val_every: int = typer.Option(0, help="score the fused decoder on val tiles every N steps (0: never)"),
     cache_dir: Path = CACHE,
 ) -> None:
-    """Correction network (L1 + MS-SSIM/FFT term [+ texture, GAN]), everything else frozen."""
+    """Correction network (L1 + MS-SSIM/FFT term [+ LPIPS-VGG, texture, GAN]); optionally the VQ decoder too."""
     from .stage3 import Stage3TrainConfig, train
 
     cfg = Stage3TrainConfig(steps=steps, batch=batch, crop_tokens=crop_tokens, tiles=tiles, threads=threads,
                             texture_weight=texture_weight, texture_match=texture_match,
                             init=str(init) if init else "", lr=lr, lr_decay=lr_decay, disc_weight=disc_weight,
-                            disc_init=str(disc_init) if disc_init else "")
+                            disc_init=str(disc_init) if disc_init else "", perceptual_weight=perceptual_weight,
+                            lpips_weight=lpips_weight, train_vq_decoder=train_vq_decoder, plain_share=plain_share,
+                            decoder_norm=decoder_norm, bf16=bf16, val_every=val_every)
     train(run_dir, cfg, vq, cont, predictor, cache_dir)
 
 
