@@ -82,9 +82,9 @@ def main() -> None:
     import ray
 
     lines = [f"# benchmarks/scale.py — {time.strftime('%Y-%m-%d %H:%M:%S')}",
-             f"command: nice -n 10 python -m benchmarks.scale --images {args.images} --rounds {args.rounds} "
-             f"--mask {args.mask}"
-             + (f" --model {args.model}" if args.model else ""),
+             f"command: python -m benchmarks.scale --images {args.images} --rounds {args.rounds} "
+             f"--mask {args.mask}" + (f" --model {args.model}" if args.model else "")
+             + f" (process nice {os.nice(0)})",
              f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; ray {ray.__version__}",
              f"load average (1/5/15 min) at start: {loadavg()}"]
     with tempfile.TemporaryDirectory(prefix="hf-scale-") as tmp:
