@@ -134,22 +134,24 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
                     rec = model.decoder(zq)
                 else:
                     rec, _, qloss, z = model(x)
-                rec = rec.float()
-                l1 = (rec - x).abs().mean()
-                perc = perceptual_loss(rec, x)
-                loss = l1 + cfg.perceptual_weight * perc
-                if cfg.texture_weight:
-                    loss = loss + cfg.texture_weight * texture_energy_loss(rec, x, cfg.texture_match)
-                gan_on = state.step >= cfg.disc_start
-                w_gan = 0.0
-                if gan_on:
-                    g_loss = -disc(rec).mean()
-                    w_gan = cfg.disc_weight * min(1.0, (state.step - cfg.disc_start) / 500)
-                    if cfg.adaptive_gan:
-                        w_gan = w_gan * adaptive_weight(loss, g_loss, model.decoder.conv_out.weight)
-                    loss = loss + w_gan * g_loss
-                if not cfg.decoder_only:
-                    loss = loss + qloss
+            # losses in fp32, outside autocast: MS-SSIM's E[x²] − μ² cancels catastrophically in bf16
+            # (batch 32 from the shipped model: the loss reached −inf at step 4, then NaN weights)
+            rec = rec.float()
+            l1 = (rec - x).abs().mean()
+            perc = perceptual_loss(rec, x)
+            loss = l1 + cfg.perceptual_weight * perc
+            if cfg.texture_weight:
+                loss = loss + cfg.texture_weight * texture_energy_loss(rec, x, cfg.texture_match)
+            gan_on = state.step >= cfg.disc_start
+            w_gan = 0.0
+            if gan_on:
+                g_loss = -disc(rec).mean()
+                w_gan = cfg.disc_weight * min(1.0, (state.step - cfg.disc_start) / 500)
+                if cfg.adaptive_gan:
+                    w_gan = w_gan * adaptive_weight(loss, g_loss, model.decoder.conv_out.weight)
+                loss = loss + w_gan * g_loss
+            if not cfg.decoder_only:
+                loss = loss + qloss
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
