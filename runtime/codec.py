@@ -236,7 +236,7 @@ class Codec:
             raise BitstreamError("corrupt payload: continuous stream decodes to invalid values")
         out = np.empty((grid.height, grid.width, 3), np.uint8)
         if not header.kind.tokens:
-            self._reconstruct_continuous(guidance, grid, out)
+            self._reconstruct_continuous(guidance, out)
         else:
             self._decode_tiles(header, grid, sent, guidance, out, progress)
         return out
@@ -286,7 +286,7 @@ class Codec:
         return tokens
 
     def _decode_pixels(self, header: Header, grid: TileGrid, tokens: np.ndarray, guidance: np.ndarray | None,
-                       out: np.ndarray, progress: Callable[[int, int], None] | None) -> None:
+                       out: np.ndarray, progress: Progress | None) -> None:
         """Pass 2: the token image (only the tokens that touch the picture) decoded in large windows,
         each with a margin of at least the decoder's receptive field. With a position-wise decoder
         this equals decoding the whole token image in one call: no seams by construction."""
@@ -303,15 +303,11 @@ class Codec:
                 (rgb,) = self.model.run("pixel_decoder", indices=idx, guidance=g)
             else:
                 (rgb,) = self.model.run("vq_decoder", indices=idx)
-            ys, xs = win.write(px)
-            ky, kx = win.keep(px)
-            h, w = min(ys.stop, grid.height) - ys.start, min(xs.stop, grid.width) - xs.start
-            out[ys.start : ys.start + h, xs.start : xs.start + w] = _to_u8(
-                rgb[:, :, ky.start : ky.start + h, kx.start : kx.start + w])[0]
+            win.paste(out, _to_u8(rgb)[0], px)
             if progress:
                 progress(k + 1, len(wins))
 
-    def _reconstruct_continuous(self, guidance: np.ndarray, grid: TileGrid, out: np.ndarray) -> None:
+    def _reconstruct_continuous(self, guidance: np.ndarray, out: np.ndarray) -> None:
         """Low-res reconstruction upsampled ×4, in overlapping windows so memory stays bounded."""
         per_cell = TILE // self.grid_side  # full-resolution pixels per guidance cell
         gh, gw = guidance.shape[2:]
@@ -320,12 +316,7 @@ class Codec:
                                                                                                  *win.read())])[None])
             ry, rx = win.read(per_cell)
             up = cv2.resize(_to_u8(low)[0], (rx.stop - rx.start, ry.stop - ry.start), interpolation=cv2.INTER_CUBIC)
-            ys, xs = win.write(per_cell)
-            ky, kx = win.keep(per_cell)
-            h, w = min(ys.stop, grid.height) - ys.start, min(xs.stop, grid.width) - xs.start
-            if h > 0 and w > 0:
-                out[ys.start : ys.start + h, xs.start : xs.start + w] = up[ky.start : ky.start + h,
-                                                                          kx.start : kx.start + w]
+            win.paste(out, up, per_cell)
 
     # ------------------------------------------------------------------------------------ info
     def info(self, data: bytes) -> StreamInfo:

@@ -81,13 +81,6 @@ def tile_stack(padded: np.ndarray, grid: TileGrid, ids: range) -> np.ndarray:
     return out
 
 
-def place(out: np.ndarray, grid: TileGrid, t: int, tile: np.ndarray) -> None:
-    """Write the in-image part of a decoded tile into the output image."""
-    y, x = grid.position(t)
-    h, w = grid.valid_box(t)
-    out[y : y + h, x : x + w] = tile[:h, :w]
-
-
 @dataclass(frozen=True)
 class Window:
     """One window of a cell grid: it is responsible for the cells ``inner`` and reads ``outer``
@@ -112,6 +105,15 @@ class Window:
         (iy0, iy1, ix0, ix1), (oy0, _, ox0, _) = self.inner, self.outer
         return (slice((iy0 - oy0) * per_cell, (iy1 - oy0) * per_cell),
                 slice((ix0 - ox0) * per_cell, (ix1 - ox0) * per_cell))
+
+    def paste(self, out: np.ndarray, result: np.ndarray, per_cell: int) -> None:
+        """Copy the kept part of the window's ``result`` (H, W, …) into ``out`` (the picture), clipped
+        to ``out``'s size: the last row and column of cells may run past the picture's edge."""
+        (ys, xs), (ky, kx) = self.write(per_cell), self.keep(per_cell)
+        h, w = min(ys.stop, out.shape[0]) - ys.start, min(xs.stop, out.shape[1]) - xs.start
+        if h > 0 and w > 0:
+            out[ys.start : ys.start + h, xs.start : xs.start + w] = result[ky.start : ky.start + h,
+                                                                          kx.start : kx.start + w]
 
 
 def windows(h: int, w: int, window: int, margin: int) -> list[Window]:
