@@ -32,7 +32,7 @@ import numpy as np
 import onnx
 
 from hybridflow.runtime import Codec
-from hybridflow.runtime.metrics import psnr
+from hybridflow.runtime.metrics import lpips_alex, psnr
 from hybridflow.runtime.model import INT8_SUFFIX, Model
 from hybridflow.runtime.session import CPU, open_session
 
@@ -296,7 +296,6 @@ def int_list(text: str) -> list[int]:
 
 def main() -> None:
     from benchmarks.kodak import load_images
-    from benchmarks.lpips import maybe_load
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, required=True, help="a model exported with --quantize int8")
@@ -323,7 +322,7 @@ def main() -> None:
     side = args.window or _runtime_window(man)
     parts.append(window_section(model, args.ckpt, side, args.threads, args.repeat))
     print(parts[-1], flush=True)
-    lpips = maybe_load() if (args.val or args.kodak) else None
+    lpips = lpips_alex(say=print) if (args.val or args.kodak) else None
     threads = max(args.threads)
     if args.kodak:
         parts += ["", decode_section(args.model, load_images(limit=args.kodak), "Kodak (end to end)", threads,

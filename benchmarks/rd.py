@@ -6,14 +6,13 @@ Writes ``rd_points.csv`` (one row per image × codec × setting), ``rd_psnr.png`
 ``rd_sharpness.png``, ``rd_sharpness_half.png``
 and ``rd_summary.md`` (mean points, BD-rate/BD-PSNR over the overlapping range,
 each codec's lowest reachable rate). bpp always comes from real file bytes. With LPIPS-Alex weights
-on disk (``--lpips DIR`` or ``$HF_LPIPS_WEIGHTS``, see ``benchmarks/lpips.py``) every row, the summary
+on disk (``--lpips DIR`` or ``$HF_LPIPS_WEIGHTS``, see ``runtime/metrics.lpips_alex``) every row, the summary
 and ``rd_lpips.png`` also carry LPIPS; without them it is skipped with a one-line note."""
 
 from __future__ import annotations
 
 import argparse
 import csv
-import os
 import platform
 import subprocess
 import time
@@ -22,7 +21,6 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks import lpips
 from benchmarks.baselines import available
 from benchmarks.kodak import load_images
 from hybridflow.runtime import Codec, metrics
@@ -68,14 +66,14 @@ def main() -> None:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--only", default="", help="comma-separated STREAM:MASK rows to run (e.g. hybrid:auto,vq:none); "
                                                "default: every row and the classic codecs")
-    ap.add_argument("--lpips", default=os.environ.get(lpips.ENV),
-                    help=f"folder with {lpips.ALEXNET_FILE} and {lpips.LINEAR_FILE} (default ${lpips.ENV})")
+    ap.add_argument("--lpips", default=None, help="folder with the LPIPS-Alex weights (default: "
+                                                  "$HF_LPIPS_WEIGHTS, else ../shared/weights/lpips)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     images = load_images(args.folder, args.limit)
     codec = Codec.load(args.model, provider="cpu")
     plain = Codec(codec.model, correction=False)  # same graphs, hybrid streams through the plain VQ decoder
-    perceptual = lpips.maybe_load(args.lpips)
+    perceptual = metrics.lpips_alex(args.lpips, say=print)
     rows: list[dict[str, object]] = []
     picked: Counter[str] = Counter()  # the schedules `auto` chose, over all tiles
     only = {tuple(item.split(":")) for item in args.only.split(",") if item}

@@ -18,7 +18,7 @@ import torch
 
 from benchmarks.kodak import load_images
 from hybridflow.models import checkpoint
-from hybridflow.models.train.stage2 import load_frozen, tokens_and_guidance
+from hybridflow.models.train.tile_cache import load_frozen, tokens_and_guidance
 from hybridflow.models.transformer import MaskedTokenPredictor, TransformerConfig
 from hybridflow.runtime import metrics
 from hybridflow.runtime.masking import sent_mask

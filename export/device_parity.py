@@ -27,9 +27,8 @@ from ..models.train.options import parse
 class ParityConfig:
     """ONNX Runtime (CPU) vs PyTorch on a device, for every graph of stage checkpoints."""
 
-    ckpts: str = field(default="", metadata={"help": "folder with vq.pt, cont.pt [predictor.pt correction.pt]",
-                                             "required": True})
-    out: str = field(default="", metadata={"help": "JSON report to write", "required": True})
+    ckpts: str = field(metadata={"help": "folder with vq.pt, cont.pt [predictor.pt correction.pt]"})
+    out: str = field(metadata={"help": "JSON report to write"})
     device: str = field(default="cuda", metadata={"help": "device of the PyTorch side"})
     data: str = field(default="", metadata={"help": "data root whose val/ gives real tiles (default: HF_DATA)"})
     fp16_weights: bool = field(default=True, metadata={"help": "export as hf-export does (fp16 + Cast)"})

@@ -15,7 +15,7 @@ decoder derive bit-identical entropy parameters on any machine."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -27,10 +27,10 @@ from .layers import GDN
 
 @dataclass
 class ContConfig:
-    channels: int = 96
-    latent: int = 128
-    hyper: int = 64
-    downscale: int = 4  # full-resolution → low-res input of this codec
+    channels: int = field(default=96, metadata={"help": "channels of the transforms (and of the guidance g)"})
+    latent: int = field(default=128, metadata={"help": "channels of the latent y"})
+    hyper: int = field(default=64, metadata={"help": "channels of the hyper-latent z"})
+    downscale: int = field(default=4, metadata={"help": "full resolution → the low-res input of this codec"})
 
 
 def conv(c_in: int, c_out: int, k: int = 5, stride: int = 2) -> nn.Conv2d:

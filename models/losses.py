@@ -76,6 +76,9 @@ def local_detail(x: torch.Tensor, window: int = 8) -> torch.Tensor:
     return local_energy(x, window).clamp_min(1e-8).sqrt()
 
 
+TEXTURE_MATCHES = ("rms", "energy", "oriented", "oriented_total")  # what texture_energy_loss can compare
+
+
 def texture_energy_loss(x: torch.Tensor, y: torch.Tensor, match: str = "rms") -> torch.Tensor:
     """L1 between the local detail of reconstruction and original. It asks for the *amount* of fine
     detail in each 8×8 region, not its exact phase, so the decoder may draw plausible texture

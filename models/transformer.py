@@ -18,7 +18,7 @@ dynamic shapes (``nn.MultiheadAttention`` freezes the memory length under the le
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -27,16 +27,19 @@ from torch import nn
 
 @dataclass
 class TransformerConfig:
-    n_codes: int = 1024
-    grid: int = 16
-    guidance_channels: int = 96
-    dim: int = 192
-    heads: int = 4
-    enc_layers: int = 4
-    dec_layers: int = 4
-    mlp_ratio: float = 3.0
-    code_dim: int = 0  # >0: embed/score tokens through the VQ codebook (``set_codebook``)
-    guidance_input: bool = False  # add the aligned guidance to each decoder position
+    n_codes: int = field(default=1024, metadata={"derived": "the VQ model's codebook size"})
+    grid: int = field(default=16, metadata={"derived": "the token grid of one tile"})
+    guidance_channels: int = field(default=96, metadata={"derived": "the continuous codec's guidance channels"})
+    dim: int = field(default=192, metadata={"help": "width of the transformer"})
+    heads: int = field(default=4, metadata={"help": "attention heads"})
+    enc_layers: int = field(default=4, metadata={"help": "encoder blocks (self-attention over visible tokens)"})
+    dec_layers: int = field(default=4, metadata={"help": "decoder blocks (self- and cross-attention)"})
+    mlp_ratio: float = field(default=3.0, metadata={"help": "MLP width ÷ dim"})
+    # >0: embed/score tokens through the VQ codebook (``set_codebook``)
+    code_dim: int = field(default=0, metadata={"derived": "the VQ code dimension, or 0 (stage 2's use_codebook)"})
+    # off here, so that checkpoints written before the option existed load as they were trained
+    guidance_input: bool = field(default=False, metadata={"help": "also add the aligned guidance to each "
+                                                                  "decoder position"})
 
 
 class Attention(nn.Module):

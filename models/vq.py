@@ -7,25 +7,28 @@ training (see :meth:`Quantizer.restart_dead_codes`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import Downsample, ResBlock, Upsample, group_norm, norm_layer
+from .layers import NORMS, Downsample, ResBlock, Upsample, group_norm, norm_layer
 
 
 @dataclass
 class VQConfig:
-    channels: tuple[int, ...] = (32, 64, 96, 128)  # one entry per ×2 down/up stage
-    bottleneck: int = 128
-    code_dim: int = 16
-    n_codes: int = 1024
-    beta: float = 0.25  # commitment weight
+    channels: tuple[int, ...] = field(default=(32, 64, 96, 128), metadata={"help": "channels of each ×2 down/up "
+                                                                                  "stage (their count sets the "
+                                                                                  "token size)"})
+    bottleneck: int = field(default=128, metadata={"help": "channels at the token resolution"})
+    code_dim: int = field(default=16, metadata={"help": "dimension of the l2-normalised codes"})
+    n_codes: int = field(default=1024, metadata={"help": "codebook size"})
+    beta: float = field(default=0.25, metadata={"help": "commitment weight"})
     # "channel": position-wise, so windowed decoding equals whole-image decoding (layers.ChannelNorm);
     # "group" is what models up to s7 were trained with (statistics over the whole map: seams)
-    decoder_norm: str = "group"
+    decoder_norm: str = field(default="group", metadata={"help": "decoder normalisation ('channel': "
+                                                                 "position-wise, seamless)", "choices": NORMS})
 
     @property
     def factor(self) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -56,15 +57,24 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float:
 Perceptual = Callable[[np.ndarray, np.ndarray], float]
 
 
-def lpips_alex() -> Perceptual | None:
-    """LPIPS-Alex, the perceptual yardstick, when torch and its weights are present (a training
-    install with ``../shared/weights/lpips`` or ``$HF_LPIPS_WEIGHTS``); None otherwise. The runtime
-    itself never needs torch: this is only for reporting."""
+def lpips_alex(folder: str | Path | None = None, say: Callable[[str], None] | None = None) -> Perceptual | None:
+    """LPIPS-Alex, the perceptual yardstick (``models/lpips.py``), as a function of two (H, W, 3) uint8
+    images, when torch and its weights are present: a training install with the weights in ``folder``,
+    else ``$HF_LPIPS_WEIGHTS``, else ``../shared/weights/lpips``. Otherwise None, after telling ``say``
+    in one line what is missing (the benchmarks print it; ``hf-run eval`` just leaves the column out).
+    The runtime itself never needs torch: this is only for reporting."""
     try:
-        from ..models.lpips import LPIPS, available
+        from ..models.lpips import ALEX, ENV, LPIPS, available, weights_dir
     except ImportError:
+        if say:
+            say("LPIPS-Alex skipped: torch is not installed (pip install -e .[train])")
         return None
-    return LPIPS("alex").distance if available("alex") else None
+    path = Path(folder) if folder else weights_dir()
+    if not available("alex", path):
+        if say:
+            say(f"LPIPS-Alex skipped: {path} lacks {ALEX.features_file} or {ALEX.heads_file} (set {ENV} or --lpips)")
+        return None
+    return LPIPS("alex", folder=path).distance
 
 
 def quality(original: np.ndarray, n_bytes: int, reconstruction: np.ndarray,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -34,10 +36,18 @@ def test_vgg_loss_trains_the_input_not_the_network(photo: np.ndarray) -> None:
     assert all(not p.requires_grad for p in m.parameters())
 
 
-def test_benchmark_front_end_matches_the_module(photo: np.ndarray) -> None:
-    from benchmarks import lpips as bench
+def test_image_front_end_matches_the_module(photo: np.ndarray) -> None:
+    from hybridflow.runtime.metrics import lpips_alex
 
-    f = bench.maybe_load()
+    f = lpips_alex()
     assert f is not None
     a, b = photo[:128, :128], np.ascontiguousarray(photo[:128, :128][:, ::-1])
     assert f(a, b) == pytest.approx(float(lpips_mod.LPIPS("alex")(_img(a), _img(b))[0]), rel=1e-6)
+
+
+def test_missing_weights_are_said_in_one_line(tmp_path: Path) -> None:
+    from hybridflow.runtime.metrics import lpips_alex
+
+    said: list[str] = []
+    assert lpips_alex(tmp_path, say=said.append) is None
+    assert len(said) == 1 and str(tmp_path) in said[0] and "alexnet-features.pth" in said[0]

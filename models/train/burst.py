@@ -35,9 +35,8 @@ OUT_FILES = ("vq.pt", "cont.pt", "predictor.pt", "correction.pt", "burst_log.jso
 class BurstConfig:
     """Train all stages within a wall-clock budget (see models/train/burst.py)."""
 
-    out: str = field(default="", metadata={"help": "folder for the fp16 checkpoints and the log", "required": True})
-    data: str = field(default="", metadata={"help": "data root: a pack (hf-train pack) with train/ val/ [lpips/]",
-                                            "required": True})
+    out: str = field(metadata={"help": "folder for the fp16 checkpoints and the log"})
+    data: str = field(metadata={"help": "data root: a pack (hf-train pack) with train/ val/ [lpips/]"})
     minutes: float = field(default=8.0, metadata={"help": "wall-clock budget of the whole run"})
     device: str = field(default="cuda", metadata={"help": "cuda or cpu"})
     init: str = field(default="shipped", metadata={"help": "shipped | scratch | a model directory or bundle"})
@@ -85,6 +84,7 @@ def _model_configs(cfg: BurstConfig, start: dict[str, Path]) -> tuple[Any, Any, 
     from ..hyperprior import ContConfig
     from ..transformer import TransformerConfig
     from ..vq import VQConfig
+    from . import stage2
 
     if cfg.toy:
         return (VQConfig(channels=(8, 8, 16, 16), bottleneck=16, code_dim=8, n_codes=64),
@@ -93,7 +93,7 @@ def _model_configs(cfg: BurstConfig, start: dict[str, Path]) -> tuple[Any, Any, 
     vq_cfg = checkpoint.to_config(VQConfig, checkpoint.load(start["vq"])["config"]) if "vq" in start else VQConfig()
     cont_cfg = (checkpoint.to_config(ContConfig, checkpoint.load(start["cont"])["config"]) if "cont" in start
                 else ContConfig())
-    return vq_cfg, cont_cfg, TransformerConfig(guidance_input=True)  # the CLI's stage-2 defaults
+    return vq_cfg, cont_cfg, stage2.new_model_config()
 
 
 def _summary(run_dir: Path, batch: int, wall_s: float) -> dict[str, Any]:

@@ -1,128 +1,130 @@
-"""``hf-train``: one sub-command per training stage. Every run resumes from ``RUN_DIR/last.pt``."""
+"""``hf-train``: one sub-command per training stage, plus the release tools. Every run resumes from
+``RUN_DIR/last.pt``.
+
+A stage's options are the fields of its dataclasses (``options.py``): where it reads and writes (the
+``…Files`` classes below), its training config and, where the stage builds a network, the model config
+(both saved in every checkpoint). ``hf-train stage2 --help`` lists them with their defaults."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import typer
+
+from . import options
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Train HybridFlow's stages.")
 
 CACHE = Path(".cache/hybridflow")
+FORWARDED = {"context_settings": {"allow_extra_args": True, "ignore_unknown_options": True}, "add_help_option": False}
 
 
-@app.command("stage1-vq")
-def stage1_vq(
-    run_dir: Path = typer.Option(Path("runs/vq"), help="checkpoints and log.jsonl go here"),
-    steps: int = 6000,
-    batch: int = 8,
-    crop: int = typer.Option(128, help="training crop size; the runtime decodes 256² tiles"),
-    threads: int = 1,
-    disc_start: int = 2500,
-    disc_weight: float = 0.1,
-    adaptive_gan: bool = typer.Option(False, help="VQGAN's gradient-balanced GAN weight"),
-    lr: float = 4e-4,
-    lr_decay: bool = typer.Option(False, help="generator LR falls linearly to 0 at --steps"),
-    init: Path = typer.Option(None, help="start from this stage1-vq checkpoint (model + discriminator)"),
-    decoder_only: bool = typer.Option(False, help="freeze encoder and codebook: token maps stay as in --init"),
-    val_every: int = 500,
-    texture_weight: float = typer.Option(0.0, help="weight of the local detail-energy loss"),
-    texture_match: str = typer.Option("rms", help="rms|energy|oriented|oriented_total (losses.py)"),
-    cache_dir: Path = CACHE,
-) -> None:
-    """VQ autoencoder (discrete stream)."""
-    from ..vq import VQConfig
-    from .stage1_vq import VQTrainConfig, train
+@dataclass(kw_only=True)
+class RunFiles:
+    """Where a stage writes (not part of the saved training config)."""
 
-    cfg = VQTrainConfig(steps=steps, batch=batch, crop=crop, threads=threads, disc_start=disc_start,
-                        disc_weight=disc_weight, adaptive_gan=adaptive_gan, lr=lr, lr_decay=lr_decay,
-                        init=str(init or ""), decoder_only=decoder_only, val_every=val_every,
-                        texture_weight=texture_weight, texture_match=texture_match)
-    train(run_dir, cfg, VQConfig(), cache_dir)
+    run_dir: Path = field(metadata={"help": "checkpoints and log.jsonl go here; a run resumes from its last.pt"})
+    cache_dir: Path = field(default=CACHE, metadata={"help": "decoded training images and the stages' tile caches"})
 
 
-@app.command("stage1-cont")
-def stage1_cont(
-    run_dir: Path = typer.Option(Path("runs/cont"), help="checkpoints and log.jsonl go here"),
-    steps: int = 20000,
-    batch: int = 16,
-    threads: int = 1,
-    target_bpp: float = 0.025,
-    cache_dir: Path = CACHE,
-) -> None:
-    """Continuous hyperprior codec on the 4×-downsampled image."""
+@dataclass(kw_only=True)
+class FrozenFiles(RunFiles):
+    """A later stage's frozen stage-1 models, too."""
+
+    vq: Path = field(metadata={"help": "frozen stage1-vq checkpoint", "must_exist": True})
+    cont: Path = field(metadata={"help": "frozen stage1-cont checkpoint", "must_exist": True})
+
+
+@dataclass(kw_only=True)
+class Stage2Files(FrozenFiles):
+    cache_only: bool = field(default=False, metadata={"help": "only build the token/guidance cache, then exit"})
+
+
+@dataclass(kw_only=True)
+class Stage3Files(FrozenFiles):
+    predictor: Path = field(metadata={"help": "frozen stage2 checkpoint", "must_exist": True})
+
+
+def stage_specs(stage: str) -> tuple[options.Spec, ...]:
+    """The dataclasses whose fields are ``hf-train STAGE``'s options, in the order ``parse_stage``
+    returns them filled (imported here: they pull in torch)."""
     from ..hyperprior import ContConfig
-    from .stage1_cont import ContTrainConfig, train
-
-    cfg = ContTrainConfig(steps=steps, batch=batch, threads=threads, target_bpp=target_bpp)
-    train(run_dir, cfg, ContConfig(), cache_dir)
-
-
-@app.command("stage2")
-def stage2(
-    vq: Path = typer.Option(..., help="frozen stage1-vq checkpoint"),
-    cont: Path = typer.Option(..., help="frozen stage1-cont checkpoint"),
-    run_dir: Path = typer.Option(Path("runs/stage2"), help="checkpoints, token cache and log.jsonl go here"),
-    steps: int = 3000,
-    batch: int = 16,
-    tiles: int = 3000,
-    dim: int = 192,
-    layers: int = 4,
-    lr: float = 5e-4,
-    guidance: bool = typer.Option(True, help="--no-guidance trains the ablation without cross-attention"),
-    codebook: bool = typer.Option(True, help="embed and score tokens through the VQ codebook vectors"),
-    guidance_input: bool = typer.Option(True, help="also add the aligned guidance to each decoder position"),
-    cache_only: bool = typer.Option(False, help="only build the token/guidance cache, then exit"),
-    threads: int = 1,
-    cache_dir: Path = CACHE,
-) -> None:
-    """Masked-token transformer guided by the continuous stream."""
     from ..transformer import TransformerConfig
-    from .stage2 import Stage2TrainConfig, train
+    from ..vq import VQConfig
+    from .stage1_cont import ContTrainConfig
+    from .stage1_vq import VQTrainConfig
+    from .stage2 import Stage2TrainConfig, new_model_config
+    from .stage3 import Stage3TrainConfig
 
-    cfg = Stage2TrainConfig(steps=steps, batch=batch, tiles=tiles, threads=threads, use_guidance=guidance, lr=lr,
-                            use_codebook=codebook)
-    model_cfg = TransformerConfig(dim=dim, enc_layers=layers, dec_layers=layers, guidance_input=guidance_input)
-    train(run_dir, cfg, model_cfg, vq, cont, cache_dir, cache_only)
+    runs = Path("runs")
+    return {
+        "stage1-vq": ((RunFiles, {"run_dir": runs / "vq"}), VQTrainConfig, VQConfig),
+        "stage1-cont": ((RunFiles, {"run_dir": runs / "cont"}), ContTrainConfig, ContConfig),
+        "stage2": ((Stage2Files, {"run_dir": runs / "stage2"}), Stage2TrainConfig,
+                   (TransformerConfig, vars(new_model_config()))),
+        "stage3": ((Stage3Files, {"run_dir": runs / "stage3"}), Stage3TrainConfig),
+    }[stage]
 
 
-@app.command("stage3")
-def stage3(
-    vq: Path = typer.Option(..., help="frozen stage1-vq checkpoint"),
-    cont: Path = typer.Option(..., help="frozen stage1-cont checkpoint"),
-    predictor: Path = typer.Option(..., help="frozen stage2 checkpoint"),
-    run_dir: Path = typer.Option(Path("runs/stage3"), help="checkpoints, tile cache and log.jsonl go here"),
-    steps: int = 3000,
-    batch: int = 8,
-    crop_tokens: int = typer.Option(8, help="training crop in tokens (16 = the runtime's whole 256² tile)"),
-    tiles: int = 1500,
-    texture_weight: float = typer.Option(0.0, help="weight of the local-detail (sharpness) term"),
-    texture_match: str = typer.Option("rms", help="rms|energy|oriented|oriented_total (losses.py)"),
-    threads: int = 1,
-    init: Path = typer.Option(None, help="start from this stage3 checkpoint instead of a copy of the VQ decoder"),
-    lr: float = 2e-4,
-    lr_decay: bool = typer.Option(False, help="LR falls linearly to 0 at --steps"),
-    disc_weight: float = typer.Option(0.0, help="> 0 adds a patch-GAN term (gradient-balanced weight × this)"),
-    disc_init: Path = typer.Option(None, help="stage1-vq checkpoint whose discriminator starts the GAN"),
-    perceptual_weight: float = typer.Option(0.5, help="weight of the (1 − MS-SSIM) + FFT-amplitude term"),
-    lpips_weight: float = typer.Option(0.0, help="weight of the LPIPS-VGG term (../shared/weights/lpips)"),
-    train_vq_decoder: bool = typer.Option(False, help="fine-tune the VQ decoder together with the correction"),
-    plain_share: float = typer.Option(0.0, help="share of steps training the plain VQ decoder on full maps"),
-    decoder_norm: str = typer.Option("", help="'channel': convert both decoders to position-wise norm first"),
-    bf16: bool = typer.Option(False, help="bfloat16 autocast for the forward pass"),
-    val_every: int = typer.Option(0, help="score the fused decoder on val tiles every N steps (0: never)"),
-    cache_dir: Path = CACHE,
-) -> None:
+def parse_stage(stage: str, argv: Sequence[str], description: str | None = None) -> list[Any]:
+    """``hf-train STAGE ARGV…`` → its files, its training config and (stages 1 and 2) its model config."""
+    specs = stage_specs(stage)
+    p = options.parser(f"hf-train {stage}", description, *specs)
+    if stage == "stage2":  # the short form the documented runs use
+        p.add_argument("--layers", type=int, help="sets both --enc-layers and --dec-layers")
+    ns = p.parse_args(argv)
+    if getattr(ns, "layers", None) is not None:
+        ns.enc_layers = ns.dec_layers = ns.layers
+    return [options.build(spec[0] if isinstance(spec, tuple) else spec, ns) for spec in specs]
+
+
+def _stage(stage: str, ctx: typer.Context, description: str | None) -> list[Any]:
+    """``parse_stage``, then a one-line error, before any work, for a checkpoint that is not there."""
+    configs = parse_stage(stage, ctx.args, description)
+    for path in options.must_exist(*configs):
+        if not Path(path).is_file():
+            typer.echo(f"error: {path}: no such checkpoint", err=True)
+            raise typer.Exit(1)
+    return configs
+
+
+@app.command("stage1-vq", **FORWARDED)
+def stage1_vq(ctx: typer.Context) -> None:
+    """VQ autoencoder (discrete stream)."""
+    from .stage1_vq import train
+
+    files, cfg, model_cfg = _stage("stage1-vq", ctx, stage1_vq.__doc__)
+    train(files.run_dir, cfg, model_cfg, files.cache_dir)
+
+
+@app.command("stage1-cont", **FORWARDED)
+def stage1_cont(ctx: typer.Context) -> None:
+    """Continuous hyperprior codec on the downsampled image."""
+    from .stage1_cont import train
+
+    files, cfg, model_cfg = _stage("stage1-cont", ctx, stage1_cont.__doc__)
+    train(files.run_dir, cfg, model_cfg, files.cache_dir)
+
+
+@app.command("stage2", **FORWARDED)
+def stage2(ctx: typer.Context) -> None:
+    """Masked-token transformer guided by the continuous stream."""
+    from .stage2 import train
+
+    files, cfg, model_cfg = _stage("stage2", ctx, stage2.__doc__)
+    train(files.run_dir, cfg, model_cfg, files.vq, files.cont, files.cache_dir, files.cache_only)
+
+
+@app.command("stage3", **FORWARDED)
+def stage3(ctx: typer.Context) -> None:
     """Correction network (L1 + MS-SSIM/FFT term [+ LPIPS-VGG, texture, GAN]); optionally the VQ decoder too."""
-    from .stage3 import Stage3TrainConfig, train
+    from .stage3 import train
 
-    cfg = Stage3TrainConfig(steps=steps, batch=batch, crop_tokens=crop_tokens, tiles=tiles, threads=threads,
-                            texture_weight=texture_weight, texture_match=texture_match,
-                            init=str(init) if init else "", lr=lr, lr_decay=lr_decay, disc_weight=disc_weight,
-                            disc_init=str(disc_init) if disc_init else "", perceptual_weight=perceptual_weight,
-                            lpips_weight=lpips_weight, train_vq_decoder=train_vq_decoder, plain_share=plain_share,
-                            decoder_norm=decoder_norm, bf16=bf16, val_every=val_every)
-    train(run_dir, cfg, vq, cont, predictor, cache_dir)
+    files, cfg = _stage("stage3", ctx, stage3.__doc__)
+    train(files.run_dir, cfg, files.vq, files.cont, files.predictor, files.cache_dir)
 
 
 @app.command()
@@ -179,7 +181,7 @@ def rebundle(
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+@app.command(**FORWARDED)
 def pack(ctx: typer.Context) -> None:
     """Deterministic training pack for a GPU window: --out DIR [--seed S] [--mib N] (see --help)."""
     from .pack import main as pack_main
@@ -187,7 +189,7 @@ def pack(ctx: typer.Context) -> None:
     pack_main(ctx.args)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False)
+@app.command(**FORWARDED)
 def burst(ctx: typer.Context) -> None:
     """All stages in one time box (GPU window or CPU dry run): --minutes M --out DIR --data PACK
     [--device cuda|cpu] (see --help)."""

@@ -10,7 +10,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +24,14 @@ from .. import checkpoint
 class RunConfig:
     """Fields every stage's training config shares; their defaults live here only."""
 
-    ckpt_minutes: float = 3.0
-    seed: int = 0
-    threads: int = 1
-    device: str = "cpu"  # "cuda": models and batches on the GPU
-    bf16: bool = False  # bfloat16 autocast of the forward pass on the device (this CPU has avx512_bf16)
-    minutes: float = 0.0  # wall-clock budget (0: none): the run stops in time to validate and save
+    ckpt_minutes: float = field(default=3.0, metadata={"help": "minutes of wall time between checkpoints"})
+    seed: int = field(default=0, metadata={"help": "torch and crop-sampler seed"})
+    threads: int = field(default=1, metadata={"help": "torch CPU threads"})
+    device: str = field(default="cpu", metadata={"help": "cpu, or cuda: models and batches on the GPU"})
+    bf16: bool = field(default=False, metadata={"help": "bfloat16 autocast of the forward pass (this CPU has "
+                                                       "avx512_bf16)"})
+    minutes: float = field(default=0.0, metadata={"help": "wall-clock budget (0: none): the run stops in time to "
+                                                          "validate and save"})
 
 
 class Deadline:

@@ -32,7 +32,7 @@ MIB = 1 << 20
 class PackConfig:
     """Build a training pack (see models/train/pack.py)."""
 
-    out: str = field(default="", metadata={"help": "pack folder to write (replaced if it exists)", "required": True})
+    out: str = field(metadata={"help": "pack folder to write (replaced if it exists)"})
     seed: int = field(default=0, metadata={"help": "crop order and positions, and which images are held back"})
     mib: float = field(default=24.0, metadata={"help": "total pack size (images + weights) in MiB"})
     crop: int = field(default=384, metadata={"help": "training crop size (stages cut 128²/256² crops from it)"})

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,15 +37,19 @@ from .loop import (
 
 @dataclass
 class ContTrainConfig(RunConfig):
-    steps: int = 20000
-    batch: int = 16
-    crop: int = 64  # low-res pixels (= 256 full-resolution)
-    lr: float = 1e-4
-    lmbda: float = 60.0
-    target_bpp: float = 0.025
-    lmbda_rate: float = 0.002  # log-λ step per step of the rate controller (0 = fixed λ)
-    val_every: int = 1000
-    init: str = ""  # stage1-cont checkpoint whose model starts this run (e.g. split from the shipped model)
+    steps: int = field(default=20000, metadata={"help": "steps to train (a resumed run goes on to this one)"})
+    batch: int = field(default=16, metadata={"help": "random crops per step"})
+    crop: int = field(default=64, metadata={"help": "crop side in low-res pixels (× the model's downscale at "
+                                                    "full resolution)"})
+    lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
+    lmbda: float = field(default=60.0, metadata={"help": "starting λ of the loss bpp + λ·MSE"})
+    target_bpp: float = field(default=0.025, metadata={"help": "rate the λ controller steers to (bits per "
+                                                               "full-resolution pixel)"})
+    lmbda_rate: float = field(default=0.002, metadata={"help": "log-λ step per step of the rate controller "
+                                                               "(0: fixed λ)"})
+    val_every: int = field(default=1000, metadata={"help": "steps between validations on val images"})
+    init: str = field(default="", metadata={"help": "stage1-cont checkpoint whose model starts this run (e.g. "
+                                                    "split from the shipped model)", "must_exist": True})
 
 
 def bpp_full(out: dict[str, torch.Tensor], lowres_pixels: int, downscale_by: int) -> torch.Tensor:

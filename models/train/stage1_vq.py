@@ -13,7 +13,7 @@ while the decoder learns to draw sharper textures from the same indices."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +24,7 @@ from ...runtime import metrics
 from .. import checkpoint
 from ..data import ImageCache, data_root, val_crops
 from ..discriminator import PatchDiscriminator
-from ..losses import hinge_d_loss, perceptual_loss, texture_energy_loss
+from ..losses import TEXTURE_MATCHES, hinge_d_loss, perceptual_loss, texture_energy_loss
 from ..vq import VQAutoencoder, VQConfig
 from .loop import (
     Checkpointer,
@@ -43,21 +43,29 @@ from .loop import (
 
 @dataclass
 class VQTrainConfig(RunConfig):
-    steps: int = 6000
-    batch: int = 8
-    crop: int = 128
-    lr: float = 4e-4
-    perceptual_weight: float = 0.5
-    disc_start: int = 2500
-    disc_weight: float = 0.1
-    restart_every: int = 100
-    val_every: int = 500
-    texture_weight: float = 0.0  # weight of the local detail-energy loss (losses.texture_energy_loss)
-    texture_match: str = "rms"  # what that loss compares: "rms", "energy", "oriented" or "oriented_total"
-    adaptive_gan: bool = False
-    lr_decay: bool = False  # generator LR falls linearly to 0 at ``steps``: ends a GAN run in one state
-    decoder_only: bool = False
-    init: str = ""  # checkpoint whose model and discriminator start this run
+    steps: int = field(default=6000, metadata={"help": "steps to train (a resumed run goes on to this one)"})
+    batch: int = field(default=8, metadata={"help": "random crops per step"})
+    crop: int = field(default=128, metadata={"help": "training crop side in pixels (the runtime decodes whole "
+                                                     "tiles: larger crops train the decoder on its real context)"})
+    lr: float = field(default=4e-4, metadata={"help": "Adam learning rate of generator and discriminator"})
+    perceptual_weight: float = field(default=0.5, metadata={"help": "weight of the (1 − MS-SSIM) + FFT-amplitude "
+                                                                    "term"})
+    disc_start: int = field(default=2500, metadata={"help": "step at which the patch-GAN term starts (its "
+                                                            "weight ramps up over 500 steps)"})
+    disc_weight: float = field(default=0.1, metadata={"help": "weight of the GAN term"})
+    restart_every: int = field(default=100, metadata={"help": "steps between dead-code restarts"})
+    val_every: int = field(default=500, metadata={"help": "steps between validations on val crops"})
+    texture_weight: float = field(default=0.0, metadata={"help": "weight of the local detail-energy loss "
+                                                                 "(losses.texture_energy_loss)"})
+    texture_match: str = field(default="rms", metadata={"help": "what that loss compares (losses.py)",
+                                                        "choices": TEXTURE_MATCHES})
+    adaptive_gan: bool = field(default=False, metadata={"help": "VQGAN's gradient-balanced GAN weight"})
+    lr_decay: bool = field(default=False, metadata={"help": "generator LR falls linearly to 0 at --steps: ends a "
+                                                            "GAN run in one state"})
+    decoder_only: bool = field(default=False, metadata={"help": "freeze encoder and codebook: token maps stay as "
+                                                                "in --init"})
+    init: str = field(default="", metadata={"help": "stage1-vq checkpoint whose model (and discriminator) start "
+                                                    "this run", "must_exist": True})
 
 
 def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,7 @@
 """Stage 2: the masked-token predictor, with the stage-1 models frozen.
 
-Token maps and continuous guidance are precomputed once for random 256² training crops (the
-expensive part) and cached next to the run; the transformer then trains on them quickly.
+Token maps and continuous guidance are precomputed once for random training tiles (the expensive
+part, ``tile_cache.py``); the transformer then trains on them quickly.
 Masks mix MAGE-style random ratios (truncated Gaussian, mean 0.55, in [0.5, 1]) with the codec's
 own structured schedules; the loss is cross-entropy on masked positions only. With probability
 ``guidance_dropout`` the guidance is zeroed, so one network also serves streams without it;
@@ -9,9 +9,8 @@ own structured schedules; the loss is cross-entropy on masked positions only. Wi
 
 from __future__ import annotations
 
-import hashlib
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -21,10 +20,8 @@ from tqdm import tqdm
 
 from ...runtime.masking import SCHEDULES, sent_mask
 from .. import checkpoint
-from ..data import ImageCache, data_root
-from ..hyperprior import ContConfig, ContinuousCodec
 from ..transformer import MaskedTokenPredictor, TransformerConfig
-from ..vq import VQAutoencoder, VQConfig
+from . import tile_cache
 from .loop import (
     Checkpointer,
     Deadline,
@@ -36,58 +33,33 @@ from .loop import (
     resumed_rng,
     save_on_interrupt,
     seed_everything,
-    to_tensor,
 )
 
 
 @dataclass
 class Stage2TrainConfig(RunConfig):
-    steps: int = 3000
-    batch: int = 16
-    lr: float = 5e-4
-    weight_decay: float = 0.05
-    tiles: int = 3000
-    structured_prob: float = 0.5
-    guidance_dropout: float = 0.1
-    use_guidance: bool = True
-    use_codebook: bool = True  # sets TransformerConfig.code_dim from the VQ model
-    val_every: int = 250
-    init: str = ""  # a stage-2 checkpoint whose weights (and model config) start this run
+    steps: int = field(default=3000, metadata={"help": "steps to train (a resumed run goes on to this one)"})
+    batch: int = field(default=16, metadata={"help": "token maps per step"})
+    lr: float = field(default=5e-4, metadata={"help": "AdamW peak learning rate (warm-up, then cosine to 0)"})
+    weight_decay: float = field(default=0.05, metadata={"help": "AdamW weight decay"})
+    tiles: int = field(default=3000, metadata={"help": "random training tiles in the token/guidance cache"})
+    structured_prob: float = field(default=0.5, metadata={"help": "share of batches masked with one of the "
+                                                                  "codec's schedules (the rest: random ratios)"})
+    guidance_dropout: float = field(default=0.1, metadata={"help": "share of maps trained without guidance"})
+    use_guidance: bool = field(default=True, metadata={"flag": "guidance", "help": "--no-guidance trains the "
+                                                       "ablation without cross-attention"})
+    use_codebook: bool = field(default=True, metadata={"flag": "codebook", "help": "embed and score tokens "
+                                                       "through the VQ codebook vectors"})
+    val_every: int = field(default=250, metadata={"help": "steps between held-out accuracy checks"})
+    init: str = field(default="", metadata={"help": "stage-2 checkpoint whose weights (and model config) start "
+                                                    "this run", "must_exist": True})
 
 
-def load_frozen(vq_ckpt: Path, cont_ckpt: Path) -> tuple[VQAutoencoder, ContinuousCodec]:
-    return (checkpoint.load_model(vq_ckpt, VQAutoencoder, VQConfig),
-            checkpoint.load_model(cont_ckpt, ContinuousCodec, ContConfig))
-
-
-@torch.no_grad()
-def tokens_and_guidance(vq: VQAutoencoder, cont: ContinuousCodec, tiles_u8: np.ndarray
-                        ) -> tuple[torch.Tensor, torch.Tensor]:
-    """What the decoder will have for these tiles: VQ indices and decoded continuous guidance (computed on
-    the models' device, returned on the CPU)."""
-    x = to_tensor(tiles_u8, next(vq.parameters()).device)
-    idx = vq.encode(x)
-    low = cont.lowres(x)
-    y, z = cont.analysis(low)
-    mean, _ = cont.h_s(torch.round(z))
-    g = cont.guidance(torch.round(y - mean) + mean)
-    return idx.cpu(), g.cpu()
-
-
-def build_cache(path: Path, vq: VQAutoencoder, cont: ContinuousCodec, n: int, cache_dir: Path,
-                seed: int = 77, batch: int = 16, deadline: Deadline | None = None) -> None:
-    """``deadline``: a time-boxed run stops adding tiles at half its budget (at least one batch); such a
-    run's cache lives in its own work folder, so the file name's tile count is not relied on."""
-    data = ImageCache(data_root() / "train", cache_dir)
-    rng = np.random.default_rng(seed)
-    toks, guid = [], []
-    for _ in tqdm(range(0, n, batch), desc="stage2 cache"):
-        if toks and deadline is not None and deadline.share_left() < 0.5:
-            break
-        idx, g = tokens_and_guidance(vq, cont, data.random_crops(rng, batch, 256))
-        toks.append(idx.numpy().astype(np.int16))
-        guid.append(g.numpy().astype(np.float16))
-    np.savez(path, tokens=np.concatenate(toks)[:n], guidance=np.concatenate(guid)[:n])
+def new_model_config() -> TransformerConfig:
+    """The predictor a new run trains unless told otherwise: it also adds the aligned guidance to each
+    decoder position (``TransformerConfig``'s own default stays off, which is what checkpoints written
+    before that option existed were trained with)."""
+    return TransformerConfig(guidance_input=True)
 
 
 def random_visible(rng: np.random.Generator, n: int, grid: int, structured_prob: float) -> np.ndarray:
@@ -105,38 +77,27 @@ def random_visible(rng: np.random.Generator, n: int, grid: int, structured_prob:
     return flat.reshape(n, grid, grid)
 
 
-def stage1_key(vq_ckpt: Path, cont_ckpt: Path) -> str:
-    """Cache key: a hash of exactly what the cached tokens and guidance depend on (VQ encoder and
-    codebook, continuous codec), so a decoder-only fine-tune of the VQ model reuses the caches."""
-    h = hashlib.sha1()
-    vq_state, cont_state = (checkpoint.load(p)["model"] for p in (vq_ckpt, cont_ckpt))
-    parts = [(k, v) for k, v in vq_state.items() if not k.startswith("decoder.") and k != "quantizer.usage"]
-    parts += sorted(cont_state.items())
-    for k, v in parts:
-        h.update(k.encode())
-        h.update(v.detach().float().contiguous().numpy().tobytes())
-    return h.hexdigest()[:10]
-
-
 def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, vq_ckpt: Path, cont_ckpt: Path,
           cache_dir: Path, cache_only: bool = False) -> None:
     deadline = Deadline(cfg.minutes, reserve_s(cfg.minutes))  # set-up and caches count too
     rng = seed_everything(cfg.seed, cfg.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
-    cache = cache_dir / f"stage2_tokens_{stage1_key(vq_ckpt, cont_ckpt)}_{cfg.tiles}.npz"
-    vq, cont = load_frozen(vq_ckpt, cont_ckpt)
+    cache = tile_cache.cache_path(cache_dir, "stage2_tokens", vq_ckpt, cont_ckpt, cfg.tiles)
+    vq, cont = tile_cache.load_frozen(vq_ckpt, cont_ckpt)
     if not cache.exists():
-        build_cache(cache, vq.to(cfg.device), cont.to(cfg.device), cfg.tiles, cache_dir, deadline=deadline)
+        tile_cache.build(cache, vq.to(cfg.device), cont.to(cfg.device), cfg.tiles, cache_dir, seed=77,
+                         deadline=deadline)
     if cache_only:
         return
-    with np.load(cache) as f:
-        tokens = torch.from_numpy(f["tokens"].astype(np.int64))
-        guidance = torch.from_numpy(f["guidance"].astype(np.float32))
+    cached = tile_cache.load(cache)
+    tokens, guidance = cached.tokens, cached.guidance
     # held-out crops of the *training* folder, only for the progress line (real evaluation: benchmarks/)
     n_val = min(max(64, len(tokens) // 20), len(tokens) // 2)
     start = checkpoint.load(Path(cfg.init)) if cfg.init else None
     if start is not None:  # the model's shape comes from the checkpoint
         model_cfg = checkpoint.to_config(TransformerConfig, start["config"])
+    # the fields the frozen models and the cached tiles decide (options.py: "derived")
+    model_cfg.n_codes, model_cfg.grid = vq.cfg.n_codes, tokens.shape[-1]
     model_cfg.guidance_channels = guidance.shape[1]
     model_cfg.code_dim = vq.cfg.code_dim if cfg.use_codebook else 0
     model = MaskedTokenPredictor(model_cfg)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -35,12 +35,14 @@ from ...runtime import metrics
 from ...runtime.masking import sent_mask
 from .. import checkpoint
 from ..correction import CorrectionNet, PixelDecoder
-from ..data import ImageCache, data_root, val_crops
+from ..data import val_crops
 from ..discriminator import PatchDiscriminator
-from ..losses import hinge_d_loss, perceptual_loss, texture_energy_loss
+from ..layers import NORMS
+from ..losses import TEXTURE_MATCHES, hinge_d_loss, perceptual_loss, texture_energy_loss
 from ..lpips import LPIPS
 from ..transformer import MaskedTokenPredictor, TransformerConfig
 from ..vq import VQAutoencoder
+from . import tile_cache
 from .loop import (
     Checkpointer,
     Deadline,
@@ -55,32 +57,47 @@ from .loop import (
     to_tensor,
 )
 from .stage1_vq import adaptive_weight
-from .stage2 import load_frozen, stage1_key, tokens_and_guidance
 
 
 @dataclass
 class Stage3TrainConfig(RunConfig):
-    steps: int = 3000
-    batch: int = 8
-    crop_tokens: int = 8
-    lr: float = 2e-4
-    perceptual_weight: float = 0.5
-    texture_weight: float = 0.0  # > 0 asks for the original's amount of local detail (sharpness), see losses.py
-    texture_match: str = "rms"  # what that loss compares: "rms", "energy" or "oriented"
-    tiles: int = 1500
-    schedules: tuple[str, ...] = ("1_2", "1_4", "1_4", "1_9", "1_9", "1_16", "none")
-    init: str = ""  # a stage-3 checkpoint to start from instead of a fresh copy of the VQ decoder
-    disc_weight: float = 0.0  # > 0: adversarial term (× the gradient-balanced weight), see the docstring
-    disc_init: str = ""  # a stage1-vq (or GAN stage-3) checkpoint whose discriminator starts this run
-    disc_warmup: int = 100  # steps over which the adversarial weight ramps up from 0
-    lr_decay: bool = False  # LR falls linearly to 0 at ``steps``: a GAN run ends in one state
-    lpips_weight: float = 0.0  # LPIPS-VGG term (the perceptual training loss; LPIPS-Alex is only measured)
-    lpips_layers: int = 5  # VGG taps of that term (a training pack carries only the first blocks' weights)
-    train_vq_decoder: bool = False  # fine-tune the VQ decoder together with the correction
-    plain_share: float = 0.0  # share of steps on the plain VQ decoder with full maps (needs train_vq_decoder)
-    decoder_norm: str = ""  # "channel": convert both decoders to position-wise normalisation at the start
-    val_every: int = 0  # steps between validation scores (0: none)
-    val_tiles: int = 24
+    steps: int = field(default=3000, metadata={"help": "steps to train (a resumed run goes on to this one)"})
+    batch: int = field(default=8, metadata={"help": "crops per step"})
+    crop_tokens: int = field(default=8, metadata={"help": "training crop side in tokens (the tile's token grid: "
+                                                          "whole tiles, as the runtime decodes them)"})
+    lr: float = field(default=2e-4, metadata={"help": "Adam learning rate"})
+    perceptual_weight: float = field(default=0.5, metadata={"help": "weight of the (1 − MS-SSIM) + FFT-amplitude "
+                                                                    "term"})
+    texture_weight: float = field(default=0.0, metadata={"help": "> 0 asks for the original's amount of local "
+                                                                 "detail (sharpness), see losses.py"})
+    texture_match: str = field(default="rms", metadata={"help": "what that loss compares (losses.py)",
+                                                        "choices": TEXTURE_MATCHES})
+    tiles: int = field(default=1500, metadata={"help": "random training tiles in the tile cache"})
+    schedules: tuple[str, ...] = field(default=("1_2", "1_4", "1_4", "1_9", "1_9", "1_16", "none"),
+                                       metadata={"help": "mask schedules drawn per step (repeats weigh more)"})
+    init: str = field(default="", metadata={"help": "stage-3 checkpoint to start from instead of a fresh copy of "
+                                                    "the VQ decoder", "must_exist": True})
+    disc_weight: float = field(default=0.0, metadata={"help": "> 0 adds a patch-GAN term (gradient-balanced "
+                                                              "weight × this), see the module docstring"})
+    disc_init: str = field(default="", metadata={"help": "stage1-vq (or GAN stage-3) checkpoint whose "
+                                                         "discriminator starts the GAN", "must_exist": True})
+    disc_warmup: int = field(default=100, metadata={"help": "steps over which the GAN weight ramps up from 0"})
+    lr_decay: bool = field(default=False, metadata={"help": "LR falls linearly to 0 at --steps: a GAN run ends in "
+                                                            "one state"})
+    lpips_weight: float = field(default=0.0, metadata={"help": "weight of the LPIPS-VGG term (the perceptual "
+                                                               "training loss; LPIPS-Alex is only measured)"})
+    lpips_layers: int = field(default=5, metadata={"help": "VGG taps of that term (a training pack carries only "
+                                                           "the first blocks' weights)"})
+    train_vq_decoder: bool = field(default=False, metadata={"help": "fine-tune the VQ decoder together with the "
+                                                                    "correction"})
+    plain_share: float = field(default=0.0, metadata={"help": "share of steps on the plain VQ decoder with full "
+                                                              "maps (needs --train-vq-decoder)"})
+    decoder_norm: str = field(default="", metadata={"help": "'channel': convert both decoders to position-wise "
+                                                            "normalisation first ('': keep the VQ model's)",
+                                                    "choices": ("", *NORMS)})
+    val_every: int = field(default=0, metadata={"help": "score the fused decoder on val tiles every N steps "
+                                                        "(0: never)"})
+    val_tiles: int = field(default=24, metadata={"help": "val tiles scored"})
 
 
 def with_decoder_norm(vq: VQAutoencoder, kind: str) -> VQAutoencoder:
@@ -117,28 +134,16 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
     deadline = Deadline(cfg.minutes, reserve_s(cfg.minutes))  # set-up and caches count too
     rng = seed_everything(cfg.seed, cfg.threads)
     run_dir.mkdir(parents=True, exist_ok=True)
-    vq, cont = load_frozen(vq_ckpt, cont_ckpt)
+    vq, cont = tile_cache.load_frozen(vq_ckpt, cont_ckpt)
     vq = with_decoder_norm(vq, cfg.decoder_norm)
     predictor = checkpoint.load_model(predictor_ckpt, MaskedTokenPredictor, TransformerConfig)
     for m in (vq, cont, predictor):
         m.to(cfg.device)
-    cache = cache_dir / f"stage3_tiles_{stage1_key(vq_ckpt, cont_ckpt)}_{cfg.tiles}.npz"
+    cache = tile_cache.cache_path(cache_dir, "stage3_tiles", vq_ckpt, cont_ckpt, cfg.tiles)
     if not cache.exists():
-        data = ImageCache(data_root() / "train", cache_dir)
-        tiles = data.random_crops(np.random.default_rng(99), cfg.tiles, 256)
-        toks, guid = [], []
-        for s in range(0, len(tiles), 16):  # a time-boxed run stops at half its budget (see stage2.build_cache)
-            if toks and deadline.share_left() < 0.5:
-                break
-            idx, g = tokens_and_guidance(vq, cont, tiles[s : s + 16])
-            toks.append(idx)
-            guid.append(g)
-        tiles = tiles[: 16 * len(toks)]
-        np.savez(cache, tiles=tiles, tokens=torch.cat(toks).numpy().astype(np.int16),
-                 guidance=torch.cat(guid).numpy().astype(np.float16))
-    with np.load(cache) as f:
-        tiles, tokens = f["tiles"], torch.from_numpy(f["tokens"].astype(np.int64))
-        guidance = torch.from_numpy(f["guidance"].astype(np.float32))
+        tile_cache.build(cache, vq, cont, cfg.tiles, cache_dir, seed=99, keep_tiles=True, deadline=deadline)
+    cached = tile_cache.load(cache)
+    tiles, tokens, guidance = cached.tiles, cached.tokens, cached.guidance
     for p in (*vq.parameters(), *cont.parameters(), *predictor.parameters()):
         p.requires_grad_(False)
     correction = CorrectionNet(vq.cfg, cont.cfg.channels)
@@ -162,7 +167,7 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
     val = None
     if cfg.val_every:
         val_tiles = np.stack(val_crops(cfg.val_tiles))
-        val = (val_tiles, *tokens_and_guidance(vq, cont, val_tiles), LPIPS("alex").to(cfg.device))
+        val = (val_tiles, *tile_cache.tokens_and_guidance(vq, cont, val_tiles), LPIPS("alex").to(cfg.device))
     state = RunState(run_dir)
     parts = ({"model": correction, "opt": opt} | ({"vq_decoder": vq.decoder} if cfg.train_vq_decoder else {})
              | ({"disc": disc, "opt_d": opt_d} if gan else {}))
