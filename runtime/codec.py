@@ -5,19 +5,25 @@ compress:   tiles → VQ indices → mask → ┐
 decompress: container → ẑ → (μ, σ) → ŷ → guidance g → per tile: sent indices + g → predictor →
             full indices → pixel decoder (VQ decoder + correction) → tiles → image
 
+A stream carries up to two parts (``streams.StreamKind``): VQ tokens and the continuous latent.
+Each part's whole procedure — analysis, entropy coding, size check, decoding, and the picture it
+draws — is one class below (``TokenPart``, ``ContinuousPart``); ``Codec`` only strings together the
+parts a kind carries. A hybrid stream draws with the pixel decoder (tokens guided by the continuous
+part); a continuous-only stream draws the continuous reconstruction.
+
 ``Codec`` holds no per-call state, and onnxruntime sessions are safe to call from several threads,
 so one ``Codec`` may serve concurrent ``compress``/``decompress`` calls (graph runs beyond
 ``model.MAX_CONCURRENT_RUNS`` wait for a slot, which bounds memory).
 
 ``progress(done, total)``, where given, is called between units of work: tiles for ``compress``,
-pixel-decoder windows for ``decompress``. It may raise to abandon the call (a client that went away):
-the exception propagates unchanged and nothing is left behind.
+windows of the picture for ``decompress``. It may raise to abandon the call (a client that went
+away): the exception propagates unchanged and nothing is left behind.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
@@ -29,7 +35,7 @@ from .entropy import TERMINATOR_BITS, Decoder, Encoder
 from .masking import SCHEDULES, schedule_code, schedule_name, sent_mask
 from .model import Model
 from .streams import StreamKind, stream_kind
-from .tiling import TILE, TileGrid, batches, pad, tile_stack, windowed, windows
+from .tiling import TILE, TileGrid, Window, batches, pad, paint, tile_stack, windowed
 
 RECON_WINDOW = 64  # guidance cells per side of a continuous-only reconstruction window (1024 px)
 RECON_MARGIN = 4
@@ -48,6 +54,14 @@ class Symbols:
     z_hat: np.ndarray | None = None  # (C, h, w) integers
     y_residual: np.ndarray | None = None  # (M, 4h, 4w) integers, round(y − μ)
     y_scale: np.ndarray | None = None  # predicted scales (before the table lookup)
+
+
+@dataclass
+class Decoded:
+    """What a payload decodes to before any pixel is drawn; each part fills what its stream carries."""
+
+    guidance: np.ndarray | None = None  # (1, G, h, w), one cell per token: the continuous part's output
+    sent: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # per tile: sent positions, indices
 
 
 @dataclass
@@ -102,6 +116,8 @@ class Codec:
         self.grid_side = TILE // self.token_px
         # tokens of context each pixel-decoder window needs: the decoder's receptive field
         self.decode_margin = int(model.manifest.get("decoder_margin", DECODE_MARGIN))
+        self.tokens = TokenPart(self)
+        self.continuous = ContinuousPart(self)
 
     @classmethod
     def load(cls, model_dir: Path | str | None = None, provider: str = "auto", threads: int | None = None,
@@ -110,6 +126,10 @@ class Codec:
         tiles go through each graph at once: on a CPU 1 is as fast as 4 and needs a third of the
         memory (measured); batches pay off on a GPU."""
         return cls(Model.load(None if model_dir is None else Path(model_dir), provider, threads, optimise), tile_batch)
+
+    def parts(self, kind: StreamKind) -> list[TokenPart | ContinuousPart]:
+        """What a stream of this kind carries, in decode order (the encoder pushes in reverse)."""
+        return [p for p, carried in ((self.continuous, kind.continuous), (self.tokens, kind.tokens)) if carried]
 
     # ------------------------------------------------------------------------------- compress
     def compress(self, rgb: np.ndarray, mask: str = "auto", stream: str = "hybrid",
@@ -124,20 +144,10 @@ class Codec:
         grid = TileGrid(rgb.shape[0], rgb.shape[1])
         padded = pad(rgb, grid)
         sym = Symbols(Header(stream, grid.width, grid.height, self.model.model_id, []))
-        if kind.tokens:
-            sym.header.schedules = self._choose_schedules(rgb, grid, mask, kind)
-            sym.indices = self._sent_indices(padded, grid, sym.header.schedules, progress)
-        elif progress:
-            progress(grid.count, grid.count)  # the continuous analysis below is one cheap pass
-        if kind.continuous:
-            y = windowed(lambda im: self.model.run("cont_analysis", image=im)[0], self._lowres(padded),
-                         self.y_stride // self.downscale, 1, LATENT_WINDOW, LATENT_MARGIN)
-            (z,) = self.model.run("hyper_analysis", y=y)
-            radius = self.model.tables.z_radius
-            sym.z_hat = np.clip(np.round(z[0]), -radius, radius)
-            mean, sym.y_scale = self.model.hyper(sym.z_hat)
-            radius = self.model.tables.y_radius
-            sym.y_residual = np.clip(np.round(y[0].astype(np.float64) - mean), -radius, radius)
+        for part in reversed(self.parts(kind)):  # tokens (tile by tile, with progress) before the one-pass latent
+            part.analyse(sym, rgb, padded, grid, mask, progress)
+        if progress:
+            progress(grid.count, grid.count)
         return sym
 
     def entropy_code(self, sym: Symbols) -> bytes:
@@ -150,52 +160,9 @@ class Codec:
 
     def _payload(self, sym: Symbols, terminators: int) -> np.ndarray:
         enc = Encoder(self.model.tables, terminators)
-        if sym.indices is not None:
-            enc.push_indices(sym.indices)
-        if sym.z_hat is not None:
-            enc.push_y(sym.y_residual, sym.y_scale)
-            enc.push_z(sym.z_hat)
+        for part in reversed(self.parts(sym.header.kind)):
+            part.push(enc, sym)
         return enc.finish()
-
-    def _lowres(self, padded: np.ndarray) -> np.ndarray:
-        h, w = padded.shape[:2]
-        small = cv2.resize(padded, (w // self.downscale, h // self.downscale), interpolation=cv2.INTER_AREA)
-        return _to_float(small[None])
-
-    def _choose_schedules(self, rgb: np.ndarray, grid: TileGrid, mask: str, kind: StreamKind) -> list[int]:
-        if mask == "auto" and not kind.continuous:
-            mask = "none"  # complexity-aware masking needs the continuous guidance
-        if mask != "auto":
-            code = schedule_code(mask)
-            if mask != "none" and not self.model.has("predictor"):
-                raise ValueError(f"model {self.model.name} has no token predictor: only --mask none works")
-            return [code] * grid.count
-        if not self.model.has("predictor"):
-            return [schedule_code("none")] * grid.count
-        cm = self.model.complexity
-        codes = []
-        for t in range(grid.count):
-            codes.append(schedule_code(cm.schedule(rgb[grid.valid_region(t)])))
-        return codes
-
-    def _sent_positions(self, grid: TileGrid, t: int, code: int) -> np.ndarray:
-        return sent_mask(schedule_name(code), self.grid_side) & grid.valid_tokens(t)
-
-    def _sent_indices(self, padded: np.ndarray, grid: TileGrid, schedules: list[int],
-                      progress: Progress | None = None) -> np.ndarray:
-        """Indices of every tile's sent positions, tile after tile, raster order inside a tile."""
-        todo = [t for t in range(grid.count) if self._sent_positions(grid, t, schedules[t]).any()]
-        out = []
-        for chunk in batches(len(todo), self.tile_batch):
-            ids = [todo[k] for k in chunk]
-            tiles = np.stack([tile_stack(padded, grid, range(t, t + 1))[0] for t in ids])
-            (idx,) = self.model.run("vq_encoder", image=_to_float(tiles))
-            out += [idx[k][self._sent_positions(grid, t, schedules[t])] for k, t in enumerate(ids)]
-            if progress:
-                progress(ids[-1] + 1, grid.count)
-        if progress and not todo:
-            progress(grid.count, grid.count)
-        return np.concatenate(out) if out else np.zeros(0, np.int64)
 
     # ----------------------------------------------------------------------------- decompress
     def read_header(self, data: bytes) -> tuple[Header, np.ndarray, int]:
@@ -210,66 +177,110 @@ class Codec:
         """Refuse a header that declares more symbols than its payload could possibly hold: every
         symbol costs at least −log2 of its model's largest probability. This stops a forged size
         from making the decoder allocate or work for a huge image."""
-        t, grid = self.model.tables, TileGrid(header.height, header.width)
-        need = 0.0
-        if header.kind.continuous:
-            cells = grid.count * (TILE * TILE) // int(self.model.manifest["hyper_stride"]) ** 2
-            need += cells * float(-np.log2(t.z_pmf.max(axis=1)).sum())
-        if header.kind.tokens:
-            sent = sum(int(self._sent_positions(grid, k, c).sum()) for k, c in enumerate(header.schedules))
-            need += sent * float(-np.log2(t.index_prior.max() / t.index_prior.sum()))
+        grid = TileGrid(header.height, header.width)
+        need = sum(part.min_bits(header, grid) for part in self.parts(header.kind))
         if 0.9 * need > 32 * len(words) + 64:
             raise BitstreamError("corrupt stream: payload too short for the declared image size")
 
     def decompress(self, data: bytes, progress: Progress | None = None) -> np.ndarray:
         header, words, _ = self.read_header(data)
         grid = TileGrid(header.height, header.width)
-        dec = Decoder(self.model.tables, words)
-        guidance = self._decode_continuous(dec, grid) if header.kind.continuous else None
-        sent = []
-        if header.kind.tokens:
-            for t, code in enumerate(header.schedules):
-                pos = self._sent_positions(grid, t, code)
-                sent.append((pos, dec.pop_indices(int(pos.sum()))))
+        dec, got = Decoder(self.model.tables, words), Decoded()
+        parts = self.parts(header.kind)
+        for part in parts:
+            part.pop(dec, header, grid, got)
         dec.finish()
-        if guidance is not None and not np.isfinite(guidance).all():
+        if got.guidance is not None and not np.isfinite(got.guidance).all():
             raise BitstreamError("corrupt payload: continuous stream decodes to invalid values")
         out = np.empty((grid.height, grid.width, 3), np.uint8)
-        if not header.kind.tokens:
-            self._reconstruct_continuous(guidance, out)
-        else:
-            self._decode_tiles(header, grid, sent, guidance, out, progress)
+        parts[-1].draw(header, grid, got, out, progress)  # the pixel decoder when there are tokens
         return out
 
-    def _decode_continuous(self, dec: Decoder, grid: TileGrid) -> np.ndarray:
-        ph, pw = grid.padded_shape
-        m = self.model.manifest
-        z_hat = dec.pop_z((int(m["hyper_channels"]), ph // m["hyper_stride"], pw // m["hyper_stride"]))
-        mean, scale = self.model.hyper(z_hat)
-        y_hat = (dec.pop_y(scale) + mean).astype(np.float32)[None]
-        return windowed(lambda y: self.model.run("cont_synthesis", y_hat=y)[0], y_hat,
-                        1, self.y_stride // self.token_px, LATENT_WINDOW, LATENT_MARGIN)
+    # ------------------------------------------------------------------------------------ info
+    def info(self, data: bytes) -> StreamInfo:
+        header, _, header_bytes = bitstream.read(data)
+        counts = {name: header.schedules.count(code) for code, name in enumerate(SCHEDULES)}
+        return StreamInfo(header.stream, header.width, header.height, len(data), header_bytes,
+                          header.model_id.hex(), {k: v for k, v in counts.items() if v})
 
-    def _decode_tiles(self, header: Header, grid: TileGrid, sent: list[tuple[np.ndarray, np.ndarray]],
-                      guidance: np.ndarray | None, out: np.ndarray, progress: Callable[[int, int], None] | None
-                      ) -> None:
-        tokens = self._restore_tokens(grid, sent, guidance)
-        self._decode_pixels(header, grid, tokens, guidance, out, progress)
+
+class TokenPart:
+    """The VQ tokens of ``hybrid`` and ``vq`` streams: per tile a mask schedule and the indices it
+    sends; decoding restores the masked ones with the predictor and draws the picture with the
+    pixel decoder (guided by the continuous part where the stream has one)."""
+
+    def __init__(self, codec: Codec):
+        self.codec = codec
+        self.model = codec.model
+
+    # --- encode
+    def analyse(self, sym: Symbols, rgb: np.ndarray, padded: np.ndarray, grid: TileGrid, mask: str,
+                progress: Progress | None) -> None:
+        sym.header.schedules = self._choose_schedules(rgb, grid, mask, sym.header.kind)
+        sym.indices = self._sent_indices(padded, grid, sym.header.schedules, progress)
+
+    def push(self, enc: Encoder, sym: Symbols) -> None:
+        enc.push_indices(sym.indices)
+
+    def _choose_schedules(self, rgb: np.ndarray, grid: TileGrid, mask: str, kind: StreamKind) -> list[int]:
+        if mask == "auto" and not kind.continuous:
+            mask = "none"  # complexity-aware masking needs the continuous guidance
+        if mask != "auto":
+            code = schedule_code(mask)
+            if mask != "none" and not self.model.has("predictor"):
+                raise ValueError(f"model {self.model.name} has no token predictor: only --mask none works")
+            return [code] * grid.count
+        if not self.model.has("predictor"):
+            return [schedule_code("none")] * grid.count
+        cm = self.model.complexity
+        return [schedule_code(cm.schedule(rgb[grid.valid_region(t)])) for t in range(grid.count)]
+
+    def _sent_positions(self, grid: TileGrid, t: int, code: int) -> np.ndarray:
+        return sent_mask(schedule_name(code), self.codec.grid_side) & grid.valid_tokens(t)
+
+    def _sent_indices(self, padded: np.ndarray, grid: TileGrid, schedules: list[int],
+                      progress: Progress | None) -> np.ndarray:
+        """Indices of every tile's sent positions, tile after tile, raster order inside a tile."""
+        todo = [t for t in range(grid.count) if self._sent_positions(grid, t, schedules[t]).any()]
+        out = []
+        for chunk in batches(len(todo), self.codec.tile_batch):
+            ids = [todo[k] for k in chunk]
+            tiles = np.stack([tile_stack(padded, grid, range(t, t + 1))[0] for t in ids])
+            (idx,) = self.model.run("vq_encoder", image=_to_float(tiles))
+            out += [idx[k][self._sent_positions(grid, t, schedules[t])] for k, t in enumerate(ids)]
+            if progress:
+                progress(ids[-1] + 1, grid.count)
+        return np.concatenate(out) if out else np.zeros(0, np.int64)
+
+    # --- decode
+    def min_bits(self, header: Header, grid: TileGrid) -> float:
+        t = self.model.tables
+        sent = sum(int(self._sent_positions(grid, k, c).sum()) for k, c in enumerate(header.schedules))
+        return sent * float(-np.log2(t.index_prior.max() / t.index_prior.sum()))
+
+    def pop(self, dec: Decoder, header: Header, grid: TileGrid, got: Decoded) -> None:
+        for t, code in enumerate(header.schedules):
+            pos = self._sent_positions(grid, t, code)
+            got.sent.append((pos, dec.pop_indices(int(pos.sum()))))
+
+    def draw(self, header: Header, grid: TileGrid, got: Decoded, out: np.ndarray, progress: Progress | None
+             ) -> None:
+        tokens = self._restore_tokens(grid, got.sent, got.guidance)
+        self._decode_pixels(header, grid, tokens, got.guidance, out, progress)
 
     def _tile_guidance(self, guidance: np.ndarray | None, grid: TileGrid, tiles: range) -> np.ndarray:
-        g = self.grid_side
+        g, px = self.codec.grid_side, self.codec.token_px
         if guidance is None:  # vq stream: the predictor runs with its "no guidance" input (zeros)
             return np.zeros((len(tiles), int(self.model.manifest["guidance_channels"]), g, g), np.float32)
-        return np.stack([guidance[0, :, y // self.token_px : y // self.token_px + g,
-                                  x // self.token_px : x // self.token_px + g]
+        return np.stack([guidance[0, :, y // px : y // px + g, x // px : x // px + g]
                          for y, x in (grid.position(t) for t in tiles)])
 
     def _restore_tokens(self, grid: TileGrid, sent: list[tuple[np.ndarray, np.ndarray]],
                         guidance: np.ndarray | None) -> np.ndarray:
         """Pass 1: every tile's full index map (sent indices + predictor), as one token image."""
-        g = self.grid_side
+        g, px = self.codec.grid_side, self.codec.token_px
         tokens = np.zeros((grid.rows * g, grid.cols * g), np.int64)
-        for chunk in batches(grid.count, self.tile_batch):
+        for chunk in batches(grid.count, self.codec.tile_batch):
             idx = np.zeros((len(chunk), g, g), np.int64)
             visible = np.zeros((len(chunk), g, g), bool)
             for k, t in enumerate(chunk):
@@ -281,7 +292,7 @@ class Codec:
                 (idx,) = self.model.run("predictor", indices=idx, visible=visible,
                                         guidance=self._tile_guidance(guidance, grid, chunk))
             for k, t in enumerate(chunk):
-                y, x = (v // self.token_px for v in grid.position(t))
+                y, x = (v // px for v in grid.position(t))
                 tokens[y : y + g, x : x + g] = idx[k]
         return tokens
 
@@ -290,37 +301,80 @@ class Codec:
         """Pass 2: the token image (only the tokens that touch the picture) decoded in large windows,
         each with a margin of at least the decoder's receptive field. With a position-wise decoder
         this equals decoding the whole token image in one call: no seams by construction."""
-        px = self.token_px
+        px = self.codec.token_px
         rows, cols = -(-grid.height // px), -(-grid.width // px)
         tok = tokens[:rows, :cols]
         # the correction network needs the guidance; --stream vq (no guidance) uses the plain VQ decoder
-        fused = header.kind.continuous and self.correction and self.model.has("pixel_decoder")
-        wins = windows(rows, cols, DECODE_WINDOW, self.decode_margin)
-        for k, win in enumerate(wins):
+        fused = header.kind.continuous and self.codec.correction and self.model.has("pixel_decoder")
+
+        def render(win: Window) -> np.ndarray:
             idx = np.ascontiguousarray(tok[win.read()])[None]
             if fused:
                 g = np.ascontiguousarray(guidance[(0, slice(None), *win.read())])[None]
                 (rgb,) = self.model.run("pixel_decoder", indices=idx, guidance=g)
             else:
                 (rgb,) = self.model.run("vq_decoder", indices=idx)
-            win.paste(out, _to_u8(rgb)[0], px)
-            if progress:
-                progress(k + 1, len(wins))
+            return _to_u8(rgb)[0]
 
-    def _reconstruct_continuous(self, guidance: np.ndarray, out: np.ndarray) -> None:
+        paint(render, out, rows, cols, px, DECODE_WINDOW, self.codec.decode_margin, progress)
+
+
+class ContinuousPart:
+    """The continuous latent of ``hybrid`` and ``continuous`` streams: a 4×-down analysis y with its
+    hyperprior ẑ; decoding gives the guidance, one cell per token. On its own (no tokens) it draws
+    the low-resolution reconstruction upsampled ×4."""
+
+    def __init__(self, codec: Codec):
+        self.codec = codec
+        self.model = codec.model
+
+    # --- encode
+    def analyse(self, sym: Symbols, rgb: np.ndarray, padded: np.ndarray, grid: TileGrid, mask: str,
+                progress: Progress | None) -> None:
+        c = self.codec
+        y = windowed(lambda im: self.model.run("cont_analysis", image=im)[0], self._lowres(padded),
+                     c.y_stride // c.downscale, 1, LATENT_WINDOW, LATENT_MARGIN)
+        (z,) = self.model.run("hyper_analysis", y=y)
+        radius = self.model.tables.z_radius
+        sym.z_hat = np.clip(np.round(z[0]), -radius, radius)
+        mean, sym.y_scale = self.model.hyper(sym.z_hat)
+        radius = self.model.tables.y_radius
+        sym.y_residual = np.clip(np.round(y[0].astype(np.float64) - mean), -radius, radius)
+
+    def push(self, enc: Encoder, sym: Symbols) -> None:
+        enc.push_y(sym.y_residual, sym.y_scale)
+        enc.push_z(sym.z_hat)
+
+    def _lowres(self, padded: np.ndarray) -> np.ndarray:
+        h, w = padded.shape[:2]
+        d = self.codec.downscale
+        small = cv2.resize(padded, (w // d, h // d), interpolation=cv2.INTER_AREA)
+        return _to_float(small[None])
+
+    # --- decode
+    def min_bits(self, header: Header, grid: TileGrid) -> float:
+        cells = grid.count * (TILE * TILE) // int(self.model.manifest["hyper_stride"]) ** 2
+        return cells * float(-np.log2(self.model.tables.z_pmf.max(axis=1)).sum())
+
+    def pop(self, dec: Decoder, header: Header, grid: TileGrid, got: Decoded) -> None:
+        c, m = self.codec, self.model.manifest
+        ph, pw = grid.padded_shape
+        z_hat = dec.pop_z((int(m["hyper_channels"]), ph // m["hyper_stride"], pw // m["hyper_stride"]))
+        mean, scale = self.model.hyper(z_hat)
+        y_hat = (dec.pop_y(scale) + mean).astype(np.float32)[None]
+        got.guidance = windowed(lambda y: self.model.run("cont_synthesis", y_hat=y)[0], y_hat,
+                                1, c.y_stride // c.token_px, LATENT_WINDOW, LATENT_MARGIN)
+
+    def draw(self, header: Header, grid: TileGrid, got: Decoded, out: np.ndarray, progress: Progress | None
+             ) -> None:
         """Low-res reconstruction upsampled ×4, in overlapping windows so memory stays bounded."""
-        per_cell = TILE // self.grid_side  # full-resolution pixels per guidance cell
-        gh, gw = guidance.shape[2:]
-        for win in windows(gh, gw, RECON_WINDOW, RECON_MARGIN):
-            (low,) = self.model.run("cont_reconstruct", guidance=np.ascontiguousarray(guidance[(0, slice(None),
-                                                                                                 *win.read())])[None])
-            ry, rx = win.read(per_cell)
-            up = cv2.resize(_to_u8(low)[0], (rx.stop - rx.start, ry.stop - ry.start), interpolation=cv2.INTER_CUBIC)
-            win.paste(out, up, per_cell)
+        guidance = got.guidance
+        per_cell = TILE // self.codec.grid_side  # full-resolution pixels per guidance cell
 
-    # ------------------------------------------------------------------------------------ info
-    def info(self, data: bytes) -> StreamInfo:
-        header, _, header_bytes = bitstream.read(data)
-        counts = {name: header.schedules.count(code) for code, name in enumerate(SCHEDULES)}
-        return StreamInfo(header.stream, header.width, header.height, len(data), header_bytes,
-                          header.model_id.hex(), {k: v for k, v in counts.items() if v})
+        def render(win: Window) -> np.ndarray:
+            g = np.ascontiguousarray(guidance[(0, slice(None), *win.read())])[None]
+            (low,) = self.model.run("cont_reconstruct", guidance=g)
+            ry, rx = win.read(per_cell)
+            return cv2.resize(_to_u8(low)[0], (rx.stop - rx.start, ry.stop - ry.start), interpolation=cv2.INTER_CUBIC)
+
+        paint(render, out, *guidance.shape[2:], per_cell, RECON_WINDOW, RECON_MARGIN, progress)

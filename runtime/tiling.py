@@ -130,6 +130,19 @@ def windows(h: int, w: int, window: int, margin: int) -> list[Window]:
     return out
 
 
+def paint(render: Callable[[Window], np.ndarray], out: np.ndarray, h: int, w: int, per_cell: int,
+          window: int, margin: int, progress: Callable[[int, int], None] | None = None) -> None:
+    """Draw the picture ``out`` (H, W, …) from an h×w cell grid window by window: ``render(win)`` is
+    the picture of the cells ``win.read()`` (``per_cell`` pixels per cell), of which the window's
+    centre is kept. The one loop of every decoder that draws pixels (pixel decoder, continuous
+    reconstruction); ``progress(done, total)`` after each window."""
+    wins = windows(h, w, window, margin)
+    for k, win in enumerate(wins):
+        win.paste(out, render(win), per_cell)
+        if progress:
+            progress(k + 1, len(wins))
+
+
 def windowed(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, in_per_cell: int, out_per_cell: int,
              window: int, margin: int) -> np.ndarray:
     """Run a fully convolutional ``fn`` over overlapping windows of ``x`` (1, C, H, W), keep each
