@@ -71,6 +71,10 @@ class ContReconstructGraph(nn.Module):
         self.cont = cont
 
     def forward(self, guidance: torch.Tensor) -> torch.Tensor:
+        """The full-resolution image when the codec has a learned up-sampling, else the low-res one
+        (the runtime then enlarges it: manifest ``reconstruct_pixels``)."""
+        if self.cont.upsampler is not None:
+            return self.cont.upsampler(guidance).clamp(0, 1)
         return self.cont.reconstruct(guidance).clamp(0, 1)
 
 

@@ -23,6 +23,7 @@ from torch import nn
 
 from .entropy_models import FactorizedPrior, gaussian_likelihood
 from .layers import GDN
+from .upsampler import ContUpsampler
 
 
 @dataclass
@@ -31,6 +32,8 @@ class ContConfig:
     latent: int = field(default=128, metadata={"help": "channels of the latent y"})
     hyper: int = field(default=64, metadata={"help": "channels of the hyper-latent z"})
     downscale: int = field(default=4, metadata={"help": "full resolution → the low-res input of this codec"})
+    upsampler: int = field(default=0, metadata={"help": "> 0: a learned ×downscale up-sampling with this many "
+                                                        "channels (models/upsampler.py)"})
 
 
 def conv(c_in: int, c_out: int, k: int = 5, stride: int = 2) -> nn.Conv2d:
@@ -72,6 +75,13 @@ class ContinuousCodec(nn.Module):
         self.g_s_head = nn.Sequential(deconv(m, n), GDN(n, inverse=True), deconv(n, n), GDN(n, inverse=True))
         self.g_s_tail = nn.Sequential(deconv(n, n), GDN(n, inverse=True), deconv(n, 3))
         self.prior = FactorizedPrior(cfg.hyper)
+        self.upsampler = ContUpsampler(n, cfg.downscale, cfg.upsampler) if cfg.upsampler else None
+
+    def add_upsampler(self, channels: int = 64) -> None:
+        """Give a trained codec a learned up-sampling that starts as its own tail + bicubic."""
+        self.cfg.upsampler = channels
+        self.upsampler = ContUpsampler(self.cfg.channels, self.cfg.downscale, channels)
+        self.upsampler.init_from(self.g_s_tail)
 
     def lowres(self, x: torch.Tensor) -> torch.Tensor:
         """Full-resolution image in [-1, 1] → this codec's input: [0, 1], ``downscale``× smaller
@@ -87,7 +97,15 @@ class ContinuousCodec(nn.Module):
         return self.g_s_head(y_hat)
 
     def reconstruct(self, g: torch.Tensor) -> torch.Tensor:
+        """Guidance → the low-res image in [0, 1] (what the rate–distortion training measures)."""
         return self.g_s_tail(g)
+
+    def full_resolution(self, g: torch.Tensor) -> torch.Tensor:
+        """Guidance → full-resolution image in [0, 1]: the learned up-sampling, else bicubic."""
+        if self.upsampler is not None:
+            return self.upsampler(g)
+        return F.interpolate(self.reconstruct(g), scale_factor=float(self.cfg.downscale), mode="bicubic",
+                             align_corners=False)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         y, z = self.analysis(x)

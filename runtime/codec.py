@@ -367,14 +367,23 @@ class ContinuousPart:
 
     def draw(self, header: Header, grid: TileGrid, got: Decoded, out: np.ndarray, progress: Progress | None
              ) -> None:
-        """Low-res reconstruction upsampled ×4, in overlapping windows so memory stays bounded."""
+        """The continuous-only picture, in overlapping windows so memory stays bounded: a learned
+        up-sampling graph gives full-resolution pixels (manifest ``reconstruct_pixels`` = 1, with its
+        receptive field as ``reconstruct_margin``); older models give the low-res image, which is
+        upsampled ×4 bicubic here."""
         guidance = got.guidance
         per_cell = TILE // self.codec.grid_side  # full-resolution pixels per guidance cell
+        m = self.model.manifest
+        learned = int(m.get("reconstruct_pixels", self.codec.downscale)) == 1
+        # full-resolution features are 16× the low-res ones: half-size windows keep memory as before
+        size, margin = (RECON_WINDOW // 2, int(m["reconstruct_margin"])) if learned else (RECON_WINDOW, RECON_MARGIN)
 
         def render(win: Window) -> np.ndarray:
             g = np.ascontiguousarray(guidance[(0, slice(None), *win.read())])[None]
-            (low,) = self.model.run("cont_reconstruct", guidance=g)
+            (img,) = self.model.run("cont_reconstruct", guidance=g)
+            if learned:
+                return _to_u8(img)[0]
             ry, rx = win.read(per_cell)
-            return cv2.resize(_to_u8(low)[0], (rx.stop - rx.start, ry.stop - ry.start), interpolation=cv2.INTER_CUBIC)
+            return cv2.resize(_to_u8(img)[0], (rx.stop - rx.start, ry.stop - ry.start), interpolation=cv2.INTER_CUBIC)
 
-        paint(render, out, *guidance.shape[2:], per_cell, RECON_WINDOW, RECON_MARGIN, progress)
+        paint(render, out, *guidance.shape[2:], per_cell, size, margin, progress)

@@ -44,6 +44,12 @@ class Stage2Files(FrozenFiles):
 
 
 @dataclass(kw_only=True)
+class UpsamplerFiles(RunFiles):
+    cont: Path = field(metadata={"help": "stage1-cont checkpoint (frozen; the run's checkpoint adds the upsampler)",
+                                 "must_exist": True})
+
+
+@dataclass(kw_only=True)
 class Stage3Files(FrozenFiles):
     predictor: Path = field(metadata={"help": "frozen stage2 checkpoint", "must_exist": True})
 
@@ -58,6 +64,7 @@ def stage_specs(stage: str) -> tuple[options.Spec, ...]:
     from .stage1_vq import VQTrainConfig
     from .stage2 import Stage2TrainConfig, new_model_config
     from .stage3 import Stage3TrainConfig
+    from .upsampler import UpsamplerTrainConfig
 
     runs = Path("runs")
     return {
@@ -66,6 +73,7 @@ def stage_specs(stage: str) -> tuple[options.Spec, ...]:
         "stage2": ((Stage2Files, {"run_dir": runs / "stage2"}), Stage2TrainConfig,
                    (TransformerConfig, vars(new_model_config()))),
         "stage3": ((Stage3Files, {"run_dir": runs / "stage3"}), Stage3TrainConfig),
+        "upsampler": ((UpsamplerFiles, {"run_dir": runs / "upsampler"}), UpsamplerTrainConfig),
     }[stage]
 
 
@@ -125,6 +133,15 @@ def stage3(ctx: typer.Context) -> None:
 
     files, cfg = _stage("stage3", ctx, stage3.__doc__)
     train(files.run_dir, cfg, files.vq, files.cont, files.predictor, files.cache_dir)
+
+
+@app.command("upsampler", **FORWARDED)
+def upsampler(ctx: typer.Context) -> None:
+    """Learned ×4 up-sampling of the continuous stream (frozen codec, MSE)."""
+    from .upsampler import train
+
+    files, cfg = _stage("upsampler", ctx, upsampler.__doc__)
+    train(files.run_dir, cfg, files.cont, files.cache_dir)
 
 
 @app.command()

@@ -47,7 +47,7 @@ def stage1_key(vq_ckpt: Path, cont_ckpt: Path) -> str:
     h = hashlib.sha1()
     vq_state, cont_state = (checkpoint.load(p)["model"] for p in (vq_ckpt, cont_ckpt))
     parts = [(k, v) for k, v in vq_state.items() if not k.startswith("decoder.") and k != "quantizer.usage"]
-    parts += sorted(cont_state.items())
+    parts += sorted((k, v) for k, v in cont_state.items() if not k.startswith("upsampler."))  # decoder-side only
     for k, v in parts:
         h.update(k.encode())
         h.update(v.detach().float().contiguous().numpy().tobytes())

@@ -1,0 +1,80 @@
+"""Learned ×4 up-sampling of the continuous stream (the continuous-only reconstruction).
+
+The continuous codec codes the 4×-downsampled image; its synthesis tail turns the guidance ``g``
+(÷16 of full resolution) into that low-res image, which the runtime used to enlarge with bicubic
+interpolation. Bicubic cannot restore anything the low-res image lost, but ``g`` has 96 channels
+per 16×16 pixels where the low-res image has 3 per 4×4: the network below reads the tail's ÷8
+features next to the low-res image and predicts the full-resolution residual over bicubic.
+
+Its last convolution starts at zero, so an untrained upsampler *is* the bicubic reconstruction and
+training can only move away from it where that helps (MSE: the continuous-only stream is the
+PSNR baseline of the method). No normalisation layers: every output pixel depends only on its
+receptive field, so windowed decoding equals whole-image decoding (see tests/test_seamless.py)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .layers import GDN
+
+
+class PlainResBlock(nn.Module):
+    """conv → ReLU → conv, plus the input (EDSR: no normalisation, which costs super-resolution accuracy)."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.conv2 = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.conv2(F.relu(self.conv1(x)))
+
+
+class ContUpsampler(nn.Module):
+    """Guidance (÷16) → full-resolution RGB in [0, 1] (unclamped): bicubic of the codec's own low-res
+    reconstruction plus a learned residual. ``head``/``to_low`` start as copies of the codec's tail
+    (``init_from``) and are fine-tuned with the rest. ``scale`` is the codec's down-scaling factor (a
+    power of two): one ×2 pixel-shuffle stage each, channels halving from ``channels``."""
+
+    def __init__(self, guidance_channels: int, scale: int, channels: int = 64, blocks: int = 4):
+        super().__init__()
+        self.scale = scale
+        n, c = guidance_channels, channels
+        self.head = nn.Sequential(nn.ConvTranspose2d(n, n, 5, 2, 2, 1), GDN(n, inverse=True))  # ÷16 → ÷8
+        self.to_low = nn.ConvTranspose2d(n, 3, 5, 2, 2, 1)  # ÷8 → ÷4: the low-res image
+        self.features = nn.ConvTranspose2d(n, c, 5, 2, 2, 1)  # ÷8 → ÷4: what the low-res image dropped
+        self.body = nn.Sequential(nn.Conv2d(c + 3, c, 3, padding=1), *(PlainResBlock(c) for _ in range(blocks)))
+        up: list[nn.Module] = []
+        for _ in range(int(math.log2(scale))):
+            up += [nn.Conv2d(c, 4 * (c // 2), 3, padding=1), nn.PixelShuffle(2), nn.ReLU()]
+            c //= 2
+        self.up = nn.Sequential(*up, nn.Conv2d(c, 3, 3, padding=1))
+        nn.init.zeros_(self.up[-1].weight)
+        nn.init.zeros_(self.up[-1].bias)
+
+    def receptive_radius(self) -> float:
+        """How far (in guidance cells, ÷16) an output pixel sees: ±1.5 input pixels per 5×5 stride-2
+        deconvolution (÷16 → ÷8, ÷8 → ÷4), ±1 pixel per 3×3 convolution at its resolution (the body
+        at ÷4, then one per ×2 stage and the last at full resolution). Windows need this margin."""
+        radius, cell = 1.5 + 1.5 / 2, 4.0  # the two deconvolutions; then ÷4 pixels per cell
+        radius += (1 + 2 * (len(self.body) - 1)) / cell
+        for _ in range(int(math.log2(self.scale))):
+            radius += 1 / cell
+            cell *= 2
+        return radius + 1 / cell
+
+    def init_from(self, tail: nn.Sequential) -> None:
+        """Start from the codec's synthesis tail (deconv, inverse GDN, deconv): same low-res image."""
+        self.head[0].load_state_dict(tail[0].state_dict())
+        self.head[1].load_state_dict(tail[1].state_dict())
+        self.to_low.load_state_dict(tail[2].state_dict())
+
+    def forward(self, g: torch.Tensor) -> torch.Tensor:
+        h = self.head(g)
+        low = self.to_low(h)
+        base = F.interpolate(low, scale_factor=float(self.scale), mode="bicubic", align_corners=False)
+        return base + self.up(self.body(torch.cat([self.features(h), low], dim=1)))

@@ -1,0 +1,107 @@
+"""The continuous stream's learned ×4 up-sampling (models/upsampler.py) through export and runtime.
+
+An untrained upsampler is exactly the bicubic reconstruction (its last layer starts at zero); the
+manifest's ``reconstruct_margin`` covers its receptive field; and the runtime decodes a continuous
+stream in windows to the same pixels as one whole-image call."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from hybridflow.models.bundle import save_bundle, tiny_components  # noqa: E402
+from hybridflow.models.hyperprior import ContConfig, ContinuousCodec  # noqa: E402
+from hybridflow.runtime import Codec  # noqa: E402
+from hybridflow.runtime import codec as codec_module  # noqa: E402
+
+
+def _randomise_last_layer(cont: ContinuousCodec, seed: int = 1) -> None:
+    """Training moves the zero-initialised last layer; tests need it non-zero to see the learned path."""
+    gen = torch.Generator().manual_seed(seed)
+    last = cont.upsampler.up[-1]
+    with torch.no_grad():
+        last.weight.copy_(torch.randn(last.weight.shape, generator=gen) * 0.3)
+
+
+def test_untrained_upsampler_is_bicubic() -> None:
+    cont = ContinuousCodec(ContConfig(channels=16, latent=16, hyper=8)).eval()
+    g = torch.randn(2, 16, 6, 5)
+    with torch.no_grad():
+        bicubic = cont.full_resolution(g)
+        cont.add_upsampler(8)
+        learned = cont.full_resolution(g)
+    assert learned.shape == bicubic.shape == (2, 3, 96, 80)
+    assert torch.equal(learned, bicubic)
+
+
+def test_margin_covers_the_receptive_field() -> None:
+    """Changing one guidance cell changes output pixels no farther than ``receptive_radius`` cells
+    from that cell's footprint, and beyond the cell itself."""
+    cont = ContinuousCodec(ContConfig(channels=16, latent=16, hyper=8)).eval()
+    cont.add_upsampler(8)
+    _randomise_last_layer(cont)
+    g = torch.randn(1, 16, 15, 15)
+    other = g.clone()
+    other[0, :, 7, 7] += 1.0
+    with torch.no_grad():
+        diff = (cont.upsampler(g) - cont.upsampler(other)).abs().amax(dim=(0, 1)) > 0
+    ys, xs = np.nonzero(diff.numpy())
+    px = 16
+    reach = max(7 * px - ys.min(), ys.max() - (8 * px - 1), 7 * px - xs.min(), xs.max() - (8 * px - 1))
+    assert px < reach <= cont.upsampler.receptive_radius() * px
+
+
+@pytest.fixture(scope="module")
+def upsampling(tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+    """(codec, components): a tiny model with a (non-trivial) learned up-sampling, exported."""
+    from hybridflow.export.cli import export_bundle
+    from hybridflow.models.bundle import load_bundle
+
+    c = tiny_components(seed=3)
+    c.cont.add_upsampler(8)
+    _randomise_last_layer(c.cont)
+    folder = tmp_path_factory.mktemp("upsampler")
+    save_bundle(folder / "tiny.pt", c)
+    export_bundle(folder / "tiny.pt", folder / "model", simplify=True, parity=False)
+    return Codec.load(folder / "model", provider="cpu"), load_bundle(folder / "tiny.pt")  # fp16-rounded weights
+
+
+def test_manifest_describes_the_learned_upsampling(upsampling) -> None:  # noqa: ANN001
+    m = upsampling[0].model.manifest
+    assert m["reconstruct_pixels"] == 1
+    assert m["reconstruct_margin"] >= 5
+
+
+def test_continuous_stream_windowed_equals_whole(upsampling, photo: np.ndarray,  # noqa: ANN001
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    codec = upsampling[0]
+    img = np.ascontiguousarray(np.tile(photo, (2, 2, 1))[:530, :700])
+    data = codec.compress(img, stream="continuous")
+    monkeypatch.setattr(codec_module, "RECON_WINDOW", 1000)  # the whole guidance map in one call
+    whole = codec.decompress(data).astype(int)
+    monkeypatch.setattr(codec_module, "RECON_WINDOW", 8)  # 4×4-cell windows
+    windows = codec.decompress(data).astype(int)
+    assert whole.shape == img.shape
+    assert np.abs(whole - windows).max() <= 1
+
+
+def test_runtime_runs_the_learned_upsampling(upsampling, photo: np.ndarray) -> None:  # noqa: ANN001
+    """The runtime's continuous-only picture is the torch upsampler's output on the same guidance,
+    and visibly not the bicubic one."""
+    from hybridflow.runtime.entropy import Decoder
+    from hybridflow.runtime.tiling import TileGrid
+
+    codec, c = upsampling
+    img = np.ascontiguousarray(photo[:256, :256])
+    data = codec.compress(img, stream="continuous")
+    out = codec.decompress(data).astype(int)
+    header, words, _ = codec.read_header(data)
+    g = torch.from_numpy(codec._decode_continuous(Decoder(codec.model.tables, words), TileGrid(256, 256)))
+    with torch.no_grad():
+        learned = (c.cont.upsampler(g).clamp(0, 1) * 255).round()[0].permute(1, 2, 0).numpy()
+        bicubic = (torch.nn.functional.interpolate(c.cont.reconstruct(g), scale_factor=4.0, mode="bicubic")
+                   .clamp(0, 1) * 255).round()[0].permute(1, 2, 0).numpy()
+    assert np.abs(out - learned).max() <= 2
+    assert np.abs(out - bicubic).mean() > 1
