@@ -322,7 +322,7 @@ class TokenPart:
 class ContinuousPart:
     """The continuous latent of ``hybrid`` and ``continuous`` streams: a 4×-down analysis y with its
     hyperprior ẑ; decoding gives the guidance, one cell per token. On its own (no tokens) it draws
-    the low-resolution reconstruction upsampled ×4."""
+    the picture from the guidance: a learned ×4 up-sampling, or (older models) the low-res image, bicubic."""
 
     def __init__(self, codec: Codec):
         self.codec = codec

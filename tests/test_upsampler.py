@@ -90,7 +90,9 @@ def test_continuous_stream_windowed_equals_whole(upsampling, photo: np.ndarray, 
 def test_runtime_runs_the_learned_upsampling(upsampling, photo: np.ndarray) -> None:  # noqa: ANN001
     """The runtime's continuous-only picture is the torch upsampler's output on the same guidance,
     and visibly not the bicubic one."""
+    from hybridflow.runtime.codec import Decoded
     from hybridflow.runtime.entropy import Decoder
+    from hybridflow.runtime.streams import stream_kind
     from hybridflow.runtime.tiling import TileGrid
 
     codec, c = upsampling
@@ -98,7 +100,9 @@ def test_runtime_runs_the_learned_upsampling(upsampling, photo: np.ndarray) -> N
     data = codec.compress(img, stream="continuous")
     out = codec.decompress(data).astype(int)
     header, words, _ = codec.read_header(data)
-    g = torch.from_numpy(codec._decode_continuous(Decoder(codec.model.tables, words), TileGrid(256, 256)))
+    got = Decoded()
+    codec.parts(stream_kind("continuous"))[0].pop(Decoder(codec.model.tables, words), header, TileGrid(256, 256), got)
+    g = torch.from_numpy(got.guidance)
     with torch.no_grad():
         learned = (c.cont.upsampler(g).clamp(0, 1) * 255).round()[0].permute(1, 2, 0).numpy()
         bicubic = (torch.nn.functional.interpolate(c.cont.reconstruct(g), scale_factor=4.0, mode="bicubic")
