@@ -59,10 +59,10 @@ def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[s
         "latent_stride": 16 * c.cont.cfg.downscale,  # full-res pixels per y cell
         "hyper_stride": 64 * c.cont.cfg.downscale,  # full-res pixels per z cell
         "guidance_channels": c.cont.cfg.channels,
-        # full-resolution pixels per pixel of cont_reconstruct's output (1: learned up-sampling) and the
-        # guidance cells of context its windows need
-        "reconstruct_pixels": 1 if c.cont.upsampler is not None else c.cont.cfg.downscale,
-        **({"reconstruct_margin": math.ceil(c.cont.upsampler.receptive_radius())} if c.cont.upsampler else {}),
+        # a learned up-sampling makes cont_reconstruct full-resolution (without one, the runtime enlarges
+        # its low-res output ×downscale), and its windows need the receptive field in guidance cells
+        **({"reconstruct_pixels": 1, "reconstruct_margin": math.ceil(c.cont.upsampler.receptive_radius())}
+           if c.cont.upsampler is not None else {}),
         "schedules": list(SCHEDULES),
         "graphs": graphs,
         "hyper_synthesis": HYPER_FILE,
