@@ -10,7 +10,8 @@ import glob
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -168,31 +169,78 @@ def _load(model: Path | None, provider: str, threads: int | None):  # noqa: ANN2
     return Codec.load(model, provider=provider, threads=threads)
 
 
-def _run_batch(pairs: list[tuple[Path, Path]], job: Callable[[Path, Path], str], label: str,
+# A per-image bar from this size on: a call then takes seconds on 2 cores (a 1 MP decode ≈ 3 s, benchmarks/RESULTS.md);
+# on smaller images it would only flicker.
+LARGE_IMAGE_PIXELS = 1 << 20
+
+ImageProgress = Callable[[str, int], AbstractContextManager[Callable[[int, int], None] | None]]
+
+
+def _stderr_is_terminal() -> bool:
+    return sys.stderr.isatty()
+
+
+class _Bars:
+    """Progress on stderr, only when stderr is a terminal (never in a pipe, a log or a test): the
+    files of a batch, and inside a large image the Codec's own ``progress(done, total)`` (tiles when
+    compressing, picture windows when decompressing)."""
+
+    def __init__(self, label: str, files: int):
+        from rich.console import Console
+        from rich.progress import Progress
+
+        self.shown = _stderr_is_terminal()
+        # result lines stay on stdout: through the bar's console only when both are the same terminal
+        self.lines_through_bar = self.shown and sys.stdout.isatty()
+        self.bar = Progress(console=Console(stderr=True), disable=not self.shown, transient=True,
+                            redirect_stdout=False)
+        self.files = self.bar.add_task(f"{label} {files} files", total=files, visible=files > 1)
+
+    def __enter__(self) -> _Bars:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def print(self, line: str) -> None:
+        self.bar.console.print(line, highlight=False, markup=False) if self.lines_through_bar else typer.echo(line)
+
+    @contextmanager
+    def image(self, label: str, pixels: int) -> Iterator[Callable[[int, int], None] | None]:
+        """The ``progress`` callback for one image: None (no bar) unless shown and the image is large."""
+        if not self.shown or pixels < LARGE_IMAGE_PIXELS:
+            yield None
+            return
+        task = self.bar.add_task(label, total=None)
+        try:
+            yield lambda done, total: self.bar.update(task, completed=done, total=total, refresh=True)
+        finally:
+            self.bar.remove_task(task)
+
+
+def _run_batch(pairs: list[tuple[Path, Path]], job: Callable[[Path, Path, ImageProgress], str], label: str,
                refused: dict[Path, str] | None = None) -> None:
     """Run ``job`` on every pair; any failure is one line naming the file and does not stop the
-    others. ``refused`` inputs fail with their reason without running."""
-    from rich.progress import Progress
-
+    others. ``refused`` inputs fail with their reason without running. ``job`` gets the batch's
+    per-image progress (``_Bars.image``) to hand to the Codec."""
     if not pairs:
         raise CliError("no input files")
     failures: list[str] = []
-    show = len(pairs) > 1 and sys.stderr.isatty()
-    with Progress(disable=not show, transient=True) as bar:
-        task = bar.add_task(label, total=len(pairs))
+    with _Bars(label, len(pairs)) as bars:
         for src, dst in pairs:
             try:
                 if refused and src in refused:
                     raise CliError(refused[src])
-                line = job(src, dst)
+                line = job(src, dst, bars.image)
                 if line:
-                    bar.console.print(line, highlight=False) if show else typer.echo(line)
+                    bars.print(line)
             except Exception as e:  # noqa: BLE001 — one bad file must not end the batch
                 msg = _describe(e)
                 msg = msg if msg.startswith(str(src)) else f"{src}: {msg}"
                 failures.append(msg)
                 _err(msg)
-            bar.advance(task)
+            bars.bar.advance(bars.files)
     if len(pairs) > 1:
         typer.echo(f"{len(pairs) - len(failures)} done, {len(failures)} failed", err=bool(failures))
     if failures:
@@ -238,12 +286,13 @@ def compress(
         pairs = _targets(inp, Path(out), SUFFIX)
         codec = _load(model, provider, threads)
 
-        def job(src: Path, dst: Path) -> str:
+        def job(src: Path, dst: Path, image_progress: ImageProgress) -> str:
             _check_output(src, dst, force)
             rgb, warns = read_image(src)
             for w in warns:
                 typer.echo(f"warning: {src}: {w}", err=True)
-            data = codec.compress(rgb, mask=mask, stream=stream)
+            with image_progress(f"compressing {src.name}", rgb.shape[0] * rgb.shape[1]) as progress:
+                data = codec.compress(rgb, mask=mask, stream=stream, progress=progress)
             _write_output(dst, data, force)
             bpp = 8 * len(data) / (rgb.shape[0] * rgb.shape[1])
             return f"{src} → {dst}: {len(data)} bytes, {bpp:.4f} bpp"
@@ -268,9 +317,12 @@ def decompress(
         pairs = _targets(inp, out, ".png")
         codec = _load(model, provider, threads)
 
-        def job(src: Path, dst: Path) -> str:
+        def job(src: Path, dst: Path, image_progress: ImageProgress) -> str:
             _check_output(src, dst, force)
-            rgb = codec.decompress(src.read_bytes())
+            data = src.read_bytes()
+            size = codec.info(data)
+            with image_progress(f"decompressing {src.name}", size.width * size.height) as progress:
+                rgb = codec.decompress(data, progress=progress)
             _write_output(dst, encode_image(rgb, dst.suffix), force)
             return f"{src} → {dst}: {rgb.shape[1]}×{rgb.shape[0]}"
 
@@ -325,13 +377,16 @@ def evaluate(
         perceptual = metrics.lpips_alex()  # LPIPS-Alex when torch and its weights are installed
         rows: list[dict[str, object]] = []
 
-        def job(src: Path, _: Path) -> str:
+        def job(src: Path, _: Path, image_progress: ImageProgress) -> str:
             rgb, _w = read_image(src)
-            t0 = time.perf_counter()
-            data = codec.compress(rgb, mask=mask, stream=stream)
-            t1 = time.perf_counter()
-            rec = codec.decompress(data)
-            t2 = time.perf_counter()
+            pixels = rgb.shape[0] * rgb.shape[1]
+            with image_progress(f"compressing {src.name}", pixels) as progress:
+                t0 = time.perf_counter()
+                data = codec.compress(rgb, mask=mask, stream=stream, progress=progress)
+                t1 = time.perf_counter()
+            with image_progress(f"decompressing {src.name}", pixels) as progress:
+                rec = codec.decompress(data, progress=progress)
+                t2 = time.perf_counter()
             row = {"image": src.name, "width": rgb.shape[1], "height": rgb.shape[0], "bytes": len(data),
                    **metrics.quality(rgb, len(data), rec, perceptual), "encode_s": t1 - t0, "decode_s": t2 - t1}
             rows.append(row)

@@ -262,3 +262,57 @@ def test_training_tools_without_torch_say_so_in_one_line(script: str) -> None:
     assert p.returncode == 1 and "Traceback" not in p.stderr
     assert p.stderr.strip().splitlines() == [
         f"error: hf-{script} needs the train extra (torch not installed): pip install 'hybridflow[train]'"]
+
+
+def run_on_terminal(*args: object) -> tuple[int, str, str]:
+    """hf-run as in an interactive shell: stderr on a pseudo-terminal, stdout piped."""
+    import os
+    import pty
+    import threading
+
+    master, slave = pty.openpty()
+    env = {**os.environ, "TERM": "xterm", "COLUMNS": "120"}
+    p = subprocess.Popen([*HF_RUN, *map(str, args)], stdout=subprocess.PIPE, stderr=slave, text=True, env=env)
+    os.close(slave)
+    chunks: list[bytes] = []
+
+    def pump() -> None:  # drain the terminal so the child never blocks on a full pty buffer
+        while True:
+            try:
+                chunk = os.read(master, 4096)
+            except OSError:  # EIO: the child closed its end
+                return
+            if not chunk:
+                return
+            chunks.append(chunk)
+
+    reader = threading.Thread(target=pump)
+    reader.start()
+    out, _ = p.communicate(timeout=300)
+    reader.join(timeout=30)
+    os.close(master)
+    return p.returncode, out, b"".join(chunks).decode(errors="replace")
+
+
+def test_progress_bar_only_on_a_terminal_and_for_large_images(tiny_model: Path, png: Path, photo: np.ndarray,
+                                                             tmp_path: Path) -> None:
+    """A large image shows the Codec's progress on stderr when stderr is a terminal; piped output and
+    small images get none, and the result line stays on stdout either way."""
+    from hybridflow.runtime.cli import LARGE_IMAGE_PIXELS
+
+    big = tmp_path / "big.png"
+    side = int(LARGE_IMAGE_PIXELS**0.5) + 8
+    cv2.imwrite(str(big), cv2.resize(photo, (side, side)))
+    model = ("--model", tiny_model, "--mask", "1_4")
+    p = run("compress", big, tmp_path / "piped.hfc", *model)
+    assert p.returncode == 0 and p.stderr == "" and "bpp" in p.stdout
+    p = run("decompress", tmp_path / "piped.hfc", tmp_path / "piped.png", "--model", tiny_model)
+    assert p.returncode == 0 and p.stderr == "" and f"{side}×{side}" in p.stdout
+
+    rc, out, err = run_on_terminal("compress", big, tmp_path / "tty.hfc", *model)
+    assert rc == 0 and "bpp" in out and "compressing big.png" in err and "━" in err, err
+    assert "compressing" not in out
+    rc, out, err = run_on_terminal("decompress", tmp_path / "tty.hfc", tmp_path / "tty.png", "--model", tiny_model)
+    assert rc == 0 and f"{side}×{side}" in out and "decompressing tty.hfc" in err and "━" in err, err
+    rc, out, err = run_on_terminal("compress", png, tmp_path / "small.hfc", *model)
+    assert rc == 0 and "bpp" in out and "compressing" not in err and "━" not in err, err

@@ -229,6 +229,20 @@ def test_progress_can_cancel_compress_and_decompress(codec: Codec) -> None:
     np.testing.assert_array_equal(codec.decompress(data), out)
 
 
+@pytest.mark.parametrize("stream", ["hybrid", "vq", "continuous"])
+def test_progress_reaches_the_end_for_every_stream(codec: Codec, stream: str) -> None:
+    """What a progress bar needs from every stream kind: calls that only go forward and end at
+    done == total (the continuous-only reconstruction reports its windows too)."""
+    img = np.random.default_rng(7).integers(0, 256, (300, 600, 3), dtype=np.uint8)
+    encoded: list[tuple[int, int]] = []
+    decoded: list[tuple[int, int]] = []
+    data = codec.compress(img, mask="1_4", stream=stream, progress=lambda d, t: encoded.append((d, t)))
+    codec.decompress(data, progress=lambda d, t: decoded.append((d, t)))
+    for seen in (encoded, decoded):
+        assert seen and seen[-1][0] == seen[-1][1] > 0, seen
+        assert [d for d, _ in seen] == sorted(d for d, _ in seen) and len({t for _, t in seen}) == 1, seen
+
+
 def test_concurrent_graph_runs_are_capped(tiny_model) -> None:  # noqa: ANN001
     """Memory under concurrency is bounded by the Model's cap on simultaneous graph runs, not by
     the number of calling threads."""
