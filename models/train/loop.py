@@ -1,5 +1,6 @@
-"""What every stage's training loop shares: run directory, resumable checkpoints, timing, logging,
-the device and a wall-clock budget (``RunConfig``, the base of every stage's config)."""
+"""What every stage's training run shares: ``RunConfig`` (the base of every stage's config: seed,
+threads, device, bf16, wall-clock budget, checkpoint period) and ``Run`` (the run folder, its
+resumable ``last.pt``, seeding, the budget, and the one loop every stage runs around its own step)."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from .. import checkpoint
 
@@ -95,25 +97,6 @@ def to_tensor(batch_u8: np.ndarray, device: str | torch.device = "cpu") -> torch
     return torch.from_numpy(batch_u8.copy()).to(device).permute(0, 3, 1, 2).float().div(127.5).sub(1.0)
 
 
-def resume(state: RunState, seed: int, **parts: Any) -> dict[str, Any] | None:
-    """Load ``last.pt`` (if any) into ``parts`` (modules/optimisers by checkpoint key) and restore
-    step, elapsed time and the torch RNG. Returns the checkpoint for stage-specific extras."""
-    if not state.last.exists():
-        return None
-    ck = checkpoint.load(state.last)
-    for key, obj in parts.items():
-        obj.load_state_dict(ck[key])
-    state.step, state.elapsed_s = ck["step"], ck["elapsed_s"]
-    torch.manual_seed(seed + state.step)
-    print(f"resumed {state.last} at step {state.step}")
-    return ck
-
-
-def resumed_rng(seed: int, state: RunState) -> np.random.Generator:
-    """A fresh, reproducible stream per resume point (the crop sampler's state is not saved)."""
-    return np.random.default_rng([seed, state.step])
-
-
 @contextlib.contextmanager
 def save_on_interrupt(save: Callable[[], None]) -> Iterator[None]:
     """Ctrl-C, ``kill -INT`` or ``kill`` (TERM) saves a checkpoint before exiting, so stopping a run
@@ -139,16 +122,78 @@ def save_on_interrupt(save: Callable[[], None]) -> Iterator[None]:
             signal.signal(sig, handler)
 
 
-class Checkpointer:
-    """Saves every ``minutes`` of wall time (and on demand), so a killed run loses little."""
+Numbers = dict[str, Any]  # what a step or a validation reports: name → number (or a short string)
+LOG_EVERY = 50  # steps between records of a step's numbers in log.jsonl
 
-    def __init__(self, minutes: float):
-        self.period = minutes * 60
-        self.t_last = time.time()
 
-    def due(self) -> bool:
-        return time.time() - self.t_last >= self.period
+def _short(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
 
-    def save(self, state: RunState, **payload: Any) -> None:
-        checkpoint.save(state.last, step=state.step, elapsed_s=state.elapsed_s, **payload)
-        self.t_last = time.time()
+
+class Run:
+    """One stage's training run, all but the stage's own step: the run folder and its resumable
+    ``last.pt``, seeds, the wall-clock budget, periodic checkpoints and the loop around ``step``.
+
+    A stage makes ``Run(run_dir, cfg)`` first (it seeds torch, so the networks built next are
+    reproducible, and starts the budget's clock: set-up and caches count too), builds its networks and
+    optimisers, calls ``resume`` with them, then ``loop``. Its step draws crops from ``run.rng``."""
+
+    def __init__(self, run_dir: Path, cfg: RunConfig):
+        self.cfg = cfg
+        self.deadline = Deadline(cfg.minutes, reserve_s(cfg.minutes))
+        self.rng = seed_everything(cfg.seed, cfg.threads)
+        self.state = RunState(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        self._saved_at = time.time()
+
+    def resume(self, **parts: Any) -> dict[str, Any] | None:
+        """Load ``last.pt`` (if any) into ``parts`` (modules and optimisers by checkpoint key), restore
+        step and elapsed time, reseed torch, and give the crop sampler a fresh stream for this resume
+        point (its state is not saved). Returns the checkpoint, for stage-specific extras."""
+        state = self.state
+        if not state.last.exists():
+            return None
+        ck = checkpoint.load(state.last)
+        for key, obj in parts.items():
+            obj.load_state_dict(ck[key])
+        state.step, state.elapsed_s = ck["step"], ck["elapsed_s"]
+        torch.manual_seed(self.cfg.seed + state.step)
+        self.rng = np.random.default_rng([self.cfg.seed, state.step])
+        print(f"resumed {state.last} at step {state.step}")
+        return ck
+
+    def save(self, **payload: Any) -> None:
+        """``last.pt``: ``payload`` plus the step and the elapsed training time."""
+        checkpoint.save(self.state.last, step=self.state.step, elapsed_s=self.state.elapsed_s, **payload)
+        self._saved_at = time.time()
+
+    def loop(self, desc: str, steps: int, step: Callable[[], Numbers], save: Callable[[], None],
+             validate: Callable[[], Numbers] | None = None, val_every: int = 0) -> None:
+        """Call ``step`` until the run reaches ``steps`` or one more step would overrun the budget.
+        Its numbers go on the progress bar and, every ``LOG_EVERY`` steps, into log.jsonl;
+        ``validate``'s every ``val_every`` steps (0: never) and where the run stops. ``save`` (which
+        calls ``self.save``) runs every ``ckpt_minutes``, at the end, and on Ctrl-C or ``kill``."""
+        state, deadline = self.state, self.deadline
+        self._saved_at = time.time()  # the checkpoint period counts from the first step, not the set-up
+        bar = tqdm(total=steps, initial=state.step, desc=desc, dynamic_ncols=True)
+        stop = state.step >= steps or deadline.passed()
+        with save_on_interrupt(save):
+            while not stop:
+                t0 = time.time()
+                numbers = step()
+                state.step += 1
+                state.elapsed_s += time.time() - t0
+                deadline.step_done(time.time() - t0)
+                stop = state.step >= steps or deadline.passed()
+                bar.update(1)
+                bar.set_postfix({k: _short(v) for k, v in numbers.items()})
+                if state.step % LOG_EVERY == 0:
+                    state.log(numbers)
+                if validate is not None and (stop or (val_every and state.step % val_every == 0)):
+                    scores = validate()
+                    state.log(scores)
+                    bar.write(f"step {state.step}: " + ", ".join(f"{k} {_short(v)}" for k, v in scores.items()))
+                if time.time() - self._saved_at >= self.cfg.ckpt_minutes * 60 and not stop:
+                    save()
+        bar.close()
+        save()

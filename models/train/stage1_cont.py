@@ -7,32 +7,18 @@ instead of needing a λ sweep; the final λ is logged."""
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ...runtime import metrics
 from .. import checkpoint
 from ..data import ImageCache, data_root, downscale, val_crops
 from ..hyperprior import ContConfig, ContinuousCodec
-from .loop import (
-    Checkpointer,
-    Deadline,
-    RunConfig,
-    RunState,
-    autocast,
-    reserve_s,
-    resume,
-    resumed_rng,
-    save_on_interrupt,
-    seed_everything,
-    to_tensor,
-)
+from .loop import Numbers, Run, RunConfig, autocast, to_tensor
 
 
 @dataclass
@@ -74,57 +60,37 @@ def validate(model: ContinuousCodec, images: list[np.ndarray]) -> dict[str, floa
 
 
 def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir: Path) -> None:
-    deadline = Deadline(cfg.minutes, reserve_s(cfg.minutes))  # set-up and caches count too
-    rng = seed_everything(cfg.seed, cfg.threads)
-    state = RunState(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = Run(run_dir, cfg)
     model = ContinuousCodec(model_cfg)
     if cfg.init:
         model.load_state_dict(checkpoint.load(Path(cfg.init))["model"])
     model.to(cfg.device)
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     log_lmbda = math.log(cfg.lmbda)
-    if ck := resume(state, cfg.seed, model=model, opt=opt):
-        log_lmbda, rng = ck["log_lmbda"], resumed_rng(cfg.seed, state)
+    if ck := run.resume(model=model, opt=opt):
+        log_lmbda = ck["log_lmbda"]
     data = ImageCache(data_root() / "train", cache_dir, downscale_by=model_cfg.downscale)
     images = val_crops(16, whole_tiles_only=True)
-    ckpt = Checkpointer(cfg.ckpt_minutes)
+
+    def step() -> Numbers:
+        nonlocal log_lmbda
+        x = (to_tensor(data.random_crops(run.rng, cfg.batch, cfg.crop), cfg.device) + 1) / 2
+        with autocast(cfg):  # (burst keeps this stage in fp32: likelihoods are differences of CDFs)
+            out = model(x)
+        bpp = bpp_full(out, cfg.batch * cfg.crop**2, model_cfg.downscale)
+        mse = F.mse_loss(out["x_hat"].float(), x)
+        loss = bpp + math.exp(log_lmbda) * mse
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        # Rate controller: too many bits → lower λ, too few → raise it.
+        log_lmbda -= cfg.lmbda_rate * float(np.clip((bpp.item() - cfg.target_bpp) / cfg.target_bpp, -1, 1))
+        return {"bpp": bpp.item(), "psnr_lowres": 10 * math.log10(1 / max(mse.item(), 1e-10)),
+                "lmbda": math.exp(log_lmbda)}
 
     def save() -> None:
-        ckpt.save(state, model=model.state_dict(), opt=opt.state_dict(), log_lmbda=log_lmbda,
-                  config=model_cfg, train_config=cfg, kind="cont")
+        run.save(model=model.state_dict(), opt=opt.state_dict(), log_lmbda=log_lmbda, config=model_cfg,
+                 train_config=cfg, kind="cont")
 
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="stage1-cont", dynamic_ncols=True)
-    stop = state.step >= cfg.steps or deadline.passed()
-    with save_on_interrupt(save):
-        while not stop:
-            t0 = time.time()
-            x = (to_tensor(data.random_crops(rng, cfg.batch, cfg.crop), cfg.device) + 1) / 2
-            with autocast(cfg):  # (burst keeps this stage in fp32: likelihoods are differences of CDFs)
-                out = model(x)
-            bpp = bpp_full(out, cfg.batch * cfg.crop**2, model_cfg.downscale)
-            mse = F.mse_loss(out["x_hat"].float(), x)
-            loss = bpp + math.exp(log_lmbda) * mse
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            # Rate controller: too many bits → lower λ, too few → raise it.
-            log_lmbda -= cfg.lmbda_rate * float(np.clip((bpp.item() - cfg.target_bpp) / cfg.target_bpp, -1, 1))
-            state.step += 1
-            state.elapsed_s += time.time() - t0
-            deadline.step_done(time.time() - t0)
-            stop = state.step >= cfg.steps or deadline.passed()
-            bar.update(1)
-            psnr = 10 * math.log10(1 / max(mse.item(), 1e-10))
-            bar.set_postfix(bpp=f"{bpp.item():.4f}", psnr_lr=f"{psnr:.2f}", lmbda=f"{math.exp(log_lmbda):.1f}")
-            if state.step % 50 == 0:
-                state.log({"bpp": bpp.item(), "psnr_lowres": psnr, "lmbda": math.exp(log_lmbda)})
-            if state.step % cfg.val_every == 0 or stop:
-                v = validate(model, images)
-                state.log(v)
-                bar.write(f"step {state.step}: {v}")
-            if ckpt.due() and not stop:
-                save()
-    bar.close()
-    save()
+    run.loop("stage1-cont", cfg.steps, step, save, lambda: validate(model, images), cfg.val_every)

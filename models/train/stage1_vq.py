@@ -12,13 +12,11 @@ while the decoder learns to draw sharper textures from the same indices."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ...runtime import metrics
 from .. import checkpoint
@@ -26,19 +24,7 @@ from ..data import ImageCache, data_root, val_crops
 from ..discriminator import PatchDiscriminator
 from ..losses import TEXTURE_MATCHES, hinge_d_loss, perceptual_loss, texture_energy_loss
 from ..vq import VQAutoencoder, VQConfig
-from .loop import (
-    Checkpointer,
-    Deadline,
-    RunConfig,
-    RunState,
-    autocast,
-    reserve_s,
-    resume,
-    resumed_rng,
-    save_on_interrupt,
-    seed_everything,
-    to_tensor,
-)
+from .loop import Numbers, Run, RunConfig, autocast, to_tensor
 
 
 @dataclass
@@ -93,10 +79,7 @@ def validate(model: VQAutoencoder, images: list[np.ndarray]) -> dict[str, float]
 
 
 def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Path) -> None:
-    deadline = Deadline(cfg.minutes, reserve_s(cfg.minutes))  # set-up and caches count too
-    rng = seed_everything(cfg.seed, cfg.threads)
-    state = RunState(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = Run(run_dir, cfg)
     model, disc = VQAutoencoder(model_cfg), PatchDiscriminator()
     if cfg.init:
         start = checkpoint.load(Path(cfg.init))
@@ -111,11 +94,9 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
     disc.to(cfg.device)
     opt = torch.optim.Adam(trained.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
-    if resume(state, cfg.seed, model=model, disc=disc, opt=opt, opt_d=opt_d):
-        rng = resumed_rng(cfg.seed, state)
+    run.resume(model=model, disc=disc, opt=opt, opt_d=opt_d)
     data = ImageCache(data_root() / "train", cache_dir)
     tiles = val_crops(24)
-    ckpt = Checkpointer(cfg.ckpt_minutes)
 
     def generator_lr(step: int) -> float:
         """Warm-up over 200 steps; with ``lr_decay`` a linear fall to zero. A function of the step, so
@@ -124,73 +105,56 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
         warm = min(1.0, (step + 1) / 200)
         return cfg.lr * warm * ((1 - step / cfg.steps) if cfg.lr_decay else 1.0)
 
-    def save() -> None:
-        ckpt.save(state, model=model.state_dict(), disc=disc.state_dict(), opt=opt.state_dict(),
-                  opt_d=opt_d.state_dict(), config=model_cfg, train_config=cfg, kind="vq")
-
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="stage1-vq", dynamic_ncols=True)
-    stop = state.step >= cfg.steps or deadline.passed()
-    with save_on_interrupt(save):
-        while not stop:
-            t0 = time.time()
-            x = to_tensor(data.random_crops(rng, cfg.batch, cfg.crop), cfg.device)
+    def step() -> Numbers:
+        n = run.state.step  # steps done before this one
+        x = to_tensor(data.random_crops(run.rng, cfg.batch, cfg.crop), cfg.device)
+        with autocast(cfg):
+            if cfg.decoder_only:
+                with torch.no_grad():
+                    z = model.encoder(x)
+                    zq, _, qloss = model.quantizer(z)
+                rec = model.decoder(zq)
+            else:
+                rec, _, qloss, z = model(x)
+        # losses in fp32, outside autocast: MS-SSIM's E[x²] − μ² cancels catastrophically in bf16
+        # (batch 32 from the shipped model: the loss reached −inf at step 4, then NaN weights)
+        rec = rec.float()
+        l1 = (rec - x).abs().mean()
+        perc = perceptual_loss(rec, x)
+        loss = l1 + cfg.perceptual_weight * perc
+        if cfg.texture_weight:
+            loss = loss + cfg.texture_weight * texture_energy_loss(rec, x, cfg.texture_match)
+        gan_on = n >= cfg.disc_start
+        w_gan = 0.0
+        if gan_on:
+            g_loss = -disc(rec).mean()
+            w_gan = cfg.disc_weight * min(1.0, (n - cfg.disc_start) / 500)
+            if cfg.adaptive_gan:
+                w_gan = w_gan * adaptive_weight(loss, g_loss, model.decoder.conv_out.weight)
+            loss = loss + w_gan * g_loss
+        if not cfg.decoder_only:
+            loss = loss + qloss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
+        for group in opt.param_groups:
+            group["lr"] = generator_lr(n)
+        opt.step()
+        if gan_on:
             with autocast(cfg):
-                if cfg.decoder_only:
-                    with torch.no_grad():
-                        z = model.encoder(x)
-                        zq, _, qloss = model.quantizer(z)
-                    rec = model.decoder(zq)
-                else:
-                    rec, _, qloss, z = model(x)
-            # losses in fp32, outside autocast: MS-SSIM's E[x²] − μ² cancels catastrophically in bf16
-            # (batch 32 from the shipped model: the loss reached −inf at step 4, then NaN weights)
-            rec = rec.float()
-            l1 = (rec - x).abs().mean()
-            perc = perceptual_loss(rec, x)
-            loss = l1 + cfg.perceptual_weight * perc
-            if cfg.texture_weight:
-                loss = loss + cfg.texture_weight * texture_energy_loss(rec, x, cfg.texture_match)
-            gan_on = state.step >= cfg.disc_start
-            w_gan = 0.0
-            if gan_on:
-                g_loss = -disc(rec).mean()
-                w_gan = cfg.disc_weight * min(1.0, (state.step - cfg.disc_start) / 500)
-                if cfg.adaptive_gan:
-                    w_gan = w_gan * adaptive_weight(loss, g_loss, model.decoder.conv_out.weight)
-                loss = loss + w_gan * g_loss
-            if not cfg.decoder_only:
-                loss = loss + qloss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
-            for group in opt.param_groups:
-                group["lr"] = generator_lr(state.step)
-            opt.step()
-            if gan_on:
-                with autocast(cfg):
-                    d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-            restarted = 0
-            if state.step % cfg.restart_every == 0 and state.step > 0 and not cfg.decoder_only:
-                restarted = model.quantizer.restart_dead_codes(z.detach())
-            state.step += 1
-            state.elapsed_s += time.time() - t0
-            deadline.step_done(time.time() - t0)
-            stop = state.step >= cfg.steps or deadline.passed()
-            bar.update(1)
-            bar.set_postfix(l1=f"{l1.item():.3f}", perc=f"{perc.item():.3f}",
-                            used=int((model.quantizer.usage > 0.03).sum()))
-            if state.step % 50 == 0:
-                state.log({"l1": l1.item(), "perc": perc.item(), "q": qloss.item(), "restarted": restarted,
-                           "w_gan": float(w_gan)})
-            if state.step % cfg.val_every == 0 or stop:
-                v = validate(model, tiles)
-                state.log(v)
-                bar.write(f"step {state.step}: {v}")
-            if ckpt.due() and not stop:
-                save()
-    bar.close()
-    save()
+                d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+        restarted = 0
+        if n % cfg.restart_every == 0 and n > 0 and not cfg.decoder_only:
+            restarted = model.quantizer.restart_dead_codes(z.detach())
+        return {"l1": l1.item(), "perc": perc.item(), "q": qloss.item(), "restarted": restarted,
+                "w_gan": float(w_gan), "used": int((model.quantizer.usage > 0.03).sum())}
+
+    def save() -> None:
+        run.save(model=model.state_dict(), disc=disc.state_dict(), opt=opt.state_dict(), opt_d=opt_d.state_dict(),
+                 config=model_cfg, train_config=cfg, kind="vq")
+
+    run.loop("stage1-vq", cfg.steps, step, save, lambda: validate(model, tiles), cfg.val_every)
     print("done:", asdict(cfg))

@@ -9,31 +9,18 @@ own structured schedules; the loss is cross-entropy on masked positions only. Wi
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from ...runtime.masking import SCHEDULES, sent_mask
 from .. import checkpoint
 from ..transformer import MaskedTokenPredictor, TransformerConfig
 from . import tile_cache
-from .loop import (
-    Checkpointer,
-    Deadline,
-    RunConfig,
-    RunState,
-    autocast,
-    reserve_s,
-    resume,
-    resumed_rng,
-    save_on_interrupt,
-    seed_everything,
-)
+from .loop import Numbers, Run, RunConfig, autocast
 
 
 @dataclass
@@ -79,14 +66,12 @@ def random_visible(rng: np.random.Generator, n: int, grid: int, structured_prob:
 
 def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, vq_ckpt: Path, cont_ckpt: Path,
           cache_dir: Path, cache_only: bool = False) -> None:
-    deadline = Deadline(cfg.minutes, reserve_s(cfg.minutes))  # set-up and caches count too
-    rng = seed_everything(cfg.seed, cfg.threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = Run(run_dir, cfg)
     cache = tile_cache.cache_path(cache_dir, "stage2_tokens", vq_ckpt, cont_ckpt, cfg.tiles)
     vq, cont = tile_cache.load_frozen(vq_ckpt, cont_ckpt)
     if not cache.exists():
         tile_cache.build(cache, vq.to(cfg.device), cont.to(cfg.device), cfg.tiles, cache_dir, seed=77,
-                         deadline=deadline)
+                         deadline=run.deadline)
     if cache_only:
         return
     cached = tile_cache.load(cache)
@@ -107,57 +92,41 @@ def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, v
         model.set_codebook(vq.quantizer.normalised_codebook().detach())
     model.to(cfg.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    state = RunState(run_dir)
-    if resume(state, cfg.seed, model=model, opt=opt):
-        rng = resumed_rng(cfg.seed, state)
+    run.resume(model=model, opt=opt)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / cfg.steps))))
-    for _ in range(state.step):
+    for _ in range(run.state.step):
         sched.step()
-    ckpt = Checkpointer(cfg.ckpt_minutes)
+
+    def step() -> Numbers:
+        rng = run.rng
+        pick = torch.from_numpy(rng.integers(n_val, len(tokens), cfg.batch))
+        idx, g = tokens[pick].to(cfg.device), guidance[pick].to(cfg.device)
+        vis = torch.from_numpy(random_visible(rng, cfg.batch, model_cfg.grid, cfg.structured_prob)).to(cfg.device)
+        if cfg.use_guidance:
+            drop = torch.from_numpy(rng.random(cfg.batch) < cfg.guidance_dropout).to(cfg.device)
+            g = torch.where(drop[:, None, None, None], torch.zeros_like(g), g)
+        with autocast(cfg):
+            hidden = model.hidden(idx, vis, g if cfg.use_guidance else None, compact=True)
+            masked = ~vis.reshape(cfg.batch, -1)
+            logits = model.logits(hidden[masked]).float()
+        loss = F.cross_entropy(logits, idx.reshape(cfg.batch, -1)[masked])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        return {"ce": loss.item()}
+
+    def validate() -> Numbers:
+        g = guidance[:n_val].to(cfg.device) if cfg.use_guidance else None
+        return {"heldout_acc_1_4": held_out_accuracy(model, tokens[:n_val].to(cfg.device), g)}
 
     def save() -> None:
-        ckpt.save(state, model=model.state_dict(), opt=opt.state_dict(), config=model_cfg, train_config=cfg,
-                  kind="predictor", vq_ckpt=str(vq_ckpt), cont_ckpt=str(cont_ckpt))
+        run.save(model=model.state_dict(), opt=opt.state_dict(), config=model_cfg, train_config=cfg,
+                 kind="predictor", vq_ckpt=str(vq_ckpt), cont_ckpt=str(cont_ckpt))
 
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="stage2", dynamic_ncols=True)
-    stop = state.step >= cfg.steps or deadline.passed()
-    with save_on_interrupt(save):
-        while not stop:
-            t0 = time.time()
-            pick = torch.from_numpy(rng.integers(n_val, len(tokens), cfg.batch))
-            idx, g = tokens[pick].to(cfg.device), guidance[pick].to(cfg.device)
-            vis = torch.from_numpy(random_visible(rng, cfg.batch, model_cfg.grid, cfg.structured_prob)).to(cfg.device)
-            if cfg.use_guidance:
-                drop = torch.from_numpy(rng.random(cfg.batch) < cfg.guidance_dropout).to(cfg.device)
-                g = torch.where(drop[:, None, None, None], torch.zeros_like(g), g)
-            with autocast(cfg):
-                hidden = model.hidden(idx, vis, g if cfg.use_guidance else None, compact=True)
-                masked = ~vis.reshape(cfg.batch, -1)
-                logits = model.logits(hidden[masked]).float()
-            loss = F.cross_entropy(logits, idx.reshape(cfg.batch, -1)[masked])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
-            sched.step()
-            state.step += 1
-            state.elapsed_s += time.time() - t0
-            deadline.step_done(time.time() - t0)
-            stop = state.step >= cfg.steps or deadline.passed()
-            bar.update(1)
-            bar.set_postfix(ce=f"{loss.item():.3f}")
-            if state.step % 50 == 0:
-                state.log({"ce": loss.item()})
-            if state.step % cfg.val_every == 0 or stop:
-                acc = held_out_accuracy(model, tokens[:n_val].to(cfg.device),
-                                        guidance[:n_val].to(cfg.device) if cfg.use_guidance else None)
-                state.log({"heldout_acc_1_4": acc})
-                bar.write(f"step {state.step}: held-out token accuracy at 1_4 = {acc:.3f}")
-            if ckpt.due() and not stop:
-                save()
-    bar.close()
-    save()
+    run.loop("stage2", cfg.steps, step, save, validate, cfg.val_every)
 
 
 @torch.no_grad()

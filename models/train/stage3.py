@@ -23,13 +23,11 @@ decoder is scored on ``val`` tiles (PSNR, LPIPS-Alex at schedule 1_4): the curve
 from __future__ import annotations
 
 import dataclasses
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from ...runtime import metrics
 from ...runtime.masking import sent_mask
@@ -43,19 +41,7 @@ from ..lpips import LPIPS
 from ..transformer import MaskedTokenPredictor, TransformerConfig
 from ..vq import VQAutoencoder
 from . import tile_cache
-from .loop import (
-    Checkpointer,
-    Deadline,
-    RunConfig,
-    RunState,
-    autocast,
-    reserve_s,
-    resume,
-    resumed_rng,
-    save_on_interrupt,
-    seed_everything,
-    to_tensor,
-)
+from .loop import Numbers, Run, RunConfig, autocast, to_tensor
 from .stage1_vq import adaptive_weight
 
 
@@ -131,9 +117,7 @@ def validate(decoder: PixelDecoder, predictor: MaskedTokenPredictor, tiles: np.n
 
 def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path, predictor_ckpt: Path,
           cache_dir: Path) -> None:
-    deadline = Deadline(cfg.minutes, reserve_s(cfg.minutes))  # set-up and caches count too
-    rng = seed_everything(cfg.seed, cfg.threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = Run(run_dir, cfg)
     vq, cont = tile_cache.load_frozen(vq_ckpt, cont_ckpt)
     vq = with_decoder_norm(vq, cfg.decoder_norm)
     predictor = checkpoint.load_model(predictor_ckpt, MaskedTokenPredictor, TransformerConfig)
@@ -141,7 +125,7 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
         m.to(cfg.device)
     cache = tile_cache.cache_path(cache_dir, "stage3_tiles", vq_ckpt, cont_ckpt, cfg.tiles)
     if not cache.exists():
-        tile_cache.build(cache, vq, cont, cfg.tiles, cache_dir, seed=99, keep_tiles=True, deadline=deadline)
+        tile_cache.build(cache, vq, cont, cfg.tiles, cache_dir, seed=99, keep_tiles=True, deadline=run.deadline)
     cached = tile_cache.load(cache)
     tiles, tokens, guidance = cached.tiles, cached.tokens, cached.guidance
     for p in (*vq.parameters(), *cont.parameters(), *predictor.parameters()):
@@ -168,81 +152,64 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
     if cfg.val_every:
         val_tiles = np.stack(val_crops(cfg.val_tiles))
         val = (val_tiles, *tile_cache.tokens_and_guidance(vq, cont, val_tiles), LPIPS("alex").to(cfg.device))
-    state = RunState(run_dir)
-    parts = ({"model": correction, "opt": opt} | ({"vq_decoder": vq.decoder} if cfg.train_vq_decoder else {})
-             | ({"disc": disc, "opt_d": opt_d} if gan else {}))
-    if resume(state, cfg.seed, **parts):
-        rng = resumed_rng(cfg.seed, state)
-    ckpt = Checkpointer(cfg.ckpt_minutes)
+    run.resume(**({"model": correction, "opt": opt} | ({"vq_decoder": vq.decoder} if cfg.train_vq_decoder else {})
+                  | ({"disc": disc, "opt_d": opt_d} if gan else {})))
+    ct, px = cfg.crop_tokens, cfg.crop_tokens * vq.cfg.factor
+
+    def step() -> Numbers:
+        rng = run.rng
+        pick = rng.integers(0, len(tiles), cfg.batch)
+        idx, g = tokens[pick].to(cfg.device), guidance[pick].to(cfg.device)
+        plain = cfg.train_vq_decoder and rng.random() < cfg.plain_share
+        name = "none" if plain else cfg.schedules[rng.integers(len(cfg.schedules))]
+        vis = torch.from_numpy(np.broadcast_to(sent_mask(name), idx.shape).copy()).to(cfg.device)
+        with torch.no_grad():
+            idx = predictor.predict(idx, vis, g) if name != "none" else idx
+        oy, ox = (int(v) for v in rng.integers(0, 16 - ct + 1, 2))
+        target = to_tensor(tiles[pick][:, oy * 16 : oy * 16 + px, ox * 16 : ox * 16 + px], cfg.device)
+        crop_idx, crop_g = idx[:, oy : oy + ct, ox : ox + ct], g[:, :, oy : oy + ct, ox : ox + ct]
+        with autocast(cfg):
+            out = vq.decode(crop_idx) if plain else decoder(crop_idx, crop_g)
+        out = out.float()
+        l1 = (out - target).abs().mean()
+        perc = perceptual_loss(out, target) if cfg.perceptual_weight else torch.zeros(())
+        lp = torch.zeros(())
+        if lpips_vgg is not None:
+            with autocast(cfg):
+                lp = lpips_vgg(out, target).mean().float()
+        tex = texture_energy_loss(out, target, cfg.texture_match) if cfg.texture_weight else torch.zeros(())
+        loss = l1 + cfg.lpips_weight * lp + cfg.perceptual_weight * perc + cfg.texture_weight * tex
+        w_gan = 0.0
+        if gan:
+            g_loss = -disc(out).mean()
+            w_gan = cfg.disc_weight * min(1.0, run.state.step / cfg.disc_warmup) * adaptive_weight(loss, g_loss, out)
+            loss = loss + w_gan * g_loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * ((1 - run.state.step / cfg.steps) if cfg.lr_decay else 1.0)
+        opt.step()
+        if gan:
+            d_loss = hinge_d_loss(disc(target), disc(out.detach()))
+            opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            opt_d.step()
+        return {"l1": l1.item(), "lpips_vgg": lp.item(), "perc": perc.item(), "texture": tex.item(), "schedule": name,
+                "w_gan": float(w_gan), "d_loss": d_loss.item() if gan else 0.0}
 
     def save() -> None:
         extra = {"disc": disc.state_dict(), "opt_d": opt_d.state_dict()} if gan else {}
         if cfg.train_vq_decoder:
             extra["vq_decoder"] = vq.decoder.state_dict()
             # the fine-tuned VQ model as a stage1-vq checkpoint, for `hf-train bundle --vq`
-            checkpoint.save(run_dir / "vq.pt", model=vq.state_dict(), config=vq.cfg, kind="vq", step=state.step,
-                            from_ckpt=str(vq_ckpt))
-        ckpt.save(state, model=correction.state_dict(), opt=opt.state_dict(), train_config=cfg, kind="correction",
-                  vq_ckpt=str(vq_ckpt), cont_ckpt=str(cont_ckpt), predictor_ckpt=str(predictor_ckpt), **extra)
+            checkpoint.save(run_dir / "vq.pt", model=vq.state_dict(), config=vq.cfg, kind="vq",
+                            step=run.state.step, from_ckpt=str(vq_ckpt))
+        run.save(model=correction.state_dict(), opt=opt.state_dict(), train_config=cfg, kind="correction",
+                 vq_ckpt=str(vq_ckpt), cont_ckpt=str(cont_ckpt), predictor_ckpt=str(predictor_ckpt), **extra)
 
-    if val is not None and state.step == 0 and deadline.share_left() > 0.5:
-        state.log(validate(decoder, predictor, *val))  # the starting point of the val curve
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="stage3", dynamic_ncols=True)
-    ct, px = cfg.crop_tokens, cfg.crop_tokens * vq.cfg.factor
-    stop = state.step >= cfg.steps or deadline.passed()
-    with save_on_interrupt(save):
-        while not stop:
-            t0 = time.time()
-            pick = rng.integers(0, len(tiles), cfg.batch)
-            idx, g = tokens[pick].to(cfg.device), guidance[pick].to(cfg.device)
-            plain = cfg.train_vq_decoder and rng.random() < cfg.plain_share
-            name = "none" if plain else cfg.schedules[rng.integers(len(cfg.schedules))]
-            vis = torch.from_numpy(np.broadcast_to(sent_mask(name), idx.shape).copy()).to(cfg.device)
-            with torch.no_grad():
-                idx = predictor.predict(idx, vis, g) if name != "none" else idx
-            oy, ox = (int(v) for v in rng.integers(0, 16 - ct + 1, 2))
-            target = to_tensor(tiles[pick][:, oy * 16 : oy * 16 + px, ox * 16 : ox * 16 + px], cfg.device)
-            crop_idx, crop_g = idx[:, oy : oy + ct, ox : ox + ct], g[:, :, oy : oy + ct, ox : ox + ct]
-            with autocast(cfg):
-                out = vq.decode(crop_idx) if plain else decoder(crop_idx, crop_g)
-            out = out.float()
-            l1 = (out - target).abs().mean()
-            perc = perceptual_loss(out, target) if cfg.perceptual_weight else torch.zeros(())
-            lp = torch.zeros(())
-            if lpips_vgg is not None:
-                with autocast(cfg):
-                    lp = lpips_vgg(out, target).mean().float()
-            tex = texture_energy_loss(out, target, cfg.texture_match) if cfg.texture_weight else torch.zeros(())
-            loss = l1 + cfg.lpips_weight * lp + cfg.perceptual_weight * perc + cfg.texture_weight * tex
-            w_gan = 0.0
-            if gan:
-                g_loss = -disc(out).mean()
-                w_gan = cfg.disc_weight * min(1.0, state.step / cfg.disc_warmup) * adaptive_weight(loss, g_loss, out)
-                loss = loss + w_gan * g_loss
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * ((1 - state.step / cfg.steps) if cfg.lr_decay else 1.0)
-            opt.step()
-            if gan:
-                d_loss = hinge_d_loss(disc(target), disc(out.detach()))
-                opt_d.zero_grad(set_to_none=True)
-                d_loss.backward()
-                opt_d.step()
-            state.step += 1
-            state.elapsed_s += time.time() - t0
-            deadline.step_done(time.time() - t0)
-            stop = state.step >= cfg.steps or deadline.passed()
-            bar.update(1)
-            bar.set_postfix(l1=f"{l1.item():.3f}", lpips=f"{lp.item():.3f}", perc=f"{perc.item():.3f}")
-            if state.step % 50 == 0:
-                state.log({"l1": l1.item(), "lpips_vgg": lp.item(), "perc": perc.item(), "texture": tex.item(),
-                           "schedule": name, "w_gan": float(w_gan), "d_loss": d_loss.item() if gan else 0.0})
-            if val is not None and (state.step % cfg.val_every == 0 or stop):
-                scores = validate(decoder, predictor, *val)
-                state.log(scores)
-                bar.write(f"step {state.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in scores.items()))
-            if ckpt.due() and not stop:
-                save()
-    bar.close()
-    save()
+    def validate_now() -> Numbers:
+        return validate(decoder, predictor, *val)
+
+    if val is not None and run.state.step == 0 and run.deadline.share_left() > 0.5:
+        run.state.log(validate_now())  # the starting point of the val curve
+    run.loop("stage3", cfg.steps, step, save, validate_now if val is not None else None, cfg.val_every)

@@ -28,17 +28,21 @@ def load_frozen(vq_ckpt: Path, cont_ckpt: Path) -> tuple[VQAutoencoder, Continuo
 
 
 @torch.no_grad()
+def guidance(cont: ContinuousCodec, x: torch.Tensor) -> torch.Tensor:
+    """What the decoder has of full-resolution images ``x`` in [-1, 1] from the continuous stream: the
+    guidance decoded from rounded symbols, as the runtime decodes it."""
+    y, z = cont.analysis(cont.lowres(x))
+    mean, _ = cont.h_s(torch.round(z))
+    return cont.guidance(torch.round(y - mean) + mean)
+
+
+@torch.no_grad()
 def tokens_and_guidance(vq: VQAutoencoder, cont: ContinuousCodec, tiles_u8: np.ndarray
                         ) -> tuple[torch.Tensor, torch.Tensor]:
     """What the decoder will have for these tiles: VQ indices and decoded continuous guidance (computed on
     the models' device, returned on the CPU)."""
     x = to_tensor(tiles_u8, next(vq.parameters()).device)
-    idx = vq.encode(x)
-    low = cont.lowres(x)
-    y, z = cont.analysis(low)
-    mean, _ = cont.h_s(torch.round(z))
-    g = cont.guidance(torch.round(y - mean) + mean)
-    return idx.cpu(), g.cpu()
+    return vq.encode(x).cpu(), guidance(cont, x).cpu()
 
 
 def stage1_key(vq_ckpt: Path, cont_ckpt: Path) -> str:

@@ -10,51 +10,30 @@ PSNR of the learned up-sampling next to bicubic's (the number to beat)."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from .. import checkpoint
 from ..data import ImageCache, data_root, val_crops
 from ..hyperprior import ContConfig, ContinuousCodec
-from .loop import (
-    Checkpointer,
-    Deadline,
-    RunConfig,
-    RunState,
-    autocast,
-    reserve_s,
-    resume,
-    resumed_rng,
-    save_on_interrupt,
-    seed_everything,
-    to_tensor,
-)
+from .loop import Numbers, Run, RunConfig, autocast, to_tensor
+from .tile_cache import guidance
 
 
 @dataclass
 class UpsamplerTrainConfig(RunConfig):
-    steps: int = 2000
-    batch: int = 8
+    steps: int = field(default=2000, metadata={"help": "steps to train (a resumed run goes on to this one)"})
+    batch: int = field(default=8, metadata={"help": "random crops per step"})
     crop: int = field(default=256, metadata={"help": "full-resolution training crop"})
     channels: int = field(default=64, metadata={"help": "upsampler features at ÷4 (ContConfig.upsampler)"})
-    lr: float = 5e-4
+    lr: float = field(default=5e-4, metadata={"help": "Adam learning rate"})
     lr_decay: bool = field(default=True, metadata={"help": "LR falls linearly to 0 at --steps"})
     val_every: int = field(default=250, metadata={"help": "score on val tiles every N steps"})
-    val_tiles: int = 24
-
-
-@torch.no_grad()
-def guidance_of(cont: ContinuousCodec, x: torch.Tensor) -> torch.Tensor:
-    """What the decoder has for full-resolution images ``x`` in [-1, 1]: the guidance from rounded symbols."""
-    y, z = cont.analysis(cont.lowres(x))
-    mean, _ = cont.h_s(torch.round(z))
-    return cont.guidance(torch.round(y - mean) + mean)
+    val_tiles: int = field(default=24, metadata={"help": "val tiles scored"})
 
 
 @torch.no_grad()
@@ -65,7 +44,7 @@ def validate(cont: ContinuousCodec, tiles: np.ndarray) -> dict[str, float]:
     out: dict[str, list[float]] = {"val_psnr": [], "val_psnr_bicubic": []}
     for s in range(0, len(tiles), 8):
         x = to_tensor(tiles[s : s + 8], device)
-        g = guidance_of(cont, x)
+        g = guidance(cont, x)
         target = (x + 1) / 2
         bicubic = F.interpolate(cont.reconstruct(g), scale_factor=float(cont.cfg.downscale), mode="bicubic",
                                 align_corners=False)
@@ -78,9 +57,7 @@ def validate(cont: ContinuousCodec, tiles: np.ndarray) -> dict[str, float]:
 
 
 def train(run_dir: Path, cfg: UpsamplerTrainConfig, cont_ckpt: Path, cache_dir: Path) -> None:
-    deadline = Deadline(cfg.minutes, reserve_s(cfg.minutes))
-    rng = seed_everything(cfg.seed, cfg.threads)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    run = Run(run_dir, cfg)
     cont = checkpoint.load_model(cont_ckpt, ContinuousCodec, ContConfig)
     if cont.upsampler is None:
         cont.add_upsampler(cfg.channels)
@@ -89,50 +66,28 @@ def train(run_dir: Path, cfg: UpsamplerTrainConfig, cont_ckpt: Path, cache_dir: 
     cont.to(cfg.device).eval()
     cont.upsampler.train()
     opt = torch.optim.Adam(cont.upsampler.parameters(), lr=cfg.lr)
-    state = RunState(run_dir)
-    if resume(state, cfg.seed, model=cont, opt=opt):
-        rng = resumed_rng(cfg.seed, state)
+    run.resume(model=cont, opt=opt)
     data = ImageCache(data_root() / "train", cache_dir)
     val = np.stack(val_crops(cfg.val_tiles))
-    ckpt = Checkpointer(cfg.ckpt_minutes)
+
+    def step() -> Numbers:
+        for group in opt.param_groups:
+            group["lr"] = cfg.lr * (1 - run.state.step / cfg.steps if cfg.lr_decay else 1.0)
+        x = to_tensor(data.random_crops(run.rng, cfg.batch, cfg.crop), cfg.device)
+        if run.rng.random() < 0.5:
+            x = x.flip(3)
+        g = guidance(cont, x)
+        with autocast(cfg):
+            rec = cont.upsampler(g)
+        loss = F.mse_loss(rec.float(), (x + 1) / 2)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        return {"mse": loss.item(), "psnr": -10 * float(np.log10(max(loss.item(), 1e-10)))}
 
     def save() -> None:
-        ckpt.save(state, model=cont.state_dict(), opt=opt.state_dict(), config=cont.cfg, train_config=cfg,
-                  kind="cont")
+        run.save(model=cont.state_dict(), opt=opt.state_dict(), config=cont.cfg, train_config=cfg, kind="cont")
 
-    if state.step == 0:
-        state.log(validate(cont, val))
-    bar = tqdm(total=cfg.steps, initial=state.step, desc="upsampler", dynamic_ncols=True)
-    stop = state.step >= cfg.steps or deadline.passed()
-    with save_on_interrupt(save):
-        while not stop:
-            t0 = time.time()
-            for group in opt.param_groups:
-                group["lr"] = cfg.lr * (1 - state.step / cfg.steps if cfg.lr_decay else 1.0)
-            x = to_tensor(data.random_crops(rng, cfg.batch, cfg.crop), cfg.device)
-            if rng.random() < 0.5:
-                x = x.flip(3)
-            g = guidance_of(cont, x)
-            with autocast(cfg):
-                rec = cont.upsampler(g)
-            loss = F.mse_loss(rec.float(), (x + 1) / 2)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            state.step += 1
-            state.elapsed_s += time.time() - t0
-            deadline.step_done(time.time() - t0)
-            stop = state.step >= cfg.steps or deadline.passed()
-            bar.update(1)
-            bar.set_postfix(psnr=f"{-10 * np.log10(max(loss.item(), 1e-10)):.2f}")
-            if state.step % 50 == 0:
-                state.log({"mse": loss.item()})
-            if state.step % cfg.val_every == 0 or stop:
-                v = validate(cont, val)
-                state.log(v)
-                bar.write(f"step {state.step}: val PSNR {v['val_psnr']:.3f} (bicubic {v['val_psnr_bicubic']:.3f})")
-            if ckpt.due() and not stop:
-                save()
-    bar.close()
-    save()
-
+    if run.state.step == 0:
+        run.state.log(validate(cont, val))
+    run.loop("upsampler", cfg.steps, step, save, lambda: validate(cont, val), cfg.val_every)
