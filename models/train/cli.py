@@ -54,9 +54,9 @@ class Stage3Files(FrozenFiles):
     predictor: Path = field(metadata={"help": "frozen stage2 checkpoint", "must_exist": True})
 
 
-def stage_specs(stage: str) -> tuple[options.Spec, ...]:
-    """The dataclasses whose fields are ``hf-train STAGE``'s options, in the order ``parse_stage``
-    returns them filled (imported here: they pull in torch)."""
+def stage_specs() -> dict[str, tuple[options.Spec, ...]]:
+    """For each training command, the dataclasses whose fields are its options, in the order
+    ``parse_stage`` returns them filled (imported here: they pull in torch)."""
     from ..hyperprior import ContConfig
     from ..transformer import TransformerConfig
     from ..vq import VQConfig
@@ -74,12 +74,12 @@ def stage_specs(stage: str) -> tuple[options.Spec, ...]:
                    (TransformerConfig, vars(new_model_config()))),
         "stage3": ((Stage3Files, {"run_dir": runs / "stage3"}), Stage3TrainConfig),
         "upsampler": ((UpsamplerFiles, {"run_dir": runs / "upsampler"}), UpsamplerTrainConfig),
-    }[stage]
+    }
 
 
 def parse_stage(stage: str, argv: Sequence[str], description: str | None = None) -> list[Any]:
     """``hf-train STAGE ARGV…`` → its files, its training config and (stages 1 and 2) its model config."""
-    specs = stage_specs(stage)
+    specs = stage_specs()[stage]
     p = options.parser(f"hf-train {stage}", description, *specs)
     if stage == "stage2":  # the short form the documented runs use
         p.add_argument("--layers", type=int, help="sets both --enc-layers and --dec-layers")
