@@ -75,13 +75,12 @@ class ContinuousCodec(nn.Module):
         self.g_s_head = nn.Sequential(deconv(m, n), GDN(n, inverse=True), deconv(n, n), GDN(n, inverse=True))
         self.g_s_tail = nn.Sequential(deconv(n, n), GDN(n, inverse=True), deconv(n, 3))
         self.prior = FactorizedPrior(cfg.hyper)
-        self.upsampler = ContUpsampler(n, cfg.downscale, cfg.upsampler) if cfg.upsampler else None
+        self.upsampler = ContUpsampler(self.g_s_tail, cfg.downscale, cfg.upsampler) if cfg.upsampler else None
 
     def add_upsampler(self, channels: int = 64) -> None:
         """Give a trained codec a learned up-sampling that starts as its own tail + bicubic."""
         self.cfg.upsampler = channels
-        self.upsampler = ContUpsampler(self.cfg.channels, self.cfg.downscale, channels)
-        self.upsampler.init_from(self.g_s_tail)
+        self.upsampler = ContUpsampler(self.g_s_tail, self.cfg.downscale, channels)
 
     def lowres(self, x: torch.Tensor) -> torch.Tensor:
         """Full-resolution image in [-1, 1] → this codec's input: [0, 1], ``downscale``× smaller

@@ -19,8 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import GDN
-
 
 class PlainResBlock(nn.Module):
     """conv → ReLU → conv, plus the input (EDSR: no normalisation, which costs super-resolution accuracy)."""
@@ -36,16 +34,17 @@ class PlainResBlock(nn.Module):
 
 class ContUpsampler(nn.Module):
     """Guidance (÷16) → full-resolution RGB in [0, 1] (unclamped): bicubic of the codec's own low-res
-    reconstruction plus a learned residual. ``head``/``to_low`` start as copies of the codec's tail
-    (``init_from``) and are fine-tuned with the rest. ``scale`` is the codec's down-scaling factor (a
-    power of two): one ×2 pixel-shuffle stage each, channels halving from ``channels``."""
+    reconstruction plus a learned residual. ``head``/``to_low`` *are* the codec's synthesis tail
+    (``tail``: deconvolution, inverse GDN, deconvolution; shared modules, so the exported graph and the
+    bundle hold those weights once), fine-tuned with the rest. ``scale`` is the codec's down-scaling
+    factor (a power of two): one ×2 pixel-shuffle stage each, channels halving from ``channels``."""
 
-    def __init__(self, guidance_channels: int, scale: int, channels: int = 64, blocks: int = 4):
+    def __init__(self, tail: nn.Sequential, scale: int, channels: int = 64, blocks: int = 4):
         super().__init__()
         self.scale = scale
-        n, c = guidance_channels, channels
-        self.head = nn.Sequential(nn.ConvTranspose2d(n, n, 5, 2, 2, 1), GDN(n, inverse=True))  # ÷16 → ÷8
-        self.to_low = nn.ConvTranspose2d(n, 3, 5, 2, 2, 1)  # ÷8 → ÷4: the low-res image
+        n, c = tail[0].in_channels, channels
+        self.head = tail[:2]  # ÷16 → ÷8
+        self.to_low = tail[2]  # ÷8 → ÷4: the low-res image
         self.features = nn.ConvTranspose2d(n, c, 5, 2, 2, 1)  # ÷8 → ÷4: what the low-res image dropped
         self.body = nn.Sequential(nn.Conv2d(c + 3, c, 3, padding=1), *(PlainResBlock(c) for _ in range(blocks)))
         up: list[nn.Module] = []
@@ -66,12 +65,6 @@ class ContUpsampler(nn.Module):
             radius += 1 / cell
             cell *= 2
         return radius + 1 / cell
-
-    def init_from(self, tail: nn.Sequential) -> None:
-        """Start from the codec's synthesis tail (deconv, inverse GDN, deconv): same low-res image."""
-        self.head[0].load_state_dict(tail[0].state_dict())
-        self.head[1].load_state_dict(tail[1].state_dict())
-        self.to_low.load_state_dict(tail[2].state_dict())
 
     def forward(self, g: torch.Tensor) -> torch.Tensor:
         h = self.head(g)
