@@ -129,7 +129,7 @@ def figure(rows: list[list[tuple[np.ndarray, str]]], size: int, path: Path) -> N
             ax.imshow(img, interpolation="none")
             ax.set_title(title, fontsize=7.5, pad=2, linespacing=1.1)
             ax.axis("off")
-    fig.savefig(path, dpi=DPI, pil_kwargs={"quality": 80, "subsampling": 0})  # JPEG 4:4:4 at q80: the tree stays ≤ 32 MiB
+    fig.savefig(path, dpi=DPI, pil_kwargs={"quality": 80, "subsampling": 0})  # JPEG 4:4:4, q80: tree ≤ 32 MiB
     plt.close(fig)
 
 
