@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -45,37 +46,51 @@ def load_avg() -> str:
 
 
 # --------------------------------------------------------------------------------- 1. MACs
-def _fixed_dims(model: onnx.ModelProto, dims: dict[str, int]) -> onnx.ModelProto:
+def _with_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
+    """A copy of ``model`` whose inputs have these fixed shapes, after shape inference."""
     m = onnx.ModelProto()
     m.CopyFrom(model)
     for value in m.graph.input:
-        for d in value.type.tensor_type.shape.dim:
-            if d.dim_param in dims:
-                d.dim_value = dims[d.dim_param]
+        if value.name in shapes:
+            for d, n in zip(value.type.tensor_type.shape.dim, shapes[value.name]):
+                d.dim_value = int(n)
     return onnx.shape_inference.infer_shapes(m, data_prop=True)
 
 
-def macs(path: Path, side: int, batch: int = 1) -> tuple[int, int]:
-    """(multiply-accumulates, output pixels) of one run at ``side``×``side`` tokens."""
-    model = _fixed_dims(onnx.load(path), {"batch": batch, "height": side, "width": side})
+def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
+    return next((a.i for a in node.attribute if a.name == name), default)
+
+
+def run_macs(path: Path, input_shapes: dict[str, tuple[int, ...]]) -> tuple[int, list[int]]:
+    """Multiply-accumulates of one run on inputs of these shapes, counted over Conv, ConvTranspose,
+    MatMul and Gemm nodes (what the CPU's FMA units do; norms, activations, resizes are not counted),
+    and the shape of the first output."""
+    model = _with_shapes(onnx.load(path), input_shapes)
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)}
-    consts = {t.name: list(t.dims) for t in model.graph.initializer}
+    shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
     total = 0
     for node in model.graph.node:
         if node.op_type not in MAC_OPS:
             continue
-        out = shapes.get(node.output[0])
-        w = consts.get(node.input[1]) or shapes.get(node.input[1])
-        if not out or not w or 0 in out:
+        x, w, out = (shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0]))
+        if not x or not w or not out or 0 in out or 0 in x:
             raise ValueError(f"{path.name}: no shape for {node.name} (shape inference failed)")
-        if node.op_type.startswith("Conv"):
-            groups = next((a.i for a in node.attribute if a.name == "group"), 1)
-            per_out = int(np.prod(w[1:])) if node.op_type == "Conv" else int(np.prod(w[2:])) * w[0] // groups
-            total += int(np.prod(out)) * per_out
-        else:
-            total += int(np.prod(out)) * w[-2]
-    image = shapes[model.graph.output[0].name]
+        if node.op_type == "Conv":  # every output element: (C_in / groups) × kernel MACs; w = (C_out, C_in/g, k…)
+            total += int(np.prod(out)) * int(np.prod(w[1:]))
+        elif node.op_type == "ConvTranspose":  # every input element scatters into (C_out / groups) × kernel
+            total += int(np.prod(x)) * int(np.prod(w[1:]))
+        else:  # MatMul, Gemm: every output element is a dot product over the shared dimension K
+            total += int(np.prod(out)) * (x[-2] if _attr(node, "transA", 0) else x[-1])
+    return total, shapes[model.graph.output[0].name]
+
+
+def macs(path: Path, side: int, batch: int = 1) -> tuple[int, int]:
+    """(multiply-accumulates, output pixels) of one run at ``side``×``side`` tokens."""
+    dims = {"batch": batch, "height": side, "width": side}
+    shapes = {v.name: tuple(dims.get(d.dim_param, d.dim_value) for d in v.type.tensor_type.shape.dim)
+              for v in onnx.load(path).graph.input}
+    total, image = run_macs(path, shapes)
     return total, int(np.prod(image[2:])) * batch
 
 
@@ -111,17 +126,36 @@ def gemm_runners(threads: int, n: int = GEMM_N) -> dict[str, Callable[[], Any]]:
     return out
 
 
-def nominal_peak(threads: int) -> dict[str, float]:
-    flags, mhz = "", 0.0
+def cpu_clock() -> tuple[float, str]:
+    """(GHz, where it came from): ``lscpu``'s maximum clock, else its current one, else BogoMIPS ÷ 2
+    (x86 Linux computes BogoMIPS as twice the TSC clock: what a VM without frequency data shows),
+    else /proc/cpuinfo's ``cpu MHz``."""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        out = ""
+    fields = {k.strip(): v.strip() for k, _, v in (line.partition(":") for line in out.splitlines())}
+    for key, scale, how in (("CPU max MHz", 1, "lscpu 'CPU max MHz'"), ("CPU MHz", 1, "lscpu 'CPU MHz'"),
+                            ("BogoMIPS", 0.5, "lscpu BogoMIPS ÷ 2 (the TSC clock; lscpu reports no MHz here)")):
+        if fields.get(key):
+            return float(fields[key]) * scale / 1e3, how
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    mhz = next((float(line.split(":")[1]) for line in text.splitlines() if line.startswith("cpu MHz")), 0.0)
+    return mhz / 1e3, "/proc/cpuinfo 'cpu MHz'"
+
+
+def nominal_peak(threads: int) -> dict[str, float | str]:
+    """cores × FLOP/cycle × clock: AVX-512 has 2 FMA pipes × 16 fp32 lanes × 2 FLOP = 64 FLOP/cycle per
+    core (AVX2: 32); VNNI's u8·s8 dot products do 4 MACs per fp32 lane, so int8 is 4× that."""
+    flags = ""
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
-        text = cpuinfo.read_text()
-        flags = next((line for line in text.splitlines() if line.startswith("flags")), "")
-        mhz = next((float(line.split(":")[1]) for line in text.splitlines() if line.startswith("cpu MHz")), 0.0)
+        flags = next((line for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), "")
     fp32 = 64 if "avx512f" in flags else 32 if "fma" in flags else 8  # FLOP/cycle/core
     int8 = fp32 * 4 if ("avx512_vnni" in flags or "avx_vnni" in flags) else fp32 * 2
-    ghz = threads * mhz / 1e3
-    return {"fp32": fp32 * ghz, "int8": int8 * ghz, "ghz": mhz / 1e3}
+    ghz, how = cpu_clock()
+    return {"fp32": fp32 * threads * ghz, "int8": int8 * threads * ghz, "ghz": ghz, "clock_from": how,
+            "fp32_per_cycle": fp32, "int8_per_cycle": int8}
 
 
 # ----------------------------------------------------------------------------- 3. windows
@@ -183,7 +217,7 @@ def window_section(model: Model, ckpt: Path | None, side: int, threads: list[int
              "Runs in turn (one of each, `--repeat` rounds), so all columns of a block see the same load. "
              f"*GEMM peak*: onnxruntime's {GEMM_N}³ fp32 MatMul / u8·s8 MatMulInteger timed in the same rounds. "
              "*Nominal peak*: cores × clock × FLOP/cycle (AVX-512: 2 FMA × 16 lanes; VNNI ×4 for int8), clock "
-             "as /proc/cpuinfo reports it.", "",
+             "from lscpu (`quantize.cpu_clock`).", "",
              "| graph | threads | variant | min ms | median ms | MP/s | GFLOP/s (GOP/s) | of GEMM peak | "
              "of nominal peak | speed-up vs fp32 ORT | load |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for t in threads:

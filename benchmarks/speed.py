@@ -1,6 +1,8 @@
-"""Where HybridFlow's time goes: per-stage breakdown, threads, ONNX Runtime vs PyTorch, classic codecs, image size.
+"""Where HybridFlow's time goes: per-stage breakdown, threads, decoder FLOPs and the CPU's peak,
+ONNX Runtime vs PyTorch eager, classic codecs, image size.
 
-    python -m benchmarks.speed [--model DIR] [--limit N] [--threads 1,2] [--sizes 256,512,1024,2048,4096]
+    python -m benchmarks.speed [--model DIR] [--limit N] [--threads 1,2] [--parts kodak,eager,sweep,large]
+                               [--release runs/release] [--sizes 256,512,1024,2048,4096] [--large 8000x6000]
                                [--out benchmarks/out]
 
 Why: the totals in ``runtime_stats`` say how slow the codec is, not why. To know what to optimise
@@ -8,13 +10,22 @@ Why: the totals in ``runtime_stats`` say how slow the codec is, not why. To know
 around them) each stage is timed inside real ``compress``/``decompress`` calls, by wrapping the
 runtime's own methods for the duration of the benchmark; nothing is re-implemented here.
 
-1. Kodak, per stage, for each thread count: seconds per image and megapixels per second. The count
-   is onnxruntime's intra-op threads; the matrix products of the integer hyper synthesis run in
-   NumPy's BLAS, whose own thread pool it does not set (OPENBLAS_NUM_THREADS does).
-2. ONNX Runtime vs PyTorch eager per graph, as measured by ``hf-export`` (manifest ``parity``).
-3. AVIF and HEIC encode/decode time at the setting whose bpp is closest to HybridFlow's, per image.
-4. Size sweep: encode and decode of an S×S photo-like mosaic, each in a fresh process, so the peak
-   RSS of each is its own (see ``peak_rss_mb`` for why not ``ru_maxrss``). Writes ``speed_sweep.png``.
+Parts (``--parts``; each fits one quiet-machine command, see benchmarks/RESULTS.md):
+
+- ``kodak``: Kodak, per stage, for each thread count: seconds per image and megapixels per second.
+  The count is onnxruntime's intra-op threads; the matrix products of the integer hyper synthesis run
+  in NumPy's BLAS, whose own thread pool it does not set (OPENBLAS_NUM_THREADS does). Then the
+  decoder's cost: multiply-accumulates counted from the ONNX graphs at the shapes each decode really
+  ran (``quantize.run_macs``), the rate reached and its fraction of this CPU's nominal peak
+  (``quantize.nominal_peak``). Then AVIF and HEIC, in the same run, at the setting whose bpp is
+  closest to HybridFlow's, per image.
+- ``eager``: the same ``Codec`` procedure with every graph run by PyTorch eager (fp32; ``TorchModel``
+  of export/parity.py) from the stage checkpoints ``hf-train unbundle`` writes (``--release``), on the
+  same streams: decode and encode time per graph and in total, runtime ÷ eager.
+- ``sweep``: encode and decode of an S×S photo-like mosaic, each in a fresh process, so the peak
+  RSS of each is its own (see ``peak_rss_mb`` for why not ``ru_maxrss``). Writes ``speed_sweep.png``.
+- ``large``: one W×H mosaic (``--large``) encoded and decoded in fresh processes
+  (``runtime_stats.large``): wall time and peak RSS.
 
 All times are wall-clock on a machine that may be shared: the load average at start is printed."""
 
@@ -28,6 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -40,12 +52,14 @@ import numpy as np
 
 from benchmarks.baselines import Baseline, available
 from benchmarks.kodak import load_images
+from benchmarks.quantize import nominal_peak, run_macs
 from benchmarks.runtime_stats import mosaic, peak_rss_mb
 from hybridflow.runtime import Codec
 from hybridflow.runtime.complexity import ComplexityModel
 from hybridflow.runtime.entropy import Decoder
 from hybridflow.runtime.fixedpoint import IntegerHyperSynthesis
-from hybridflow.runtime.model import Model
+from hybridflow.runtime.metrics import psnr
+from hybridflow.runtime.model import INT8_SUFFIX, Model
 
 ROOT = Path(__file__).resolve().parents[1]
 MASK, STREAM = "auto", "hybrid"
@@ -121,10 +135,36 @@ class StageClock:
         return out
 
 
+Shapes = tuple[tuple[str, tuple[int, ...]], ...]
+
+
+class GraphCalls:
+    """Every ``Model.run`` call's graph and input shapes since the last ``take``: what the FLOP count
+    of a decode is computed from (the shapes a decode really ran, windows and margins included)."""
+
+    def __init__(self) -> None:
+        self.calls: Counter[tuple[str, Shapes]] = Counter()
+
+    def logged(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        @wraps(fn)
+        def wrapper(model: Model, graph: str, **inputs: np.ndarray) -> Any:
+            self.calls[(graph, tuple((k, v.shape) for k, v in inputs.items()))] += 1
+            return fn(model, graph, **inputs)
+
+        return wrapper
+
+    def take(self) -> Counter[tuple[str, Shapes]]:
+        out, self.calls = self.calls, Counter()
+        return out
+
+
 @contextmanager
-def instrumented(clock: StageClock) -> Iterator[None]:
+def instrumented(clock: StageClock, calls: GraphCalls | None = None,
+                 extra: list[tuple[type, str, str]] | None = None) -> Iterator[None]:
     with ExitStack() as stack:
-        for owner, method, label in STAGES:
+        if calls is not None:
+            stack.enter_context(patch.object(Model, "run", calls.logged(Model.run)))
+        for owner, method, label in STAGES + (extra or []):
             stack.enter_context(patch.object(owner, method, clock.timed(getattr(owner, method), label)))
         yield
 
@@ -164,6 +204,8 @@ class KodakRun:
     decode: Direction = field(default_factory=Direction)
     bpp: list[float] = field(default_factory=list)
     streams: list[bytes] = field(default_factory=list)
+    decode_calls: Counter[tuple[str, Shapes]] = field(default_factory=Counter)  # over all images
+    precision: dict[str, str] = field(default_factory=dict)  # graph → the variant that ran
 
 
 def timed_call(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
@@ -173,17 +215,26 @@ def timed_call(fn: Callable[..., Any], *args: Any) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
-def kodak_run(model: str | None, threads: int, images: list[tuple[str, np.ndarray]], clock: StageClock) -> KodakRun:
+def precision_of(model: Model, graph: str) -> str:
+    """Which variant of ``graph`` a CPU session of ``model`` runs (model.Model._variant's rule)."""
+    entry = model.manifest["graphs"].get(graph + INT8_SUFFIX)
+    return "int8" if entry and entry.get("variant_of") == graph and model.precision != "fp32" else "fp32"
+
+
+def kodak_run(model: str | None, threads: int, images: list[tuple[str, np.ndarray]], clock: StageClock,
+              calls: GraphCalls) -> KodakRun:
     codec = Codec.load(model, provider="cpu", threads=threads)
     codec.decompress(codec.compress(images[0][1], MASK, STREAM))  # untimed warm-up: opens the sessions
-    run = KodakRun(threads)
+    run = KodakRun(threads, precision={g: precision_of(codec.model, g) for g in codec.model.manifest["graphs"]})
     for _, rgb in images:
         pixels = rgb.shape[0] * rgb.shape[1]
         clock.take()
         data, seconds = timed_call(codec.compress, rgb, MASK, STREAM)
         run.encode.add(seconds, clock.take(), pixels)
+        calls.take()
         _, seconds = timed_call(codec.decompress, data)
         run.decode.add(seconds, clock.take(), pixels)
+        run.decode_calls.update(calls.take())
         run.bpp.append(8 * len(data) / pixels)
         run.streams.append(data)
     return run
@@ -233,30 +284,143 @@ def breakdown_section(runs: list[KodakRun]) -> str:
     return "\n".join(lines)
 
 
-# ---------------------------------------------------------------------------- 2. ORT vs PyTorch
-def parity_section(manifest: dict[str, Any]) -> str:
-    graphs = manifest.get("parity", {}).get("graphs", {})
-    timed = {name: g for name, g in graphs.items() if "ort_s" in g and "torch_s" in g}
-    lines = ["### ONNX Runtime vs PyTorch eager, per graph (measured by `hf-export`)", ""]
-    if not timed:
-        return "\n".join(lines + ["The manifest has no parity timings (model exported without parity/timing)."])
-    lines += ["Mean of 3 calls after one warm-up, CPU, on the export machine at export time, with the inputs "
-              "`hf-export` used for parity: *real* = a batch of real 256² validation tiles (one per image, up to "
-              "4) and what the models make of them; *random* = the graph spec's random example batch. "
-              "Not re-measured here.", "",
-              "| graph | inputs | ORT ms/call | PyTorch ms/call | ORT speed-up |", "|---|---|---|---|---|"]
-    for name, g in timed.items():
-        inputs = "real" if "real" in g else "random"
-        ort_ms, torch_ms = 1e3 * g["ort_s"], 1e3 * g["torch_s"]
-        lines.append(f"| {name} | {inputs} | {ort_ms:.2f} | {torch_ms:.2f} | {torch_ms / ort_ms:.2f}× |")
-    total_ort = sum(g["ort_s"] for g in timed.values())
-    total_torch = sum(g["torch_s"] for g in timed.values())
-    lines.append(f"| all graphs, one call each | | {1e3 * total_ort:.2f} | {1e3 * total_torch:.2f} | "
-                 f"{total_torch / total_ort:.2f}× |")
+# ------------------------------------------------------------------- 2. decoder FLOPs and peak
+def cost_section(model_dir: Path, runs: list[KodakRun]) -> str:
+    """Per decode graph: multiply-accumulates per image pixel (counted from the ONNX graph at the shapes
+    the decodes ran), the rate each thread count reached inside ``Model.run`` and its share of the
+    nominal peak of as many cores (int8 peak for graphs that ran their int8 variant)."""
+    graphs = json.loads((model_dir / "manifest.json").read_text())["graphs"]
+    per_call: dict[tuple[str, Shapes], int] = {}
+    macs: Counter[str] = Counter()
+    for key, n in runs[0].decode_calls.items():
+        graph, shapes = key
+        if key not in per_call:
+            per_call[key] = run_macs(model_dir / graphs[graph]["file"], dict(shapes))[0]
+        macs[graph] += n * per_call[key]
+    pixels = runs[0].decode.pixels
+    peak1 = nominal_peak(1)
+    lines = ["### Decoder FLOPs per pixel and the fraction of this CPU's peak", "",
+             f"Multiply-accumulates of Conv, ConvTranspose, MatMul and Gemm nodes (the FMA work; norms, "
+             f"activations, resizes and (de)quantisation are not counted), from the ONNX graphs at the input shapes "
+             f"the {runs[0].decode.images} Kodak decodes above really ran (`quantize.run_macs`), per pixel of the "
+             f"decoded image; FLOP = 2 × MAC. Rate = FLOPs ÷ the seconds inside `Model.run` for that graph. "
+             f"*Nominal peak* = threads × {peak1['fp32_per_cycle']} FLOP/cycle (AVX-512: 2 FMA pipes × 16 fp32 "
+             f"lanes × 2) × {peak1['ghz']:.3f} GHz ({peak1['clock_from']}) = {peak1['fp32']:.0f} GFLOP/s per core "
+             f"fp32; int8 graphs against {peak1['int8_per_cycle']} op/cycle (AVX-512 VNNI: 4 u8·s8 MACs per fp32 "
+             f"lane) = {peak1['int8']:.0f} GOP/s per core. Boost clocks may be higher than this nominal clock.", "",
+             "| graph | precision | MAC/pixel | GFLOP/image | " + " | ".join(
+                 f"{r.threads} thr GFLOP/s | {r.threads} thr of peak" for r in runs) + " |",
+             "|---|---|---|---|" + "---|---|" * len(runs)]
+    total = sum(macs.values())
+    for graph, m in sorted(macs.items(), key=lambda kv: -kv[1]):
+        kind = runs[0].precision.get(graph, "fp32")
+        cells = []
+        for r in runs:
+            seconds = r.decode.stages.get(f"graph {graph}", 0.0)
+            rate = 2 * m / seconds / 1e9 if seconds else float("nan")
+            cells.append(f"{rate:.1f} | {100 * rate / nominal_peak(r.threads)[kind]:.1f} %")
+        lines.append(f"| {graph} | {kind} | {m / pixels:,.0f} | {2 * m / runs[0].decode.images / 1e9:.1f} | "
+                     + " | ".join(cells) + " |")
+    cells = []
+    for r in runs:
+        rate = 2 * total / r.decode.total / 1e9
+        peak = nominal_peak(r.threads)
+        cells.append(f"{rate:.1f} | {100 * rate / peak['fp32']:.1f} % fp32, {100 * rate / peak['int8']:.1f} % int8")
+    lines.append(f"| **whole decode** (wall time) | mixed | {total / pixels:,.0f} | "
+                 f"{2 * total / runs[0].decode.images / 1e9:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------- 3. classic codecs
+# ---------------------------------------------------------------------------- 3. ORT vs PyTorch
+def eager_codec(release: Path, model_dir: Path) -> Codec:
+    """The runtime's ``Codec`` procedure with every graph run by PyTorch eager (fp32), built from the
+    stage checkpoints ``hf-train unbundle`` writes: the networks the ONNX graphs were exported from."""
+    from hybridflow.export.graphs import graph_specs
+    from hybridflow.export.parity import TorchModel
+    from hybridflow.models import checkpoint
+    from hybridflow.models.bundle import Components
+    from hybridflow.models.correction import CorrectionNet
+    from hybridflow.models.hyperprior import ContConfig, ContinuousCodec
+    from hybridflow.models.transformer import MaskedTokenPredictor, TransformerConfig
+    from hybridflow.models.vq import VQAutoencoder, VQConfig
+
+    missing = [f for f in ("vq.pt", "cont.pt", "predictor.pt", "correction.pt") if not (release / f).is_file()]
+    if missing:
+        raise SystemExit(f"{release}: {', '.join(missing)} missing; write them with "
+                         f"`hf-train unbundle {model_dir} --out {release}`")
+    vq = checkpoint.load_model(release / "vq.pt", VQAutoencoder, VQConfig)
+    cont = checkpoint.load_model(release / "cont.pt", ContinuousCodec, ContConfig)
+    predictor = checkpoint.load_model(release / "predictor.pt", MaskedTokenPredictor, TransformerConfig)
+    correction = CorrectionNet(vq.cfg, cont.cfg.channels)
+    correction.load_state_dict(checkpoint.load(release / "correction.pt")["model"])
+    parts = Components(vq, cont, predictor, correction, None, None, "eager", False).eval()  # type: ignore[arg-type]
+    return Codec(TorchModel.from_specs(model_dir, graph_specs(parts)))
+
+
+@dataclass
+class EagerRun:
+    threads: int
+    runtime: KodakRun
+    eager: KodakRun
+    psnr_vs_runtime: list[float] = field(default_factory=list)
+
+
+def eager_run(model_dir: Path, release: Path, threads: int, images: list[tuple[str, np.ndarray]],
+              clock: StageClock) -> EagerRun:
+    """Runtime, then eager, on the same images (blocks rather than interleaved calls: neither
+    library's idle worker threads then spin against the other's)."""
+    import torch
+
+    torch.set_num_threads(threads)
+    runtime, eager = Codec.load(model_dir, provider="cpu", threads=threads), eager_codec(release, model_dir)
+    out = EagerRun(threads, KodakRun(threads), KodakRun(threads))
+    decoded: list[np.ndarray] = []
+    for codec, run in ((runtime, out.runtime), (eager, out.eager)):
+        codec.decompress(codec.compress(images[0][1], MASK, STREAM))  # untimed warm-up
+        for k, (_, rgb) in enumerate(images):
+            pixels = rgb.shape[0] * rgb.shape[1]
+            clock.take()
+            data, seconds = timed_call(codec.compress, rgb, MASK, STREAM)
+            run.encode.add(seconds, clock.take(), pixels)
+            stream = out.runtime.streams[k] if run is out.eager else data  # the eager decoder gets the same bytes
+            rec, seconds = timed_call(codec.decompress, stream)
+            run.decode.add(seconds, clock.take(), pixels)
+            run.streams.append(data)
+            if run is out.eager:
+                out.psnr_vs_runtime.append(psnr(decoded[k], rec))
+            else:
+                decoded.append(rec)
+    return out
+
+
+def eager_section(runs: list[EagerRun], release: Path) -> str:
+    n = runs[0].runtime.decode.images
+    same = sum(a == b for a, b in zip(runs[0].runtime.streams, runs[0].eager.streams))
+    lines = ["### ONNX Runtime vs PyTorch eager on the same graphs", "",
+             f"{n} Kodak images; *runtime* = the shipped runtime as it runs (onnxruntime CPU, int8 pixel decoder); "
+             f"*eager* = the same `Codec` procedure with each graph's PyTorch module (fp32, `torch.set_num_threads` "
+             f"= the thread count) built from `{release}` (written by `hf-train unbundle runtime/assets/default "
+             f"--out {release}`), decoding the runtime's bytes. One untimed warm-up image each; the integer hyper "
+             f"synthesis and entropy coding are the same NumPy code in both. Eager decodes vs runtime decodes: "
+             f"{np.mean(runs[0].psnr_vs_runtime):.1f} dB PSNR (same networks; int8 vs fp32 pixel decoder); "
+             f"encoders' streams byte-identical for {same}/{n} images.", "",
+             "| stage | " + " | ".join(f"{r.threads} thr runtime s/img | eager s/img | runtime speed-up"
+                                      for r in runs) + " |", "|---|" + "---|---|---|" * len(runs)]
+    for direction in ("decode", "encode"):
+        stages = [k for r in runs for k in getattr(r.eager, direction).stages]
+        labels = list(dict.fromkeys(k for k in stages if k.startswith("graph")))
+        for label in [*labels, f"**total {direction}**"]:
+            cells = []
+            for r in runs:
+                a, b = getattr(r.runtime, direction), getattr(r.eager, direction)
+                ta = a.total if label.startswith("**") else a.stages.get(label, 0.0)
+                tb = b.total if label.startswith("**") else b.stages.get(label, 0.0)
+                cells.append(f"{a.per_image(ta):.4f} | {b.per_image(tb):.4f} | {tb / ta if ta else float('nan'):.2f}×")
+            lines.append(f"| {direction}: {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------- 4. classic codecs
 @dataclass
 class Matched:
     name: str
@@ -302,7 +466,7 @@ def baseline_section(runs: list[KodakRun], images: list[tuple[str, np.ndarray]])
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------ 4. size sweep
+# ------------------------------------------------------------------------------ 5. size sweep
 def encode_child(model: str | None, size: int, threads: int, folder: str) -> None:
     """Run in a fresh process: compress an S×S mosaic into ``folder/image.hf``, plus a small warm-up
     stream ``folder/warm.hf`` for the decode process. Prints one JSON line."""
@@ -394,32 +558,63 @@ def int_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v]
 
 
+PARTS = ("kodak", "eager", "sweep", "large")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--threads", type=int_list, default=[1, 2], help="onnxruntime intra-op thread counts")
+    ap.add_argument("--parts", default="kodak,eager,sweep", help=f"comma-separated, of {', '.join(PARTS)}")
+    ap.add_argument("--release", type=Path, default=Path("runs/release"),
+                    help="stage checkpoints for the eager part (hf-train unbundle MODEL --out DIR)")
     ap.add_argument("--sizes", type=int_list, default=[256, 512, 1024, 2048, 4096], help="sweep sizes S (S×S)")
+    ap.add_argument("--large", default="8000x6000", help="WxH of the large part")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out"))
     args = ap.parse_args()
+    parts = [p for p in args.parts.split(",") if p]
+    if unknown := set(parts) - set(PARTS):
+        ap.error(f"unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
     args.out.mkdir(parents=True, exist_ok=True)
     images = load_images(limit=args.limit)
     codec = Codec.load(args.model, provider="cpu")
-    print(machine_line(codec) + "\n")
+    model_dir = codec.model.directory
+    print(f"`python -m benchmarks.speed {' '.join(sys.argv[1:])}`\n")
+    print(machine_line(codec) + "\n", flush=True)
 
-    clock = StageClock()
-    with instrumented(clock):
-        runs = [kodak_run(args.model, t, images, clock) for t in args.threads]
-    print(breakdown_section(runs) + "\n")
-    print(parity_section(codec.model.manifest) + "\n")
-    print(baseline_section(runs, images) + "\n", flush=True)
+    if "kodak" in parts:
+        clock, calls = StageClock(), GraphCalls()
+        with instrumented(clock, calls):
+            runs = [kodak_run(args.model, t, images, clock, calls) for t in args.threads]
+        print(breakdown_section(runs) + "\n")
+        print(cost_section(model_dir, runs) + "\n")
+        print(baseline_section(runs, images) + "\n", flush=True)
 
-    if args.sizes:
+    if "eager" in parts:
+        from hybridflow.export.parity import TorchModel
+
+        clock = StageClock()
+        with instrumented(clock, extra=[(TorchModel, "run", "graph {0}")]):
+            eager = [eager_run(model_dir, args.release, t, images, clock) for t in args.threads]
+        print(eager_section(eager, args.release) + "\n", flush=True)
+
+    if "sweep" in parts and args.sizes:
         threads = max(args.threads)
         rows = sweep(args.model, args.sizes, threads)
         print(sweep_section(rows, threads) + "\n")
         plot = args.out / "speed_sweep.png"
         print(f"Plot: `{plot}`." if plot_sweep(rows, plot) else "matplotlib missing: no plot.")
+
+    if "large" in parts:
+        from benchmarks.runtime_stats import large
+
+        w, h = (int(v) for v in args.large.split("x"))
+        r = large(args.model, h, w)
+        print(f"### {w}×{h} mosaic, fresh processes, onnxruntime's default threads ({os.cpu_count()} here)\n\n"
+              f"encode {r['encode_s']:.1f} s (peak RSS {r['peak_rss_encode_mb']:.0f} MB), {r['bytes']} bytes "
+              f"({r['bpp']:.4f} bpp); decode {r['decode_s']:.1f} s = {w * h / 1e6 / r['decode_s']:.3f} MP/s, "
+              f"peak RSS {r['peak_rss_decode_mb']:.0f} MB (VmHWM of the decoding process, image included).\n")
 
 
 if __name__ == "__main__":
