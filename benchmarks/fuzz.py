@@ -31,6 +31,7 @@ from benchmarks.synthetic import photo_like
 from hybridflow.runtime import Codec
 from hybridflow.runtime.bitstream import FORMAT_VERSION, BitstreamError, _varint, read
 from hybridflow.runtime.streams import STREAMS, stream_kind
+from hybridflow.runtime.tiling import TILE, TileGrid
 
 SLOW_S = 2.0
 
@@ -90,7 +91,7 @@ def forge(rng: np.random.Generator, model_id: bytes, payloads: list[bytes]) -> t
     mid = model_id if rng.random() < 0.9 else rng.bytes(4)
     out = bytearray(b"HF" + bytes([FORMAT_VERSION]) + mid + bytes([flags]))
     out += _size_field(rng, width) + _size_field(rng, height)
-    tiles = -(-max(width, 1) // 256) * -(-max(height, 1) // 256)
+    tiles = TileGrid(max(height, 1), max(width, 1)).count
     if not uniform and stream != 2:
         n = -(-3 * tiles // 8) if rng.random() < 0.8 else int(rng.integers(0, 64))
         out += rng.bytes(min(n, 4096))
@@ -144,7 +145,7 @@ def worst_case(codec: Codec) -> None:
     print("worst-case valid streams of ≤ 1 KB (flat image, as many tiles as fit in 1 KB):")
     for stream, mask in (("hybrid", "all"), ("vq", "all"), ("continuous", "none")):
         tiles = (1024 - 18) // stream_kind(stream).min_payload_per_tile
-        while (data := codec.compress(np.full((256, 256 * tiles, 3), 128, np.uint8), mask=mask,
+        while (data := codec.compress(np.full((TILE, TILE * tiles, 3), 128, np.uint8), mask=mask,
                                       stream=stream)) and len(data) > 1024:
             tiles = max(1, tiles * 1024 // len(data) - (tiles > 1))
         codec.decompress(data)  # warm-up (opens the sessions)

@@ -13,6 +13,7 @@ import numpy as np
 from hybridflow.models.data import data_root, list_images
 from hybridflow.runtime import Codec, metrics
 from hybridflow.runtime.imageio import read_image
+from hybridflow.runtime.tiling import TILE, TileGrid, tile_stack
 
 
 @dataclass
@@ -25,6 +26,12 @@ class Row:
     sharpness_half: float
     encode_s: float
     decode_s: float
+
+
+def whole_tiles(rgb: np.ndarray, tile: int = TILE) -> np.ndarray:
+    """(N, tile, tile, 3): the whole tiles of an image, row by row (a partial last row or column is left out)."""
+    grid = TileGrid(rgb.shape[0] - rgb.shape[0] % tile, rgb.shape[1] - rgb.shape[1] % tile, tile)
+    return tile_stack(rgb, grid, range(grid.count))
 
 
 def load_images(folder: Path | None = None, limit: int | None = None) -> list[tuple[str, np.ndarray]]:

@@ -171,9 +171,9 @@ def window_inputs(model: Model, side: int) -> dict[str, dict[str, np.ndarray]]:
     from benchmarks.kodak import load_images
     from hybridflow.export.quantize import decoder_inputs
 
-    tile = int(model.manifest["tile"])
+    tile = model.geometry.tile
     rgb = load_images(limit=1)[0][1]
-    tiles = -(-side * int(model.manifest["token_pixels"]) // tile)
+    tiles = -(-side * model.geometry.token_pixels // tile)
     inputs = decoder_inputs(model, rgb[: tiles * tile, : tiles * tile])
     out = {k: v[..., :side, :side] if v.shape[-1] >= side else
            np.pad(v, [(0, 0)] * (v.ndim - 2) + [(0, side - v.shape[-2]), (0, side - v.shape[-1])], mode="edge")
@@ -213,7 +213,7 @@ def window_section(model: Model, ckpt: Path | None, side: int, threads: list[int
     per_px = {g: np.divide(*macs(model.directory / model.manifest["graphs"][g]["file"], side)) for g in inputs}
     lines = [f"MACs per output pixel (Conv/MatMul, from the graph at {side}² tokens): "
              + ", ".join(f"{g} {v:,.0f}" for g, v in per_px.items()) + " (× 2 for FLOPs).", "",
-             f"### Per window: {side}×{side} tokens ({side * int(model.manifest['token_pixels'])}² output pixels)", "",
+             f"### Per window: {side}×{side} tokens ({side * model.geometry.token_pixels}² output pixels)", "",
              "Runs in turn (one of each, `--repeat` rounds), so all columns of a block see the same load. "
              f"*GEMM peak*: onnxruntime's {GEMM_N}³ fp32 MatMul / u8·s8 MatMulInteger timed in the same rounds. "
              "*Nominal peak*: cores × clock × FLOP/cycle (AVX-512: 2 FMA × 16 lanes; VNNI ×4 for int8), clock "

@@ -28,7 +28,7 @@ import numpy as np
 from benchmarks.kodak import load_images
 from hybridflow.runtime import Codec, metrics
 from hybridflow.runtime.codec import Symbols
-from hybridflow.runtime.tiling import TileGrid
+from hybridflow.runtime.tiling import TILE
 
 _erf = np.frompyfunc(math.erf, 1, 1)
 
@@ -67,13 +67,13 @@ def mosaic(images: list[np.ndarray], h: int, w: int) -> np.ndarray:
     return out
 
 
-def seam_ratio(orig: np.ndarray, rec: np.ndarray) -> tuple[float, float]:
+def seam_ratio(orig: np.ndarray, rec: np.ndarray, tile: int = TILE) -> tuple[float, float]:
     """Mean |Δluma| between neighbouring columns/rows at tile borders and inside tiles, rec ÷ orig."""
     def grads(img: np.ndarray) -> tuple[float, float]:
         lum = metrics.luma(img)
         dx, dy = np.abs(np.diff(lum, axis=1)), np.abs(np.diff(lum, axis=0))
-        bx = np.arange(dx.shape[1]) % 256 == 255
-        by = np.arange(dy.shape[0]) % 256 == 255
+        bx = np.arange(dx.shape[1]) % tile == tile - 1
+        by = np.arange(dy.shape[0]) % tile == tile - 1
         border = np.concatenate([dx[:, bx].ravel(), dy[by].ravel()]).mean()
         inside = np.concatenate([dx[:, ~bx].ravel(), dy[~by].ravel()]).mean()
         return border, inside
@@ -167,10 +167,10 @@ def main() -> None:
 
     img = mosaic([im for _, im in images[:4]], 700, 1000)
     sym = codec.analyse(img, mask=mask)
-    grid = TileGrid(700, 1000)
+    grid, stride = codec.geometry.tiles(700, 1000), codec.geometry.latent_stride
     bits = y_bits(codec, sym)
-    ys = np.arange(bits.shape[1]) * 64 >= grid.height
-    xs = np.arange(bits.shape[2]) * 64 >= grid.width
+    ys = np.arange(bits.shape[1]) * stride >= grid.height
+    xs = np.arange(bits.shape[2]) * stride >= grid.width
     pad_bits = float(bits[:, ys[:, None] | xs[None, :]].sum())
     total = 8 * len(codec.entropy_code(sym))
     report["padding_1000x700"] = {"file_bits": total, "padding_bits": pad_bits, "pct": 100 * pad_bits / total}

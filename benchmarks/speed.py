@@ -60,6 +60,7 @@ from hybridflow.runtime.entropy import Decoder
 from hybridflow.runtime.fixedpoint import IntegerHyperSynthesis
 from hybridflow.runtime.metrics import psnr
 from hybridflow.runtime.model import INT8_SUFFIX, Model
+from hybridflow.runtime.tiling import TILE
 
 ROOT = Path(__file__).resolve().parents[1]
 MASK, STREAM = "auto", "hybrid"
@@ -472,7 +473,7 @@ def encode_child(model: str | None, size: int, threads: int, folder: str) -> Non
     stream ``folder/warm.hf`` for the decode process. Prints one JSON line."""
     codec = Codec.load(model, provider="cpu", threads=threads)
     img = mosaic([im for _, im in load_images(limit=6)], size, size)
-    warm = codec.compress(img[:256, :256], MASK, STREAM)  # untimed: opens the encode sessions
+    warm = codec.compress(img[:TILE, :TILE], MASK, STREAM)  # untimed: opens the encode sessions
     data, seconds = timed_call(codec.compress, img, MASK, STREAM)
     Path(folder, "warm.hf").write_bytes(warm)
     Path(folder, "image.hf").write_bytes(data)

@@ -12,18 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.kodak import evaluate, load_images, mean, table
+from benchmarks.kodak import evaluate, load_images, mean, table, whole_tiles
 from hybridflow.models.data import data_root
 from hybridflow.runtime import Codec, metrics
 
 
 def codebook_usage(codec: Codec, folder: Path) -> tuple[float, float, int]:
-    """Fraction of codes used and perplexity over every 256² tile of the images in ``folder``."""
+    """Fraction of codes used and perplexity over every whole tile of the images in ``folder``."""
     counts = np.zeros(int(codec.model.manifest["n_codes"]), np.int64)
     for _, rgb in load_images(folder):
-        h, w = rgb.shape[0] // 256 * 256, rgb.shape[1] // 256 * 256
-        tiles = [rgb[y : y + 256, x : x + 256] for y in range(0, h, 256) for x in range(0, w, 256)]
-        x = np.stack(tiles).transpose(0, 3, 1, 2).astype(np.float32) / 255
+        x = whole_tiles(rgb, codec.geometry.tile).transpose(0, 3, 1, 2).astype(np.float32) / 255
         (idx,) = codec.model.run("vq_encoder", image=x)
         counts += np.bincount(idx.ravel(), minlength=counts.size)
     return float((counts > 0).mean()), metrics.perplexity(counts), int(counts.sum())

@@ -4,7 +4,7 @@ predicted index map, per schedule, with and without the continuous guidance, on 
     python -m benchmarks.stage2 --vq runs/vq/last.pt --cont runs/cont/last.pt \
         --predictor runs/stage2/last.pt [--ablation runs/stage2_noguide/last.pt] [--grid out.png]
 
-Tiles are the 24 Kodak images cut into 256² tiles (6 per image). Without --ablation, "without
+Tiles are the 24 Kodak images cut into whole tiles (6 per image). Without --ablation, "without
 guidance" means the guided network fed zero guidance (it was trained with guidance dropout)."""
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 
-from benchmarks.kodak import load_images
+from benchmarks.kodak import load_images, whole_tiles
 from hybridflow.models import checkpoint
 from hybridflow.models.train.tile_cache import load_frozen, tokens_and_guidance
 from hybridflow.models.transformer import MaskedTokenPredictor, TransformerConfig
@@ -30,11 +30,6 @@ def load_predictor(path: Path) -> tuple[MaskedTokenPredictor, bool]:
     ck = checkpoint.load(path)
     model = checkpoint.build_model(ck, MaskedTokenPredictor, TransformerConfig)
     return model, bool(ck["train_config"].get("use_guidance", True))
-
-
-def tiles_of(rgb: np.ndarray) -> np.ndarray:
-    h, w = rgb.shape[0] // 256 * 256, rgb.shape[1] // 256 * 256
-    return np.stack([rgb[y : y + 256, x : x + 256] for y in range(0, h, 256) for x in range(0, w, 256)])
 
 
 @torch.no_grad()
@@ -57,7 +52,7 @@ def main() -> None:
     guided, _ = load_predictor(args.predictor)
     ablation, abl_uses_g = load_predictor(args.ablation) if args.ablation else (guided, False)
     images = load_images(limit=args.limit)
-    tiles = np.concatenate([tiles_of(rgb) for _, rgb in images])
+    tiles = np.concatenate([whole_tiles(rgb) for _, rgb in images])
     idx, g = zip(*(tokens_and_guidance(vq, cont, tiles[s : s + 16]) for s in range(0, len(tiles), 16)))
     idx, g = torch.cat(idx), torch.cat(g)
     full = decode(vq, idx)
@@ -67,7 +62,7 @@ def main() -> None:
     print("|---|---|---|---|---|---|---|")
     grid_rows = []
     for name in SCHEDULES:
-        vis = torch.from_numpy(np.broadcast_to(sent_mask(name), idx.shape).copy())
+        vis = torch.from_numpy(np.broadcast_to(sent_mask(name, idx.shape[-1]), idx.shape).copy())
         res = {}
         for label, model, guidance in (("g", guided, g), ("u", ablation, g if abl_uses_g else None)):
             if model is guided and label == "u":
@@ -81,9 +76,8 @@ def main() -> None:
             res[label] = (acc, float(np.mean([metrics.psnr(a, b) for a, b in zip(tiles, rec)])), rec)
         print(f"| {name} | {100 * (1 - vis[0].float().mean()):.1f} % | {res['g'][0]:.3f} | {res['u'][0]:.3f} | "
               f"{res['g'][1]:.2f} | {res['u'][1]:.2f} | {res['g'][1] - res['u'][1]:+.2f} |")
-        grid_rows.append(np.concatenate([tiles[[0, 7]].reshape(-1, 256, 3), full[[0, 7]].reshape(-1, 256, 3),
-                                         res["g"][2][[0, 7]].reshape(-1, 256, 3),
-                                         res["u"][2][[0, 7]].reshape(-1, 256, 3)], axis=1))
+        column = [tiles, full, res["g"][2], res["u"][2]]  # two tiles of each, one above the other
+        grid_rows.append(np.concatenate([c[[0, 7]].reshape(-1, *c.shape[2:]) for c in column], axis=1))
     args.grid.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(str(args.grid), cv2.cvtColor(np.concatenate(grid_rows, axis=0), cv2.COLOR_RGB2BGR))
     print(f"\ngrid (rows: {', '.join(SCHEDULES)} × 2 tiles; columns: original, full map, guided, unguided) → "

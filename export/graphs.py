@@ -16,6 +16,7 @@ from ..models.correction import PixelDecoder
 from ..models.hyperprior import ContinuousCodec
 from ..models.transformer import MaskedTokenPredictor
 from ..models.vq import VQAutoencoder
+from ..runtime.tiling import TILE
 
 
 class VQEncoderGraph(nn.Module):
@@ -107,7 +108,7 @@ class GraphSpec:
     dynamic: dict[str, dict[int, str]]
 
 
-def graph_specs(c: Components, tile: int = 256) -> list[GraphSpec]:
+def graph_specs(c: Components, tile: int = TILE) -> list[GraphSpec]:
     vq_cfg, cont_cfg = c.vq.cfg, c.cont.cfg
     g = tile // vq_cfg.factor
     gc = cont_cfg.channels
@@ -115,6 +116,7 @@ def graph_specs(c: Components, tile: int = 256) -> list[GraphSpec]:
     idx = torch.randint(0, vq_cfg.n_codes, (2, g, g), generator=gen)
     guid = torch.randn(2, gc, g, g, generator=gen)
     low = tile // cont_cfg.downscale
+    y_side = tile // cont_cfg.latent_stride
     spatial = {0: "batch", 2: "height", 3: "width"}
     tokens = {0: "batch", 1: "height", 2: "width"}
     specs = [
@@ -125,10 +127,10 @@ def graph_specs(c: Components, tile: int = 256) -> list[GraphSpec]:
         GraphSpec("cont_analysis", ContAnalysisGraph(c.cont), {"image": torch.rand(2, 3, 2 * low, low, generator=gen)},
                   ["y"], {"image": spatial, "y": spatial}),
         GraphSpec("hyper_analysis", HyperAnalysisGraph(c.cont),
-                  {"y": torch.randn(2, cont_cfg.latent, 2 * low // 16, low // 16, generator=gen)},
+                  {"y": torch.randn(2, cont_cfg.latent, 2 * y_side, y_side, generator=gen)},
                   ["z"], {"y": spatial, "z": spatial}),
         GraphSpec("cont_synthesis", ContSynthesisGraph(c.cont),
-                  {"y_hat": torch.randn(2, cont_cfg.latent, 2 * low // 16, low // 16, generator=gen)},
+                  {"y_hat": torch.randn(2, cont_cfg.latent, 2 * y_side, y_side, generator=gen)},
                   ["guidance"], {"y_hat": spatial, "guidance": spatial}),
         GraphSpec("cont_reconstruct", ContReconstructGraph(c.cont), {"guidance": guid}, ["image"],
                   {"guidance": spatial, "image": spatial}),
@@ -147,8 +149,8 @@ def graph_specs(c: Components, tile: int = 256) -> list[GraphSpec]:
 
 
 def real_inputs(c: Components, images: list[np.ndarray]) -> dict[str, dict[str, np.ndarray]]:
-    """Real 256² tiles (and what the models make of them) as parity inputs."""
-    tiles = np.stack([img[:256, :256] for img in images if min(img.shape[:2]) >= 256])
+    """Real tiles (and what the models make of them) as parity inputs."""
+    tiles = np.stack([img[:TILE, :TILE] for img in images if min(img.shape[:2]) >= TILE])
     x = torch.from_numpy(tiles.transpose(0, 3, 1, 2).astype(np.float32) / 255)
     with torch.no_grad():
         idx = c.vq.encode(x * 2 - 1)

@@ -17,6 +17,7 @@ from ..runtime.bitstream import FORMAT_VERSION
 from ..runtime.fixedpoint import IntegerHyperSynthesis
 from ..runtime.masking import SCHEDULES
 from ..runtime.model import MODEL_FORMAT_VERSION
+from ..runtime.tiling import TILE, Geometry
 
 Z_RADIUS = 32
 Y_RADIUS = 127
@@ -40,6 +41,9 @@ def integer_hyper(c: Components) -> IntegerHyperSynthesis:
 
 
 def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[str, Any]:
+    if c.cont.cfg.guidance_stride != c.vq.cfg.factor:
+        raise ValueError(f"the guidance cell ({c.cont.cfg.guidance_stride} px) is not the VQ token "
+                         f"({c.vq.cfg.factor} px): the decoders need them aligned")
     hyper = integer_hyper(c)
     hyper.save(out / HYPER_FILE)
     manifest: dict[str, Any] = {
@@ -47,7 +51,7 @@ def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[s
         "bitstream_version": FORMAT_VERSION,
         "name": c.name,
         "random_init": c.random_init,
-        "tile": 256,
+        "tile": TILE,
         "token_pixels": c.vq.cfg.factor,
         "decoder_norm": c.vq.cfg.decoder_norm,
         # tokens of context a pixel-decoder window needs (its receptive field): the runtime's margin
@@ -56,8 +60,8 @@ def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[s
         "downscale": c.cont.cfg.downscale,
         "latent_channels": c.cont.cfg.latent,
         "hyper_channels": c.cont.cfg.hyper,
-        "latent_stride": 16 * c.cont.cfg.downscale,  # full-res pixels per y cell
-        "hyper_stride": 64 * c.cont.cfg.downscale,  # full-res pixels per z cell
+        "latent_stride": c.cont.cfg.latent_stride,  # full-res pixels per y cell
+        "hyper_stride": c.cont.cfg.hyper_stride,  # full-res pixels per z cell
         "guidance_channels": c.cont.cfg.channels,
         # a learned up-sampling makes cont_reconstruct full-resolution (without one, the runtime enlarges
         # its low-res output ×downscale), and its windows need the receptive field in guidance cells
@@ -73,6 +77,7 @@ def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[s
             "sparse_share": c.complexity.sparse_share,
         },
     }
+    Geometry.from_manifest(manifest)  # the sizes fit together (what the runtime checks on load)
     manifest["model_id"] = model_id(manifest, out, hyper)
     return manifest
 

@@ -38,6 +38,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from ..runtime.tiling import TILE
+
 QUANTISABLE = ("pixel_decoder", "vq_decoder")
 NEVER = ("vq_encoder", "cont_analysis", "hyper_analysis")  # the entropy path stays bit-exact
 SUFFIX = "_int8"
@@ -114,7 +116,7 @@ def _centre_tiles(rgb: np.ndarray, side: int, tile: int) -> np.ndarray | None:
     return np.ascontiguousarray(rgb[y : y + h, x : x + w])
 
 
-def fixed_crops(folder: Path, n: int, side: int = CALIBRATION_SIDE, tile: int = 256) -> list[np.ndarray]:
+def fixed_crops(folder: Path, n: int, side: int = CALIBRATION_SIDE, tile: int = TILE) -> list[np.ndarray]:
     """``n`` images spread evenly over the sorted file list of ``folder``, each cut to its centred
     whole-tile area (at most ``side``²): the same crops, in the same order, on every machine."""
     from ..models.data import list_images, read_rgb
@@ -134,12 +136,12 @@ def fixed_crops(folder: Path, n: int, side: int = CALIBRATION_SIDE, tile: int = 
 
 # -------------------------------------------------------------------- decoder inputs of a crop
 def decoder_inputs(model: Any, rgb: np.ndarray) -> dict[str, np.ndarray]:  # noqa: ANN401  (runtime Model)
-    """What the pixel decoder sees for a crop of whole 256² tiles: the full index map and the aligned
+    """What the pixel decoder sees for a crop of whole tiles: the full index map and the aligned
     guidance, computed with the model's fp32 graphs exactly as the codec computes them."""
-    m, tile = model.manifest, int(model.manifest["tile"])
+    m, geo = model.manifest, model.geometry
+    tile, px = geo.tile, geo.token_pixels
     h, w = rgb.shape[:2]
     assert h % tile == 0 and w % tile == 0, "crop must be whole tiles"
-    px = int(m["token_pixels"])
     tiles = [rgb[y : y + tile, x : x + tile] for y in range(0, h, tile) for x in range(0, w, tile)]
     batch = np.stack(tiles).transpose(0, 3, 1, 2).astype(np.float32) / np.float32(255)
     idx = np.concatenate([model.run("vq_encoder", image=batch[k : k + 1])[0] for k in range(len(tiles))])
@@ -148,7 +150,7 @@ def decoder_inputs(model: Any, rgb: np.ndarray) -> dict[str, np.ndarray]:  # noq
     indices = idx.reshape(rows, cols, g, g).transpose(0, 2, 1, 3).reshape(1, rows * g, cols * g)
     out = {"indices": np.ascontiguousarray(indices, dtype=np.int64)}
     if "pixel_decoder" in m["graphs"]:
-        d = int(m["downscale"])
+        d = geo.downscale
         low = cv2.resize(rgb, (w // d, h // d), interpolation=cv2.INTER_AREA)
         low = np.ascontiguousarray(low.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255)
         (y,) = model.run("cont_analysis", image=low)

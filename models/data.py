@@ -12,6 +12,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ..runtime.tiling import TILE
+
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp", ".bmp"}
 
 
@@ -43,7 +45,7 @@ def downscale(img: np.ndarray, factor: int) -> np.ndarray:
     return cv2.resize(img, (w // factor, h // factor), interpolation=cv2.INTER_AREA)
 
 
-def val_crops(n: int, whole_tiles_only: bool = False, size: int = 256) -> list[np.ndarray]:
+def val_crops(n: int, whole_tiles_only: bool = False, size: int = TILE) -> list[np.ndarray]:
     """Centre crops of ``n`` images spread over ``val``: one ``size``² tile each, or (with
     ``whole_tiles_only``) the largest centred area that is a multiple of ``size`` on both sides."""
     out = []

@@ -25,6 +25,11 @@ from .entropy_models import FactorizedPrior, gaussian_likelihood
 from .layers import GDN
 from .upsampler import ContUpsampler
 
+# The transforms' strides, in pixels of the low-res input (the stride-2 layers of ContinuousCodec):
+Y_STRIDE = 16  # g_a: four stride-2 convolutions
+Z_STRIDE = 64  # then h_a: two more
+G_STRIDE = 4  # g_s_head: y upsampled ×4 (two stride-2 deconvolutions): the guidance, one cell per VQ token
+
 
 @dataclass
 class ContConfig:
@@ -34,6 +39,21 @@ class ContConfig:
     downscale: int = field(default=4, metadata={"help": "full resolution → the low-res input of this codec"})
     upsampler: int = field(default=0, metadata={"help": "> 0: a learned ×downscale up-sampling with this many "
                                                         "channels (models/upsampler.py)"})
+
+    @property
+    def latent_stride(self) -> int:
+        """Full-resolution pixels per cell of y."""
+        return Y_STRIDE * self.downscale
+
+    @property
+    def hyper_stride(self) -> int:
+        """Full-resolution pixels per cell of z."""
+        return Z_STRIDE * self.downscale
+
+    @property
+    def guidance_stride(self) -> int:
+        """Full-resolution pixels per cell of the guidance g (must equal the VQ token's)."""
+        return G_STRIDE * self.downscale
 
 
 def conv(c_in: int, c_out: int, k: int = 5, stride: int = 2) -> nn.Conv2d:

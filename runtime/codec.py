@@ -35,7 +35,7 @@ from .entropy import TERMINATOR_BITS, Decoder, Encoder
 from .masking import SCHEDULES, schedule_code, schedule_name, sent_mask
 from .model import Model
 from .streams import StreamKind, stream_kind
-from .tiling import TILE, TileGrid, Window, batches, pad, paint, tile_stack, windowed
+from .tiling import TileGrid, Window, batches, pad, paint, tile_stack, windowed
 
 RECON_WINDOW = 64  # guidance cells per side of a continuous-only reconstruction window (1024 px)
 RECON_MARGIN = 4
@@ -110,10 +110,7 @@ class Codec:
         self.tile_batch = tile_batch
         # False decodes hybrid streams with the plain VQ decoder: the stage-3 ablation of the benchmarks
         self.correction = correction
-        self.downscale = int(model.manifest["downscale"])
-        self.token_px = int(model.manifest["token_pixels"])
-        self.y_stride = int(model.manifest["latent_stride"])  # full-res pixels per y cell
-        self.grid_side = TILE // self.token_px
+        self.geometry = model.geometry  # the model's sizes (tiling.Geometry, from its manifest)
         # tokens of context each pixel-decoder window needs: the decoder's receptive field
         self.decode_margin = int(model.manifest.get("decoder_margin", DECODE_MARGIN))
         self.tokens = TokenPart(self)
@@ -141,7 +138,7 @@ class Codec:
         """Everything the stream will carry, before entropy coding."""
         check_image(rgb)
         kind = stream_kind(stream)
-        grid = TileGrid(rgb.shape[0], rgb.shape[1])
+        grid = self.geometry.tiles(rgb.shape[0], rgb.shape[1])
         padded = pad(rgb, grid)
         sym = Symbols(Header(stream, grid.width, grid.height, self.model.model_id, []))
         for part in reversed(self.parts(kind)):  # tokens (tile by tile, with progress) before the one-pass latent
@@ -177,14 +174,14 @@ class Codec:
         """Refuse a header that declares more symbols than its payload could possibly hold: every
         symbol costs at least −log2 of its model's largest probability. This stops a forged size
         from making the decoder allocate or work for a huge image."""
-        grid = TileGrid(header.height, header.width)
+        grid = self.geometry.tiles(header.height, header.width)
         need = sum(part.min_bits(header, grid) for part in self.parts(header.kind))
         if 0.9 * need > 32 * len(words) + 64:
             raise BitstreamError("corrupt stream: payload too short for the declared image size")
 
     def decompress(self, data: bytes, progress: Progress | None = None) -> np.ndarray:
         header, words, _ = self.read_header(data)
-        grid = TileGrid(header.height, header.width)
+        grid = self.geometry.tiles(header.height, header.width)
         dec, got = Decoder(self.model.tables, words), Decoded()
         parts = self.parts(header.kind)
         for part in parts:
@@ -236,7 +233,8 @@ class TokenPart:
         return [schedule_code(cm.schedule(rgb[grid.valid_region(t)])) for t in range(grid.count)]
 
     def _sent_positions(self, grid: TileGrid, t: int, code: int) -> np.ndarray:
-        return sent_mask(schedule_name(code), self.codec.grid_side) & grid.valid_tokens(t)
+        g = self.codec.geometry.grid
+        return sent_mask(schedule_name(code), g) & grid.valid_tokens(t, g)
 
     def _sent_indices(self, padded: np.ndarray, grid: TileGrid, schedules: list[int],
                       progress: Progress | None) -> np.ndarray:
@@ -269,7 +267,7 @@ class TokenPart:
         self._decode_pixels(header, grid, tokens, got.guidance, out, progress)
 
     def _tile_guidance(self, guidance: np.ndarray | None, grid: TileGrid, tiles: range) -> np.ndarray:
-        g, px = self.codec.grid_side, self.codec.token_px
+        g, px = self.codec.geometry.grid, self.codec.geometry.token_pixels
         if guidance is None:  # vq stream: the predictor runs with its "no guidance" input (zeros)
             return np.zeros((len(tiles), int(self.model.manifest["guidance_channels"]), g, g), np.float32)
         return np.stack([guidance[0, :, y // px : y // px + g, x // px : x // px + g]
@@ -278,7 +276,7 @@ class TokenPart:
     def _restore_tokens(self, grid: TileGrid, sent: list[tuple[np.ndarray, np.ndarray]],
                         guidance: np.ndarray | None) -> np.ndarray:
         """Pass 1: every tile's full index map (sent indices + predictor), as one token image."""
-        g, px = self.codec.grid_side, self.codec.token_px
+        g, px = self.codec.geometry.grid, self.codec.geometry.token_pixels
         tokens = np.zeros((grid.rows * g, grid.cols * g), np.int64)
         for chunk in batches(grid.count, self.codec.tile_batch):
             idx = np.zeros((len(chunk), g, g), np.int64)
@@ -287,7 +285,7 @@ class TokenPart:
                 pos, values = sent[t]
                 idx[k][pos] = values
                 visible[k] = pos
-            valid = np.stack([grid.valid_tokens(t) for t in chunk])
+            valid = np.stack([grid.valid_tokens(t, g) for t in chunk])
             if (valid & ~visible).any():
                 (idx,) = self.model.run("predictor", indices=idx, visible=visible,
                                         guidance=self._tile_guidance(guidance, grid, chunk))
@@ -301,7 +299,7 @@ class TokenPart:
         """Pass 2: the token image (only the tokens that touch the picture) decoded in large windows,
         each with a margin of at least the decoder's receptive field. With a position-wise decoder
         this equals decoding the whole token image in one call: no seams by construction."""
-        px = self.codec.token_px
+        px = self.codec.geometry.token_pixels
         rows, cols = -(-grid.height // px), -(-grid.width // px)
         tok = tokens[:rows, :cols]
         # the correction network needs the guidance; --stream vq (no guidance) uses the plain VQ decoder
@@ -331,9 +329,9 @@ class ContinuousPart:
     # --- encode
     def analyse(self, sym: Symbols, rgb: np.ndarray, padded: np.ndarray, grid: TileGrid, mask: str,
                 progress: Progress | None) -> None:
-        c = self.codec
+        geo = self.codec.geometry
         y = windowed(lambda im: self.model.run("cont_analysis", image=im)[0], self._lowres(padded),
-                     c.y_stride // c.downscale, 1, LATENT_WINDOW, LATENT_MARGIN)
+                     geo.latent_stride // geo.downscale, 1, LATENT_WINDOW, LATENT_MARGIN)
         (z,) = self.model.run("hyper_analysis", y=y)
         radius = self.model.tables.z_radius
         sym.z_hat = np.clip(np.round(z[0]), -radius, radius)
@@ -347,23 +345,24 @@ class ContinuousPart:
 
     def _lowres(self, padded: np.ndarray) -> np.ndarray:
         h, w = padded.shape[:2]
-        d = self.codec.downscale
+        d = self.codec.geometry.downscale
         small = cv2.resize(padded, (w // d, h // d), interpolation=cv2.INTER_AREA)
         return _to_float(small[None])
 
     # --- decode
     def min_bits(self, header: Header, grid: TileGrid) -> float:
-        cells = grid.count * (TILE * TILE) // int(self.model.manifest["hyper_stride"]) ** 2
+        geo = self.codec.geometry
+        cells = grid.count * (geo.tile // geo.hyper_stride) ** 2
         return cells * float(-np.log2(self.model.tables.z_pmf.max(axis=1)).sum())
 
     def pop(self, dec: Decoder, header: Header, grid: TileGrid, got: Decoded) -> None:
-        c, m = self.codec, self.model.manifest
+        geo, m = self.codec.geometry, self.model.manifest
         ph, pw = grid.padded_shape
-        z_hat = dec.pop_z((int(m["hyper_channels"]), ph // m["hyper_stride"], pw // m["hyper_stride"]))
+        z_hat = dec.pop_z((int(m["hyper_channels"]), ph // geo.hyper_stride, pw // geo.hyper_stride))
         mean, scale = self.model.hyper(z_hat)
         y_hat = (dec.pop_y(scale) + mean).astype(np.float32)[None]
         got.guidance = windowed(lambda y: self.model.run("cont_synthesis", y_hat=y)[0], y_hat,
-                                1, c.y_stride // c.token_px, LATENT_WINDOW, LATENT_MARGIN)
+                                1, geo.latent_stride // geo.token_pixels, LATENT_WINDOW, LATENT_MARGIN)
 
     def draw(self, header: Header, grid: TileGrid, got: Decoded, out: np.ndarray, progress: Progress | None
              ) -> None:
@@ -372,9 +371,9 @@ class ContinuousPart:
         receptive field as ``reconstruct_margin``); older models give the low-res image, which is
         upsampled ×4 bicubic here."""
         guidance = got.guidance
-        per_cell = TILE // self.codec.grid_side  # full-resolution pixels per guidance cell
+        per_cell = self.codec.geometry.token_pixels  # full-resolution pixels per guidance cell
         m = self.model.manifest
-        learned = int(m.get("reconstruct_pixels", self.codec.downscale)) == 1
+        learned = int(m.get("reconstruct_pixels", self.codec.geometry.downscale)) == 1
         # full-resolution features are 16× the low-res ones: half-size windows keep memory as before
         size, margin = (RECON_WINDOW // 2, int(m["reconstruct_margin"])) if learned else (RECON_WINDOW, RECON_MARGIN)
 

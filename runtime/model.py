@@ -23,6 +23,7 @@ from .complexity import ComplexityModel
 from .entropy import EntropyTables
 from .fixedpoint import IntegerHyperSynthesis
 from .session import CPU, check_provider, check_threads, open_session, providers_for
+from .tiling import Geometry
 
 PRECISIONS = ("auto", "fp32", "int8")  # auto: a graph's int8 variant (see below) on the CPU provider
 INT8_SUFFIX = "_int8"
@@ -100,7 +101,7 @@ class Model:
     def _validate(self, path: Path) -> None:
         """Fail at load time with the file's name, not with a KeyError in the middle of a decode."""
         try:
-            self.model_id, self.name, self.complexity  # noqa: B018
+            self.model_id, self.name, self.complexity, self.geometry  # noqa: B018
             for key in _INT_FIELDS:
                 if int(self.manifest[key]) <= 0:
                     raise ValueError(f"{key} must be positive")
@@ -158,6 +159,12 @@ class Model:
             except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
                 raise ModelError(f"{path}: cannot read the integer hyper synthesis ({_one_line(e)})") from None
         return self.__dict__["_hyper"]
+
+    @property
+    def geometry(self) -> Geometry:
+        if "_geometry" not in self.__dict__:
+            self.__dict__["_geometry"] = Geometry.from_manifest(self.manifest)
+        return self.__dict__["_geometry"]
 
     @property
     def complexity(self) -> ComplexityModel:

@@ -1,18 +1,26 @@
-"""Cutting an image into 256² tiles and putting decoded tiles back.
+"""Tile geometry: cutting an image into tiles and putting decoded pictures back together.
 
-The image is padded to a multiple of 256 by replicating its edges (cheap to code: flat regions),
-and indices whose 16×16 footprint lies wholly in the padding are never sent, so padding costs the
+Who decides which size. The stream format fixes the tile (``TILE``², FORMAT.md): a header's schedule
+table has one entry per tile, and it is read before the model that made the stream is known. Every
+other size is the model's and comes from its manifest (``Geometry``, written by ``hf-export`` from the
+model configs): pixels per token, the continuous stream's downscale and its latent strides. A model
+whose tile differs from the format's is refused when it is loaded.
+
+The image is padded to whole tiles by replicating its edges (cheap to code: flat regions), and
+indices whose token footprint lies wholly in the padding are never sent, so padding costs the
 continuous stream a little and the discrete stream nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-TILE = 256
-TOKEN = 16  # pixels per token side (VQ downsampling)
+from .masking import GRID
+
+TILE = 256  # the stream format's tile side (FORMAT.md, stream format 2): its one definition
 
 
 @dataclass(frozen=True)
@@ -41,12 +49,13 @@ class TileGrid:
         """Tile number (row-major) → top-left pixel (y, x)."""
         return (t // self.cols) * self.tile, (t % self.cols) * self.tile
 
-    def valid_tokens(self, t: int, token: int = TOKEN) -> np.ndarray:
-        """(g, g) bool: tokens whose footprint overlaps the real image (others are padding)."""
+    def valid_tokens(self, t: int, grid: int = GRID) -> np.ndarray:
+        """(grid, grid) bool: tokens (``grid`` per tile side) whose footprint overlaps the real image
+        (the others are padding)."""
         y0, x0 = self.position(t)
-        g = self.tile // token
-        rows = y0 + np.arange(g) * token < self.height
-        cols = x0 + np.arange(g) * token < self.width
+        token = self.tile // grid
+        rows = y0 + np.arange(grid) * token < self.height
+        cols = x0 + np.arange(grid) * token < self.width
         return rows[:, None] & cols[None, :]
 
     def valid_box(self, t: int) -> tuple[int, int]:
@@ -58,6 +67,41 @@ class TileGrid:
         """Index of the image pixels that tile ``t`` covers: ``img[grid.valid_region(t)]``."""
         (y, x), (h, w) = self.position(t), self.valid_box(t)
         return slice(y, y + h), slice(x, x + w)
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """A model's sizes in full-resolution pixels, as its manifest states them."""
+
+    tile: int  # = TILE: the stream format's
+    token_pixels: int  # one VQ token (and one guidance cell) covers token_pixels² pixels
+    downscale: int  # full resolution → the continuous stream's low-res input
+    latent_stride: int  # pixels per cell of the continuous latent y
+    hyper_stride: int  # pixels per cell of the hyper-latent z
+
+    FIELDS = ("tile", "token_pixels", "downscale", "latent_stride", "hyper_stride")
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> Geometry:
+        """The manifest's geometry, or ValueError naming what does not fit together."""
+        g = cls(*(int(manifest[k]) for k in cls.FIELDS))
+        if min(getattr(g, k) for k in cls.FIELDS) <= 0:
+            raise ValueError("tile, token_pixels, downscale and the strides must be positive")
+        if g.tile != TILE:
+            raise ValueError(f"tile {g.tile}: stream format 2 cuts images into {TILE}² tiles")
+        for big, small in (("tile", "token_pixels"), ("tile", "hyper_stride"), ("hyper_stride", "latent_stride"),
+                           ("latent_stride", "token_pixels"), ("latent_stride", "downscale")):
+            if getattr(g, big) % getattr(g, small):
+                raise ValueError(f"{big} {getattr(g, big)} is not a multiple of {small} {getattr(g, small)}")
+        return g
+
+    @property
+    def grid(self) -> int:
+        """Tokens per tile side."""
+        return self.tile // self.token_pixels
+
+    def tiles(self, height: int, width: int) -> TileGrid:
+        return TileGrid(height, width, self.tile)
 
 
 def pad(img: np.ndarray, grid: TileGrid) -> np.ndarray:
@@ -150,7 +194,8 @@ def windowed(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, in_per_cell:
     receptive field makes the stitched result equal to one whole-image call up to float rounding.
 
     Sizes are in *cells* of the coarser grid: ``fn`` maps ``in_per_cell`` input pixels per cell to
-    ``out_per_cell`` output pixels per cell (analysis: 16 → 1; synthesis: 1 → 4)."""
+    ``out_per_cell`` output pixels per cell (analysis: latent stride ÷ downscale → 1; synthesis:
+    1 → latent stride ÷ token pixels)."""
     i, o = in_per_cell, out_per_cell
     h, w = x.shape[2] // i, x.shape[3] // i
     if h <= window and w <= window:

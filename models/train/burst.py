@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ...runtime.tiling import TILE
 from .options import parse
 
 MIB = 1 << 20
@@ -47,7 +48,7 @@ class BurstConfig:
     vq_batch: int = field(default=32, metadata={"help": "stage1-vq batch (128² crops)"})
     cont_batch: int = field(default=64, metadata={"help": "stage1-cont batch (64² low-res crops)"})
     stage2_batch: int = field(default=64, metadata={"help": "stage-2 batch (token maps)"})
-    stage3_batch: int = field(default=8, metadata={"help": "stage-3 batch (whole 256² tiles)"})
+    stage3_batch: int = field(default=8, metadata={"help": "stage-3 batch (whole tiles)"})
     tiles: int = field(default=2000, metadata={"help": "training tiles cached for stages 2 and 3"})
     bf16: bool = field(default=True, metadata={"help": "bfloat16 autocast in stage1-vq, 2 and 3 (stage1-cont "
                                                        "stays fp32: its likelihoods are differences of CDFs)"})
@@ -188,7 +189,7 @@ def run(cfg: BurstConfig) -> dict[str, Any]:
     # stage 3
     t = time.time()
     s3 = stage3.Stage3TrainConfig(**common, bf16=cfg.bf16, batch=cfg.stage3_batch,
-                                  crop_tokens=8 if cfg.toy else 16, tiles=cfg.tiles,
+                                  crop_tokens=8 if cfg.toy else TILE // vq_cfg.factor, tiles=cfg.tiles,
                                   threads=threads, minutes=_stage_minutes(cfg, t0, 1.0),
                                   init=str(start.get("correction", "")), lpips_weight=cfg.lpips_weight,
                                   lpips_layers=vgg_blocks, train_vq_decoder=cfg.stage3_vq_decoder,

@@ -22,6 +22,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from ...runtime.tiling import TILE
 from ..data import ImageCache, data_root
 from .options import parse
 
@@ -35,8 +36,9 @@ class PackConfig:
     out: str = field(metadata={"help": "pack folder to write (replaced if it exists)"})
     seed: int = field(default=0, metadata={"help": "crop order and positions, and which images are held back"})
     mib: float = field(default=24.0, metadata={"help": "total pack size (images + weights) in MiB"})
-    crop: int = field(default=384, metadata={"help": "training crop size (stages cut 128²/256² crops from it)"})
-    val_crops: int = field(default=24, metadata={"help": "256² validation crops, from held-back images"})
+    crop: int = field(default=384, metadata={"help": "training crop size (stages cut their crops and tiles from "
+                                                     "it)"})
+    val_crops: int = field(default=24, metadata={"help": "tile-sized validation crops, from held-back images"})
     val_share: float = field(default=0.05, metadata={"help": "share of the training images held back"})
     quality: int = field(default=90, metadata={"help": "WebP quality"})
     vgg_blocks: int = field(default=3, metadata={"help": "VGG blocks whose weights travel (LPIPS-VGG taps; 0: none)"})
@@ -105,8 +107,9 @@ def build(cfg: PackConfig) -> dict:
 
     for i in held:
         img = data.image(int(i))
-        if counts["val"] < cfg.val_crops and min(img.shape[:2]) >= 256 and not put("val", _random_crop(rng, img, 256)):
-            break
+        if counts["val"] < cfg.val_crops and min(img.shape[:2]) >= TILE:
+            if not put("val", _random_crop(rng, img, TILE)):
+                break
     big = [int(i) for i in kept if min(data.index[i][1:]) >= cfg.crop]
     if not big:
         raise ValueError(f"no training image is at least {cfg.crop} px on each side")

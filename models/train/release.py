@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from ...runtime import metrics
 from ...runtime.complexity import ComplexityModel
-from ...runtime.masking import sent_mask
+from ...runtime.masking import GRID, sent_mask
+from ...runtime.tiling import TILE
 from .. import checkpoint
 from ..bundle import Components, components_from_payload, load_bundle, save_bundle
 from ..correction import CorrectionNet
@@ -25,7 +26,7 @@ from .loop import to_tensor
 
 def training_tiles(cache_dir: Path, n: int, seed: int = 1234) -> np.ndarray:
     data = ImageCache(data_root() / "train", cache_dir)
-    return data.random_crops(np.random.default_rng(seed), n, 256)
+    return data.random_crops(np.random.default_rng(seed), n, TILE)
 
 
 @torch.no_grad()
@@ -39,7 +40,7 @@ def index_counts(vq: VQAutoencoder, tiles: np.ndarray, batch: int = 16) -> np.nd
 
 @torch.no_grad()
 def continuous_bits(cont: ContinuousCodec, tiles: np.ndarray, batch: int = 32) -> float:
-    """Mean bits per 256² tile of the continuous stream, from the model's own likelihoods."""
+    """Mean bits per tile of the continuous stream, from the model's own likelihoods."""
     cont.eval()
     bits = 0.0
     for s in range(0, len(tiles), batch):
@@ -48,14 +49,15 @@ def continuous_bits(cont: ContinuousCodec, tiles: np.ndarray, batch: int = 32) -
     return bits / len(tiles)
 
 
-def sparse_share(saving: float, counts: np.ndarray, cont_bits: float) -> float:
+def sparse_share(saving: float, counts: np.ndarray, cont_bits: float, grid: int = GRID) -> float:
     """Share of tiles ``auto`` must send at 1_9 to spend ``saving`` fewer bits than uniform 1_4.
 
-    Rate model per tile: continuous bits + sent indices × the index prior's entropy (the indices are
-    coded with that static prior). The method's thresholds put the paper's operating point at a
-    12.5 % saving; our score's scale puts far fewer tiles below 0.24 (runtime/complexity.py)."""
+    Rate model per tile (``grid`` tokens a side): continuous bits + sent indices × the index prior's
+    entropy (the indices are coded with that static prior). The method's thresholds put the paper's
+    operating point at a 12.5 % saving; our score's scale puts far fewer tiles below 0.24
+    (runtime/complexity.py)."""
     h = float(np.log2(metrics.perplexity(counts)))  # bits per index
-    bits = {name: cont_bits + int(sent_mask(name).sum()) * h for name in ("1_4", "1_9")}
+    bits = {name: cont_bits + int(sent_mask(name, grid).sum()) * h for name in ("1_4", "1_9")}
     return float(np.clip(saving * bits["1_4"] / (bits["1_4"] - bits["1_9"]), 0.0, 1.0))
 
 
@@ -75,7 +77,8 @@ def make_bundle(out: Path, vq_ckpt: Path, cont_ckpt: Path, predictor_ckpt: Path 
         correction.load_state_dict(checkpoint.load(correction_ckpt)["model"])
     tiles = training_tiles(cache_dir, n_tiles)
     counts = index_counts(vq, tiles)
-    share = sparse_share(auto_saving, counts, continuous_bits(cont, tiles)) if auto_saving > 0 else None
+    share = (sparse_share(auto_saving, counts, continuous_bits(cont, tiles), TILE // vq.cfg.factor)
+             if auto_saving > 0 else None)
     complexity = ComplexityModel.fit(list(tiles), sparse_share=share)
     c = Components(vq, cont, predictor, correction, complexity, counts, name, random_init=False)
     save_bundle(out, c)

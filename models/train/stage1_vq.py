@@ -63,7 +63,7 @@ def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last: torch.Te
 
 @torch.no_grad()
 def validate(model: VQAutoencoder, images: list[np.ndarray]) -> dict[str, float]:
-    """PSNR and code usage on 256² centre crops of ``val`` images."""
+    """PSNR and code usage on tile-sized centre crops of ``val`` images."""
     model.eval()
     x = to_tensor(np.stack(images), next(model.parameters()).device)
     idx = model.encode(x)

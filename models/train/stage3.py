@@ -102,7 +102,7 @@ def validate(decoder: PixelDecoder, predictor: MaskedTokenPredictor, tiles: np.n
     decoder.eval()
     device = next(decoder.parameters()).device
     tokens, guidance = tokens.to(device), guidance.to(device)
-    vis = torch.from_numpy(np.broadcast_to(sent_mask("1_4"), tokens.shape).copy()).to(device)
+    vis = torch.from_numpy(np.broadcast_to(sent_mask("1_4", tokens.shape[-1]), tokens.shape).copy()).to(device)
     psnr, lp = [], []
     for s in range(0, len(tiles), 8):
         idx = predictor.predict(tokens[s : s + 8], vis[s : s + 8], guidance[s : s + 8])
@@ -154,7 +154,8 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
         val = (val_tiles, *tile_cache.tokens_and_guidance(vq, cont, val_tiles), LPIPS("alex").to(cfg.device))
     run.resume(**({"model": correction, "opt": opt} | ({"vq_decoder": vq.decoder} if cfg.train_vq_decoder else {})
                   | ({"disc": disc, "opt_d": opt_d} if gan else {})))
-    ct, px = cfg.crop_tokens, cfg.crop_tokens * vq.cfg.factor
+    grid, token = tokens.shape[-1], vq.cfg.factor  # tokens per tile side, pixels per token
+    ct, px = cfg.crop_tokens, cfg.crop_tokens * token
 
     def step() -> Numbers:
         rng = run.rng
@@ -162,11 +163,12 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
         idx, g = tokens[pick].to(cfg.device), guidance[pick].to(cfg.device)
         plain = cfg.train_vq_decoder and rng.random() < cfg.plain_share
         name = "none" if plain else cfg.schedules[rng.integers(len(cfg.schedules))]
-        vis = torch.from_numpy(np.broadcast_to(sent_mask(name), idx.shape).copy()).to(cfg.device)
+        vis = torch.from_numpy(np.broadcast_to(sent_mask(name, grid), idx.shape).copy()).to(cfg.device)
         with torch.no_grad():
             idx = predictor.predict(idx, vis, g) if name != "none" else idx
-        oy, ox = (int(v) for v in rng.integers(0, 16 - ct + 1, 2))
-        target = to_tensor(tiles[pick][:, oy * 16 : oy * 16 + px, ox * 16 : ox * 16 + px], cfg.device)
+        oy, ox = (int(v) for v in rng.integers(0, grid - ct + 1, 2))
+        y0, x0 = oy * token, ox * token
+        target = to_tensor(tiles[pick][:, y0 : y0 + px, x0 : x0 + px], cfg.device)
         crop_idx, crop_g = idx[:, oy : oy + ct, ox : ox + ct], g[:, :, oy : oy + ct, ox : ox + ct]
         with autocast(cfg):
             out = vq.decode(crop_idx) if plain else decoder(crop_idx, crop_g)

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from ...runtime.tiling import TILE
 from .. import checkpoint
 from ..data import ImageCache, data_root
 from ..hyperprior import ContConfig, ContinuousCodec
@@ -80,7 +81,7 @@ def build(path: Path, vq: VQAutoencoder, cont: ContinuousCodec, n: int, cache_di
     for start in tqdm(range(0, n, batch), desc=f"cache {path.name}"):
         if toks and deadline is not None and deadline.share_left() < 0.5:
             break
-        crops = data.random_crops(rng, min(batch, n - start), 256)
+        crops = data.random_crops(rng, min(batch, n - start), TILE)
         idx, g = tokens_and_guidance(vq, cont, crops)
         tiles.append(crops)
         toks.append(idx.numpy().astype(np.int16))

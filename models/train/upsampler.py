@@ -1,11 +1,11 @@
 """The continuous stream's learned ×4 up-sampling (models/upsampler.py), with the codec frozen.
 
-Each step cuts random 256² training crops, runs the frozen continuous codec as the runtime does
+Each step cuts random tile-sized training crops, runs the frozen continuous codec as the runtime does
 (4× area-downsampling, analysis, rounded ẑ and ŷ, synthesis to the guidance ``g``), and trains the
 upsampler to turn ``g`` into the full-resolution crop with MSE: the continuous-only stream is the
 method's PSNR baseline ("beat 4×-down AVIF + bicubic"). The symbols do not change, so streams, the
 predictor and the pixel decoder stay as they are; the run's checkpoint is the codec *with* its
-upsampler, which ``hf-train bundle --cont`` takes as is. Validation: centre 256² tiles of ``val``,
+upsampler, which ``hf-train bundle --cont`` takes as is. Validation: centre tiles of ``val``,
 PSNR of the learned up-sampling next to bicubic's (the number to beat)."""
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ...runtime.tiling import TILE
 from .. import checkpoint
 from ..data import ImageCache, data_root, val_crops
 from ..hyperprior import ContConfig, ContinuousCodec
@@ -28,7 +29,8 @@ from .tile_cache import guidance
 class UpsamplerTrainConfig(RunConfig):
     steps: int = field(default=2000, metadata={"help": "steps to train (a resumed run goes on to this one)"})
     batch: int = field(default=8, metadata={"help": "random crops per step"})
-    crop: int = field(default=256, metadata={"help": "full-resolution training crop"})
+    crop: int = field(default=TILE, metadata={"help": "full-resolution training crop (a multiple of the "
+                                                      "hyper-latent's stride)"})
     channels: int = field(default=64, metadata={"help": "upsampler features at ÷4 (ContConfig.upsampler)"})
     lr: float = field(default=5e-4, metadata={"help": "Adam learning rate"})
     lr_decay: bool = field(default=True, metadata={"help": "LR falls linearly to 0 at --steps"})
