@@ -13,7 +13,8 @@ part); a continuous-only stream draws the continuous reconstruction.
 
 ``Codec`` holds no per-call state, and onnxruntime sessions are safe to call from several threads,
 so one ``Codec`` may serve concurrent ``compress``/``decompress`` calls (graph runs beyond
-``model.MAX_CONCURRENT_RUNS`` wait for a slot, which bounds memory).
+``model.MAX_CONCURRENT_RUNS``, and window-decoder runs beyond ``model.MAX_CONCURRENT_WINDOWS``, wait
+for a slot, which bounds memory).
 
 ``progress(done, total)``, where given, is called between units of work: tiles for ``compress``,
 windows of the picture for ``decompress``. It may raise to abandon the call (a client that went

@@ -11,6 +11,7 @@ import os
 import threading
 import zipfile
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import cache
@@ -22,16 +23,22 @@ import numpy as np
 from .complexity import ComplexityModel
 from .entropy import EntropyTables
 from .fixedpoint import IntegerHyperSynthesis
-from .session import CPU, check_provider, check_threads, open_session, providers_for
+from .session import CPU, check_provider, check_threads, open_session, providers_for, run_options
 from .tiling import Geometry
 
 PRECISIONS = ("auto", "fp32", "int8")  # auto: a graph's int8 variant (see below) on the CPU provider
 INT8_SUFFIX = "_int8"
 MODEL_FORMAT_VERSION = 2  # 2: cont_analysis → y only, hyper_analysis y → z
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
-# Graph runs at once per Model, whatever the number of calling threads: each run holds its activations
-# (a pixel-decoder window is hundreds of MB), so memory is bounded by this, not by the callers.
+# Graph runs at once per Model, whatever the number of calling threads: each run holds its activations,
+# so memory is bounded by these caps, not by the callers (benchmarks/concurrency.py, RESULTS.md).
 MAX_CONCURRENT_RUNS = os.cpu_count() or 1
+# The window decoders work at full resolution: one 768-px window of the shipped pixel decoder holds
+# ~0.5 GB, every other graph a few tens of MB (one tile, or latents at 1/16 resolution). Two windows
+# at once would double the peak for a ~25 % gain in throughput on 2 cores; one at a time, the small
+# graphs of other calls still run beside it.
+WINDOW_GRAPHS = ("pixel_decoder", "vq_decoder")
+MAX_CONCURRENT_WINDOWS = 1
 _INT_FIELDS = ("tile", "token_pixels", "n_codes", "downscale", "latent_stride", "hyper_stride", "hyper_channels",
                "guidance_channels")
 
@@ -69,11 +76,14 @@ class Model:
     optimise: bool = True
     # which variant runs where the manifest lists "<graph>_int8" (written by hf-export --quantize int8)
     precision: str = field(default_factory=lambda: os.environ.get("HF_PRECISION", "auto"))
-    max_concurrent_runs: int = MAX_CONCURRENT_RUNS  # 0: no cap
+    max_concurrent_runs: int = MAX_CONCURRENT_RUNS  # 0: no cap (graphs then run on the callers' threads)
+    max_concurrent_windows: int = MAX_CONCURRENT_WINDOWS  # of those, WINDOW_GRAPHS runs; 0: no own cap
     _sessions: dict[str, Any] = field(default_factory=dict, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _busy: threading.Condition = field(default_factory=threading.Condition, repr=False)
     _running: int = field(default=0, repr=False)
+    _windows: int = field(default=0, repr=False)
+    _threads: dict[bool, tuple[tuple[int, bool, int], ThreadPoolExecutor]] = field(default_factory=dict, repr=False)
 
     @classmethod
     def load(cls, directory: Path | None = None, provider: str = "auto", threads: int | None = None,
@@ -196,26 +206,57 @@ class Model:
 
     def run(self, graph: str, **inputs: np.ndarray) -> list[np.ndarray]:
         session = self.session(graph)
-        with self._slot():
-            try:
-                return session.run(None, inputs)
-            except Exception as e:  # a graph that does not fit its manifest fails here, in onnxruntime's types
-                raise ModelError(f"graph {graph!r} of model {self.name} failed ({_one_line(e)})") from None
+        window = graph in WINDOW_GRAPHS
+        with self._slot(window):
+            threads = self._graph_threads(window)
+            if threads is None:
+                return self._run(session, graph, inputs)
+            return threads.submit(self._run, session, graph, inputs).result()
+
+    def _run(self, session: Any, graph: str, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        try:
+            return session.run(None, inputs, run_options())
+        except Exception as e:  # a graph that does not fit its manifest fails here, in onnxruntime's types
+            raise ModelError(f"graph {graph!r} of model {self.name} failed ({_one_line(e)})") from None
+
+    def _graph_threads(self, window: bool) -> ThreadPoolExecutor | None:
+        """The Model's own threads, on which graph runs happen: ``max_concurrent_windows`` for the
+        window decoders, ``max_concurrent_runs`` for the rest. Why not the callers' threads: glibc
+        gives every thread that allocates a heap arena of its own, and what one run frees is not
+        reused by a run on another thread until the process is trimmed. Spread over 16 calling
+        threads, 16 calls held ~100 MB more at their peak (Kodak size: ~250 MB) than with every
+        window decoded on one thread, which reuses its own freed activations (benchmarks/concurrency.py)."""
+        size = (self.max_concurrent_windows or self.max_concurrent_runs) if window else self.max_concurrent_runs
+        if not size:
+            return None
+        key = (os.getpid(), window, size)
+        with self._lock:
+            pool = self._threads.get(window)
+            if pool is None or pool[0] != key:  # first run, a new cap, or a forked child (no threads)
+                if pool is not None and pool[0][0] == os.getpid():
+                    pool[1].shutdown(wait=False)
+                name = "hf-window" if window else "hf-graph"
+                pool = self._threads[window] = (key, ThreadPoolExecutor(size, thread_name_prefix=name))
+            return pool[1]
 
     @contextmanager
-    def _slot(self) -> Iterator[None]:
-        """At most ``max_concurrent_runs`` graph runs at once; when the last one ends, freed memory
-        goes back to the OS so an idle process shrinks after a burst of requests."""
+    def _slot(self, window: bool) -> Iterator[None]:
+        """At most ``max_concurrent_runs`` graph runs at once, of which at most
+        ``max_concurrent_windows`` window decoders; when the last run ends, freed memory goes back
+        to the OS so an idle process shrinks after a burst of requests."""
         with self._busy:
-            while self.max_concurrent_runs and self._running >= self.max_concurrent_runs:
+            while ((self.max_concurrent_runs and self._running >= self.max_concurrent_runs)
+                   or (window and self.max_concurrent_windows and self._windows >= self.max_concurrent_windows)):
                 self._busy.wait()
             self._running += 1
+            self._windows += window
         try:
             yield
         finally:
             with self._busy:
                 self._running -= 1
+                self._windows -= window
                 idle = self._running == 0
-                self._busy.notify()
+                self._busy.notify_all()  # waiters wait for different things: wake them all to re-check
             if idle:
                 release_free_memory()

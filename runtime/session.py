@@ -17,10 +17,15 @@ CPU = ["CPUExecutionProvider"]
 CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 # More intra-op threads than this only slows down (and thousands hang the process): refuse them.
 MAX_THREADS = 4 * (os.cpu_count() or 1)
-# onnxruntime's CPU arena keeps the peak of every concurrent run for the session's lifetime (16
-# simultaneous decodes on one Codec held 1.49 GB after the load was gone). Without it, freed tensors
-# go back to the allocator, which Model.run trims when the last run ends (benchmarks/concurrency.py).
-CPU_MEM_ARENA = False
+# onnxruntime's CPU arena. Without it every tensor is a fresh malloc, and the big ones are fresh pages:
+# a Kodak-size decode took 380 000 page faults and 0.7 s of system time (a third of its CPU time) and
+# peaked higher (~680 MB vs ~525 MB; the arena reuses freed blocks within a run). With it, but never
+# shrunk, each session keeps its largest run's memory for its lifetime (session 7: 16 simultaneous
+# decodes held 1.49 GB after the load was gone). So: arena on, and every run ends by handing the
+# arena's free regions back (measured in benchmarks/concurrency.py, RESULTS.md).
+CPU_MEM_ARENA = True
+SHRINK_ARENA = True
+ARENA_SHRINK_ENTRY = ("memory.enable_memory_arena_shrinkage", "cpu:0")
 
 
 def check_provider(choice: str) -> str:
@@ -91,3 +96,12 @@ def open_session(path: Path, providers: list[str], threads: int | None = None,
     opts.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimise
                                      else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
+
+
+def run_options() -> ort.RunOptions:
+    """Options for every ``InferenceSession.run``: with the CPU arena on, shrink it at the end of the run."""
+    opts = ort.RunOptions()
+    opts.log_severity_level = 3
+    if CPU_MEM_ARENA and SHRINK_ARENA:
+        opts.add_run_config_entry(*ARENA_SHRINK_ENTRY)
+    return opts

@@ -1,3 +1,4 @@
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -149,7 +150,6 @@ def test_forged_headers_are_refused_before_any_work(codec: Codec) -> None:
     """Issue 21.1: a 17-byte vq stream declaring 65535×4096, every tile at `all`, kept the decoder
     busy for 35 minutes. Every stream kind must be refused at once when its payload cannot pay for
     the declared tiles."""
-    import time
     import zlib
 
     from hybridflow.runtime.bitstream import FORMAT_VERSION, _varint
@@ -244,33 +244,54 @@ def test_progress_reaches_the_end_for_every_stream(codec: Codec, stream: str) ->
 
 
 def test_concurrent_graph_runs_are_capped(tiny_model) -> None:  # noqa: ANN001
-    """Memory under concurrency is bounded by the Model's cap on simultaneous graph runs, not by
-    the number of calling threads."""
+    """Issue 21.11: memory under concurrency is bounded by the Model's caps — on simultaneous graph
+    runs, and on window-decoder runs (hundreds of MB each) — not by the number of calling threads;
+    the runs happen on the Model's own threads (one heap arena each, not one per caller), and every
+    run asks onnxruntime to shrink its CPU arena when it ends."""
     import threading
 
+    from hybridflow.runtime.model import WINDOW_GRAPHS
+    from hybridflow.runtime.session import ARENA_SHRINK_ENTRY
+
     c = Codec.load(tiny_model, provider="cpu")
-    c.model.max_concurrent_runs = 2
+    c.model.max_concurrent_runs, c.model.max_concurrent_windows = 2, 1
     img = np.random.default_rng(6).integers(0, 256, (256, 512, 3), dtype=np.uint8)
     data = c.compress(img, mask="1_4")
-    lock, state = threading.Lock(), {"now": 0, "max": 0}
+    lock, state = threading.Lock(), {"now": 0, "max": 0, "windows": 0, "max_windows": 0}
+    threads, shrink = set(), set()
     real_session = c.model.session
 
     class Counting:
-        def __init__(self, sess) -> None:  # noqa: ANN001
-            self.sess = sess
+        def __init__(self, sess, graph: str) -> None:  # noqa: ANN001
+            self.sess, self.window = sess, graph in WINDOW_GRAPHS
 
-        def run(self, *args, **kwargs):  # noqa: ANN002, ANN003, ANN201
+        def run(self, output_names, inputs, run_options):  # noqa: ANN001, ANN201
             with lock:
                 state["now"] += 1
                 state["max"] = max(state["max"], state["now"])
+                state["windows"] += self.window
+                state["max_windows"] = max(state["max_windows"], state["windows"])
+                threads.add(threading.current_thread().name)
+                shrink.add(run_options.get_run_config_entry(ARENA_SHRINK_ENTRY[0]))
             try:
-                return self.sess.run(*args, **kwargs)
+                time.sleep(0.01)  # so that runs of different calls really overlap where the caps allow
+                return self.sess.run(output_names, inputs, run_options)
             finally:
                 with lock:
                     state["now"] -= 1
+                    state["windows"] -= self.window
 
-    c.model.session = lambda graph: Counting(real_session(graph))
-    with ThreadPoolExecutor(8) as pool:
+    c.model.session = lambda graph: Counting(real_session(graph), graph)
+    with ThreadPoolExecutor(8, thread_name_prefix="caller") as pool:
         outs = list(pool.map(lambda _: c.decompress(data), range(8)))
-    assert state["max"] == 2
+    assert state["max"] == 2 and state["max_windows"] == 1
+    assert threads and not any(name.startswith("caller") for name in threads)
+    assert len(threads) <= 2 + 1  # two graph threads, one window thread
+    assert shrink == {ARENA_SHRINK_ENTRY[1]}
     assert all(np.array_equal(o, outs[0]) for o in outs)
+
+
+def test_sessions_use_the_cpu_arena(codec: Codec) -> None:
+    """Issue 21.11: the arena is on (without it a Kodak-size decode spends a third of its CPU time in
+    page faults) — which is only safe because every run shrinks it (test above)."""
+    assert codec.model.session("predictor").get_session_options().enable_cpu_mem_arena
