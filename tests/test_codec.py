@@ -135,6 +135,37 @@ def test_determinism_across_execution_configs(tiny_model, photo: np.ndarray) -> 
         assert diff.max() <= 2 and diff.mean() < 0.01
 
 
+def test_determinism_benchmark_counts_what_ran(tmp_path) -> None:  # noqa: ANN001
+    """Issue 21: benchmarks/determinism.py printed a hard-coded "86/86 decoded" and compared a codec
+    with itself. Its report is computed from what its processes left behind: here one stream of two
+    is refused, one encoder wrote other bytes for one image, and one decode differs by 3."""
+    import json
+
+    from benchmarks.determinism import report
+
+    img = np.zeros((4, 4, 3), np.uint8)
+    files = {"streams/ort-2t-opt/a.hfc": b"A", "streams/ort-2t-opt/b.hfc": b"B",
+             "streams/ort-1t-noopt/a.hfc": b"A", "streams/ort-1t-noopt/b.hfc": b"other"}
+    for name, data in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    decodes = {"ort-2t-opt/ort-2t-opt/a": img, "ort-2t-opt/ort-2t-opt/b": img, "ort-1t-noopt/ort-1t-noopt/a": img,
+               "ort-1t-noopt/ort-1t-noopt/b": img, "ort-1t-noopt/ort-2t-opt/a": img + 3,
+               "ort-2t-opt/ort-1t-noopt/a": img, "ort-2t-opt/ort-1t-noopt/b": img}
+    for name, arr in decodes.items():
+        (tmp_path / "decoded" / name).parent.mkdir(parents=True, exist_ok=True)
+        np.save(tmp_path / "decoded" / f"{name}.npy", arr)
+    for dec, enc, refused in (("ort-1t-noopt", "ort-2t-opt", {"b": "corrupt"}), ("ort-2t-opt", "ort-1t-noopt", {})):
+        (tmp_path / "refused" / dec).mkdir(parents=True, exist_ok=True)
+        (tmp_path / "refused" / dec / f"{enc}.json").write_text(json.dumps(refused))
+    lines = report(tmp_path, ["ort-2t-opt", "ort-1t-noopt"], 2)
+    assert "encoder ort-1t-noopt: 2/2 images encoded; bytes identical to ort-2t-opt's for 1/2" in lines
+    assert any(line.startswith("ort-2t-opt → ort-1t-noopt: 1/2 streams decoded, 1 refused; max pixel difference"
+                               " from ort-2t-opt's own decode 3") for line in lines)
+    assert any(line.startswith("ort-1t-noopt → ort-2t-opt: 2/2 streams decoded, 0 refused; max pixel difference"
+                               " from ort-1t-noopt's own decode 0") for line in lines)
+
+
 def test_concurrent_use_matches_sequential(codec: Codec, photo: np.ndarray) -> None:
     images = [np.roll(photo, 13 * k, axis=1) for k in range(4)]
     sequential = [codec.compress(im, mask="1_4") for im in images]

@@ -99,3 +99,25 @@ def test_mutations_behind_a_valid_checksum(codec: Codec, stream: bytes, data: st
     if data.draw(st.booleans()):
         del body[data.draw(st.integers(8, len(body))):]
     check(codec, bytes(body) + zlib.crc32(body).to_bytes(4, "little"))
+
+
+def test_fuzz_benchmark_counts_and_labels_what_ran(tiny_model, capsys: pytest.CaptureFixture) -> None:  # noqa: ANN001
+    """Issue 21 ('results labelled truthfully'): the benchmark's figures are counted by the code and
+    name the model that produced them."""
+    import sys
+
+    from benchmarks import fuzz
+
+    model = Codec.load(tiny_model, provider="cpu").model
+    argv = sys.argv
+    sys.argv = ["fuzz", "--cases", "30", "--model", str(tiny_model), "--seed", "4"]
+    try:
+        fuzz.main()
+    finally:
+        sys.argv = argv
+    out = capsys.readouterr().out.splitlines()
+    assert f"model {model.name} (id {model.model_id.hex()}" in out[0]
+    summary = next(line for line in out if " cases in " in line)
+    assert summary.startswith("30 cases in ") and ": 0 crashes," in summary
+    counts = [int(line.rsplit(maxsplit=1)[1]) for line in out[out.index(summary) + 1:]]
+    assert sum(counts) == 30
