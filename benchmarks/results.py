@@ -30,6 +30,8 @@ SEPARATE = [
      "python -m benchmarks.determinism > benchmarks/out/determinism.txt"),
     ("Fuzzing the container parser and decoder", "fuzz.txt",
      "python -m benchmarks.fuzz > benchmarks/out/fuzz.txt"),
+    ("Memory under concurrency: one Codec, simultaneous decompress calls", "concurrency.txt",
+     "python -m benchmarks.concurrency > benchmarks/out/concurrency.txt"),
 ]
 
 

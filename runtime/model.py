@@ -34,9 +34,9 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
 # so memory is bounded by these caps, not by the callers (benchmarks/concurrency.py, RESULTS.md).
 MAX_CONCURRENT_RUNS = os.cpu_count() or 1
 # The window decoders work at full resolution: one 768-px window of the shipped pixel decoder holds
-# ~0.5 GB, every other graph a few tens of MB (one tile, or latents at 1/16 resolution). Two windows
-# at once would double the peak for a ~25 % gain in throughput on 2 cores; one at a time, the small
-# graphs of other calls still run beside it.
+# ~0.4 GB, every other graph a few tens of MB (one tile, or latents at 1/16 resolution). Two windows
+# at once took 16 simultaneous Kodak-size decodes to 1.13 GB for 5 % more throughput on 2 cores; one
+# at a time (the small graphs of other calls still run beside it) they peak at 0.68 GB.
 WINDOW_GRAPHS = ("pixel_decoder", "vq_decoder")
 MAX_CONCURRENT_WINDOWS = 1
 _INT_FIELDS = ("tile", "token_pixels", "n_codes", "downscale", "latent_stride", "hyper_stride", "hyper_channels",
@@ -222,10 +222,9 @@ class Model:
     def _graph_threads(self, window: bool) -> ThreadPoolExecutor | None:
         """The Model's own threads, on which graph runs happen: ``max_concurrent_windows`` for the
         window decoders, ``max_concurrent_runs`` for the rest. Why not the callers' threads: glibc
-        gives every thread that allocates a heap arena of its own, and what one run frees is not
-        reused by a run on another thread until the process is trimmed. Spread over 16 calling
-        threads, 16 calls held ~100 MB more at their peak (Kodak size: ~250 MB) than with every
-        window decoded on one thread, which reuses its own freed activations (benchmarks/concurrency.py)."""
+        gives every thread that allocates a heap arena of its own, and what a run frees on one thread
+        is not reused by a run on another until the process is trimmed, so peak memory grew with the
+        number of calling threads even with one run at a time."""
         size = (self.max_concurrent_windows or self.max_concurrent_runs) if window else self.max_concurrent_runs
         if not size:
             return None

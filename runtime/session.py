@@ -17,12 +17,12 @@ CPU = ["CPUExecutionProvider"]
 CUDA = ["CUDAExecutionProvider", "CPUExecutionProvider"]
 # More intra-op threads than this only slows down (and thousands hang the process): refuse them.
 MAX_THREADS = 4 * (os.cpu_count() or 1)
-# onnxruntime's CPU arena. Without it every tensor is a fresh malloc, and the big ones are fresh pages:
-# a Kodak-size decode took 380 000 page faults and 0.7 s of system time (a third of its CPU time) and
-# peaked higher (~680 MB vs ~525 MB; the arena reuses freed blocks within a run). With it, but never
-# shrunk, each session keeps its largest run's memory for its lifetime (session 7: 16 simultaneous
-# decodes held 1.49 GB after the load was gone). So: arena on, and every run ends by handing the
-# arena's free regions back (measured in benchmarks/concurrency.py, RESULTS.md).
+# onnxruntime's CPU arena. Without it every tensor is a fresh malloc, and the big ones fresh pages: a
+# Kodak-size decode took 384 000 page faults, 0.66 s of its 2.3 CPU-s in the kernel, 1.31 s (0.87 s
+# with the arena, shrunk). Kept, never shrunk, each session holds its largest run's memory for its
+# lifetime (session 7: 16 simultaneous decodes held 1.49 GB after the load was gone; one decode leaves
+# 0.53 GB). So: arena on, and every run ends by handing the arena's free regions back (SHRINK_ARENA;
+# that costs a decode ~0.27 s of page faults against a kept arena; benchmarks/concurrency.py).
 CPU_MEM_ARENA = True
 SHRINK_ARENA = True
 ARENA_SHRINK_ENTRY = ("memory.enable_memory_arena_shrinkage", "cpu:0")
