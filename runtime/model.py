@@ -34,10 +34,12 @@ DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
 # so memory is bounded by these caps, not by the callers (benchmarks/concurrency.py, RESULTS.md).
 MAX_CONCURRENT_RUNS = os.cpu_count() or 1
 # The window decoders work at full resolution: one 768-px window of the shipped pixel decoder holds
-# ~0.4 GB, every other graph a few tens of MB (one tile, or latents at 1/16 resolution). Two windows
-# at once took 16 simultaneous Kodak-size decodes to 1.13 GB for 5 % more throughput on 2 cores; one
-# at a time (the small graphs of other calls still run beside it) they peak at 0.68 GB.
-WINDOW_GRAPHS = ("pixel_decoder", "vq_decoder")
+# ~0.4 GB, every other graph a few tens of MB (one tile, or latents at 1/16 resolution) — except the
+# continuous reconstruction of a model with a learned up-sampling, which also draws full-resolution
+# windows. Two windows at once took 16 simultaneous Kodak-size decodes to 1.13 GB for 5 % more
+# throughput on 2 cores; one at a time (the small graphs of other calls still run beside it) they
+# peak at 0.68 GB.
+WINDOW_GRAPHS = ("pixel_decoder", "vq_decoder", "cont_reconstruct")
 MAX_CONCURRENT_WINDOWS = 1
 _INT_FIELDS = ("tile", "token_pixels", "n_codes", "downscale", "latent_stride", "hyper_stride", "hyper_channels",
                "guidance_channels")
