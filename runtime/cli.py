@@ -6,6 +6,7 @@ atomically and an existing output needs ``--force``."""
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import re
 import sys
@@ -20,6 +21,7 @@ import typer.core
 
 from .imageio import READABLE, SUFFIX
 from .masking import CHOICES
+from .ratecontrol import DEFAULT_MAX_BPP, SizeRequest
 from .session import MAX_THREADS, PROVIDERS, check_provider, check_threads
 from .streams import STREAMS
 
@@ -66,9 +68,23 @@ ThreadsOpt = typer.Option(None, "--threads", metavar="N",
                           help=f"threads per graph, 1…{MAX_THREADS} (default: onnxruntime decides)")
 ForceOpt = typer.Option(False, "--force", "-f", help="overwrite existing outputs (a replaced file keeps its mode)")
 MaskOpt = typer.Option("auto", "--mask", metavar="MASK",
-                       help=f"which VQ indices to send: {' | '.join(CHOICES)} (auto: per tile, by complexity)")
+                       help=f"which VQ indices to send: {' | '.join(CHOICES)} (auto: per tile, by complexity, "
+                            f"and at most {DEFAULT_MAX_BPP} bpp)")
 StreamOpt = typer.Option("hybrid", "--stream", metavar="STREAM",
                          help=f"{' | '.join(STREAMS)} (vq, continuous: the single-stream baselines)")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _size_option(name: str) -> Any:
+    """``--quality``, ``--target-bpp``, ``--max-bytes``: spelled, typed and explained by ``SizeRequest``."""
+    f = next(f for f in dataclasses.fields(SizeRequest) if f.name == name)
+    return typer.Option(None, _flag(name), metavar=f.metadata["metavar"], help=f.metadata["help"])
+
+
+QualityOpt, TargetBppOpt, MaxBytesOpt = (_size_option(f.name) for f in dataclasses.fields(SizeRequest))
 EngineOpt = typer.Option("local", "--engine", help="local | ray (folders or URIs on a Ray cluster: see README)")
 AddressOpt = typer.Option(None, "--address", help="--engine ray: cluster address (default: start a local Ray)")
 WorkersOpt = typer.Option(None, "--workers", help="--engine ray: worker actors (default: CPUs ÷ threads per worker)")
@@ -119,6 +135,15 @@ def _collisions(pairs: list[tuple[Path, Path]]) -> dict[Path, str]:
         by_dst.setdefault(dst, []).append(src)
     return {src: f"output {dst} would also be written from " + ", ".join(str(o) for o in srcs if o != src)
             for dst, srcs in by_dst.items() if len(srcs) > 1 for src in srcs}
+
+
+def _size_request(mask: str, quality: int | None, target_bpp: float | None, max_bytes: int | None) -> SizeRequest:
+    request = SizeRequest(quality, target_bpp, max_bytes)
+    try:
+        request.check(mask, _flag)
+    except ValueError as e:
+        raise CliError(str(e)) from None
+    return request
 
 
 def _check_options(provider: str, threads: int | None) -> None:
@@ -265,6 +290,7 @@ def compress(
     inp: str = typer.Argument(..., metavar="IN", help="image, directory or quoted glob"),
     out: str = typer.Argument(..., metavar="OUT", help=f"{SUFFIX} file, or a directory for several inputs"),
     mask: str = MaskOpt, stream: str = StreamOpt,
+    quality: int = QualityOpt, target_bpp: float = TargetBppOpt, max_bytes: int = MaxBytesOpt,
     model: Path = ModelOpt, provider: str = ProviderOpt, threads: int = ThreadsOpt, force: bool = ForceOpt,
     engine: str = EngineOpt, address: str = AddressOpt, workers: int = WorkersOpt,
     threads_per_worker: int = WorkerThreadsOpt,
@@ -278,9 +304,10 @@ def compress(
             raise CliError(f"unknown --mask {mask!r}; choose one of {', '.join(CHOICES)}")
         if stream not in STREAMS:
             raise CliError(f"unknown --stream {stream!r}; choose one of {', '.join(STREAMS)}")
+        size = _size_request(mask, quality, target_bpp, max_bytes)
         ray = _engine(engine, address, workers, threads_per_worker, threads)
         if ray is not None:
-            _ray_compress(inp, out, mask, stream, model, provider, force, ray)
+            _ray_compress(inp, out, mask, stream, size, model, provider, force, ray)
             return
         _check_options(provider, threads)
         pairs = _targets(inp, Path(out), SUFFIX)
@@ -292,7 +319,7 @@ def compress(
             for w in warns:
                 typer.echo(f"warning: {src}: {w}", err=True)
             with image_progress(f"compressing {src.name}", rgb.shape[0] * rgb.shape[1]) as progress:
-                data = codec.compress(rgb, mask=mask, stream=stream, progress=progress)
+                data = codec.compress(rgb, mask=mask, stream=stream, progress=progress, **size.kwargs())
             _write_output(dst, data, force)
             bpp = 8 * len(data) / (rgb.shape[0] * rgb.shape[1])
             return f"{src} → {dst}: {len(data)} bytes, {bpp:.4f} bpp"
@@ -357,6 +384,7 @@ def info(file: Path = typer.Argument(..., metavar="FILE", help=f"a {SUFFIX} stre
 def evaluate(
     inputs: list[str] = typer.Argument(..., metavar="IN", help="images, directories or quoted globs"),
     mask: str = MaskOpt, stream: str = StreamOpt,
+    quality: int = QualityOpt, target_bpp: float = TargetBppOpt, max_bytes: int = MaxBytesOpt,
     csv_path: Path = typer.Option(None, "--csv", help="write per-image rows here"),
     model: Path = ModelOpt, provider: str = ProviderOpt, threads: int = ThreadsOpt,
     engine: str = EngineOpt, address: str = AddressOpt, workers: int = WorkersOpt,
@@ -368,9 +396,10 @@ def evaluate(
         from . import metrics
         from .imageio import read_image
 
+        size = _size_request(mask, quality, target_bpp, max_bytes)
         ray = _engine(engine, address, workers, threads_per_worker, threads)
         if ray is not None:
-            _ray_eval(inputs, mask, stream, model, provider, csv_path, ray)
+            _ray_eval(inputs, mask, stream, size, model, provider, csv_path, ray)
             return
         files = [f for spec in inputs for f in _expand(spec)[0] if f.suffix != SUFFIX]
         codec = _load(model, provider, threads)
@@ -382,7 +411,7 @@ def evaluate(
             pixels = rgb.shape[0] * rgb.shape[1]
             with image_progress(f"compressing {src.name}", pixels) as progress:
                 t0 = time.perf_counter()
-                data = codec.compress(rgb, mask=mask, stream=stream, progress=progress)
+                data = codec.compress(rgb, mask=mask, stream=stream, progress=progress, **size.kwargs())
                 t1 = time.perf_counter()
             with image_progress(f"decompressing {src.name}", pixels) as progress:
                 rec = codec.decompress(data, progress=progress)
@@ -441,12 +470,12 @@ def _engine(engine: str, address: str | None, workers: int | None, threads_per_w
     return scale.Engine(address=address, workers=workers, threads_per_worker=threads_per_worker)
 
 
-def _ray_compress(src: str, dst: str, mask: str, stream: str, model: Path | None, provider: str, force: bool,
-                  engine: Engine) -> None:
+def _ray_compress(src: str, dst: str, mask: str, stream: str, size: SizeRequest, model: Path | None, provider: str,
+                  force: bool, engine: Engine) -> None:
     from . import scale
 
-    s = scale.compress_archive(src, dst, mask=mask, stream=stream, model=model, provider=provider, force=force,
-                               engine=engine)
+    s = scale.compress_archive(src, dst, mask=mask, stream=stream, size=size, model=model, provider=provider,
+                               force=force, engine=engine)
     failed = scale.failures(s.manifest) if s.failed else []
     for path, error in failed[:20]:
         _err(f"{path}: {error}")
@@ -458,11 +487,12 @@ def _ray_compress(src: str, dst: str, mask: str, stream: str, model: Path | None
         raise typer.Exit(1)
 
 
-def _ray_eval(inputs: list[str], mask: str, stream: str, model: Path | None, provider: str,
+def _ray_eval(inputs: list[str], mask: str, stream: str, size: SizeRequest, model: Path | None, provider: str,
               csv_path: Path | None, engine: Engine) -> None:
     from . import scale
 
-    e = scale.evaluate_archive(inputs, mask=mask, stream=stream, model=model, provider=provider, engine=engine)
+    e = scale.evaluate_archive(inputs, mask=mask, stream=stream, size=size, model=model, provider=provider,
+                               engine=engine)
     rows = e.rows.to_pylist()
     for r in rows:
         if r["status"] != "ok":
@@ -494,7 +524,22 @@ def _options(version: bool = typer.Option(False, "--version", callback=_version,
 
 
 def main() -> None:
-    app()
+    """click reports a malformed command line (``--quality abc``, a missing argument) as usage, a
+    hint and the error; like every other failure here it becomes one line and a non-zero exit."""
+    try:
+        code = app(standalone_mode=False)
+    except typer.Abort:
+        _err("interrupted")
+        sys.exit(130)
+    except typer.TyperException as e:  # click's exceptions (typer vendors click)
+        message = e.format_message()  # type: ignore[attr-defined]
+        if "\n" in message.strip():  # hf-run alone: the help, as click shows it
+            e.show()  # type: ignore[attr-defined]
+        else:
+            ctx = getattr(e, "ctx", None)
+            _err(f"{message} (see {ctx.command_path if ctx else 'hf-run'} --help)")
+        sys.exit(getattr(e, "exit_code", 2))
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

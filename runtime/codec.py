@@ -58,6 +58,16 @@ class Symbols:
 
 
 @dataclass
+class Latent:
+    """The continuous analysis of one image (``ContinuousPart.latent``), before quantisation."""
+
+    y: np.ndarray  # (M, 4h, 4w) float64
+    z_hat: np.ndarray  # (C, h, w) integers
+    mean: np.ndarray  # μ and σ of y from the integer hyper synthesis (bit-exact on both sides)
+    scale: np.ndarray
+
+
+@dataclass
 class Decoded:
     """What a payload decodes to before any pixel is drawn; each part fills what its stream carries."""
 
@@ -131,12 +141,21 @@ class Codec:
 
     # ------------------------------------------------------------------------------- compress
     def compress(self, rgb: np.ndarray, mask: str = "auto", stream: str = "hybrid",
-                 progress: Progress | None = None) -> bytes:
-        return self.entropy_code(self.analyse(rgb, mask, stream, progress))
+                 progress: Progress | None = None, *, quality: int | None = None, target_bpp: float | None = None,
+                 max_bytes: int | None = None) -> bytes:
+        """``rgb`` (H, W, 3) uint8 → stream bytes. The size is chosen by at most one of ``quality``
+        (a preset), ``target_bpp`` or ``max_bytes`` (exact caps: the best stream that fits, else
+        ``ratecontrol.RateError`` naming the smallest reachable size); with none of them ``mask``
+        decides, and the default ``"auto"`` is capped at ``ratecontrol.DEFAULT_MAX_BPP``
+        (runtime/ratecontrol.py says how)."""
+        from . import ratecontrol  # it builds on this module
+
+        return ratecontrol.compress(self, rgb, mask, stream, progress,
+                                    ratecontrol.SizeRequest(quality, target_bpp, max_bytes))
 
     def analyse(self, rgb: np.ndarray, mask: str = "auto", stream: str = "hybrid",
                 progress: Progress | None = None) -> Symbols:
-        """Everything the stream will carry, before entropy coding."""
+        """Everything the stream will carry, before entropy coding (``mask`` taken literally)."""
         check_image(rgb)
         kind = stream_kind(stream)
         grid = self.geometry.tiles(rgb.shape[0], rgb.shape[1])
@@ -214,13 +233,21 @@ class TokenPart:
     # --- encode
     def analyse(self, sym: Symbols, rgb: np.ndarray, padded: np.ndarray, grid: TileGrid, mask: str,
                 progress: Progress | None) -> None:
-        sym.header.schedules = self._choose_schedules(rgb, grid, mask, sym.header.kind)
-        sym.indices = self._sent_indices(padded, grid, sym.header.schedules, progress)
+        schedules = self.choose_schedules(rgb, grid, mask, sym.header.kind)
+        maps = self.maps(padded, grid, [t for t in range(grid.count) if self.sends(grid, t, schedules[t])], progress)
+        self.fill(sym, grid, schedules, maps)
+
+    def fill(self, sym: Symbols, grid: TileGrid, schedules: list[int], maps: np.ndarray) -> None:
+        """Schedules and sent indices of one configuration, from the index maps (no graph runs:
+        rate control tries many configurations of one analysis, runtime/ratecontrol.py)."""
+        sym.header.schedules = list(schedules)
+        sent = [maps[t][self._sent_positions(grid, t, c)] for t, c in enumerate(schedules)]
+        sym.indices = np.concatenate(sent) if sent else np.zeros(0, np.int64)
 
     def push(self, enc: Encoder, sym: Symbols) -> None:
         enc.push_indices(sym.indices)
 
-    def _choose_schedules(self, rgb: np.ndarray, grid: TileGrid, mask: str, kind: StreamKind) -> list[int]:
+    def choose_schedules(self, rgb: np.ndarray, grid: TileGrid, mask: str, kind: StreamKind) -> list[int]:
         if mask == "auto" and not kind.continuous:
             mask = "none"  # complexity-aware masking needs the continuous guidance
         if mask != "auto":
@@ -237,19 +264,21 @@ class TokenPart:
         g = self.codec.geometry.grid
         return sent_mask(schedule_name(code), g) & grid.valid_tokens(t, g)
 
-    def _sent_indices(self, padded: np.ndarray, grid: TileGrid, schedules: list[int],
-                      progress: Progress | None) -> np.ndarray:
-        """Indices of every tile's sent positions, tile after tile, raster order inside a tile."""
-        todo = [t for t in range(grid.count) if self._sent_positions(grid, t, schedules[t]).any()]
-        out = []
-        for chunk in batches(len(todo), self.codec.tile_batch):
-            ids = [todo[k] for k in chunk]
-            tiles = np.stack([tile_stack(padded, grid, range(t, t + 1))[0] for t in ids])
-            (idx,) = self.model.run("vq_encoder", image=_to_float(tiles))
-            out += [idx[k][self._sent_positions(grid, t, schedules[t])] for k, t in enumerate(ids)]
+    def sends(self, grid: TileGrid, t: int, code: int) -> bool:
+        """Whether tile ``t`` at schedule ``code`` sends any index (not at ``all``, nor over padding only)."""
+        return bool(self._sent_positions(grid, t, code).any())
+
+    def maps(self, padded: np.ndarray, grid: TileGrid, tiles: list[int], progress: Progress | None) -> np.ndarray:
+        """(T, g, g) full index maps (the VQ encoder's output) of ``tiles``; other tiles' are zeros."""
+        g = self.codec.geometry.grid
+        maps = np.zeros((grid.count, g, g), np.int64)
+        for chunk in batches(len(tiles), self.codec.tile_batch):
+            ids = [tiles[k] for k in chunk]
+            stack = np.stack([tile_stack(padded, grid, range(t, t + 1))[0] for t in ids])
+            maps[ids] = self.model.run("vq_encoder", image=_to_float(stack))[0]
             if progress:
                 progress(ids[-1] + 1, grid.count)
-        return np.concatenate(out) if out else np.zeros(0, np.int64)
+        return maps
 
     # --- decode
     def min_bits(self, header: Header, grid: TileGrid) -> float:
@@ -330,15 +359,24 @@ class ContinuousPart:
     # --- encode
     def analyse(self, sym: Symbols, rgb: np.ndarray, padded: np.ndarray, grid: TileGrid, mask: str,
                 progress: Progress | None) -> None:
+        self.fill(sym, self.latent(padded))
+
+    def latent(self, padded: np.ndarray) -> Latent:
+        """The continuous analysis of an edge-padded image: y, ẑ and the hyperprior's (μ, σ)."""
         geo = self.codec.geometry
         y = windowed(lambda im: self.model.run("cont_analysis", image=im)[0], self._lowres(padded),
                      geo.latent_stride // geo.downscale, 1, LATENT_WINDOW, LATENT_MARGIN)
         (z,) = self.model.run("hyper_analysis", y=y)
         radius = self.model.tables.z_radius
-        sym.z_hat = np.clip(np.round(z[0]), -radius, radius)
-        mean, sym.y_scale = self.model.hyper(sym.z_hat)
+        z_hat = np.clip(np.round(z[0]), -radius, radius)
+        mean, scale = self.model.hyper(z_hat)
+        return Latent(y[0].astype(np.float64), z_hat, mean, scale)
+
+    def fill(self, sym: Symbols, latent: Latent) -> None:
+        """The symbols of ``latent`` (no graph runs: rate control codes one analysis several ways)."""
+        sym.z_hat, sym.y_scale = latent.z_hat, latent.scale
         radius = self.model.tables.y_radius
-        sym.y_residual = np.clip(np.round(y[0].astype(np.float64) - mean), -radius, radius)
+        sym.y_residual = np.clip(np.round(latent.y - latent.mean), -radius, radius)
 
     def push(self, enc: Encoder, sym: Symbols) -> None:
         enc.push_y(sym.y_residual, sym.y_scale)

@@ -46,6 +46,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from .imageio import READABLE, SUFFIX, decode_image, write_bytes_atomic
+from .ratecontrol import SizeRequest
 
 MAX_TASKS = 10_000
 MANIFEST_DIR = ".manifests"  # under DST; hidden, so listings of inputs and outputs never see it
@@ -195,7 +196,7 @@ class _Worker:
     """State of one Ray actor: the model, loaded once, and the two filesystems."""
 
     def __init__(self, src: str, dst: str | None, model: str | None, provider: str, threads: int,
-                 mask: str, stream: str, force: bool = False) -> None:
+                 mask: str, stream: str, size: SizeRequest = SizeRequest(), force: bool = False) -> None:
         from .codec import Codec
 
         self.codec = Codec.load(model, provider=provider, threads=threads)
@@ -203,6 +204,7 @@ class _Worker:
         self.src_fs, self.src = open_fs(src)
         self.dst_fs, self.dst = open_fs(dst) if dst is not None else (None, "")
         self.mask, self.stream, self.force = mask, stream, force
+        self.options = {"mask": mask, "stream": stream, **size.kwargs()}  # what Codec.compress is given
         self.tag = f"{socket.gethostname()}:{os.getpid()}"
 
     def read(self, rel: str) -> np.ndarray:
@@ -230,7 +232,7 @@ class _Compressor(_Worker):
                 row.update(status="skipped", bytes=info.bytes, bpp=info.bpp)
             else:
                 rgb = self.read(rel)
-                data = self.codec.compress(rgb, mask=self.mask, stream=self.stream)
+                data = self.codec.compress(rgb, **self.options)
                 write_atomic(self.dst_fs, dst, data)
                 row.update(bytes=len(data), bpp=8 * len(data) / (rgb.shape[0] * rgb.shape[1]))
         except Exception as e:  # a bad file is a row of the manifest, never the end of the run
@@ -260,7 +262,7 @@ class _Evaluator(_Worker):
         try:
             rgb = self.read(rel)
             t0 = time.perf_counter()
-            data = self.codec.compress(rgb, mask=self.mask, stream=self.stream)
+            data = self.codec.compress(rgb, **self.options)
             t1 = time.perf_counter()
             rec = self.codec.decompress(data)
             t2 = time.perf_counter()
@@ -340,8 +342,8 @@ def plan_compress(src: str, dst: str, force: bool = False) -> tuple[list[dict[st
 
 
 def compress_archive(src: str, dst: str, *, mask: str = "auto", stream: str = "hybrid",
-                     model: str | Path | None = None, provider: str = "auto", force: bool = False,
-                     engine: Engine = Engine(), manifest: str | None = None) -> RunSummary:
+                     size: SizeRequest = SizeRequest(), model: str | Path | None = None, provider: str = "auto",
+                     force: bool = False, engine: Engine = Engine(), manifest: str | None = None) -> RunSummary:
     """Compress every image below ``src`` into ``dst`` (same relative folders, ``.hfc`` names) on
     Ray. Safe to interrupt and rerun: finished outputs are skipped. Returns the counts and where
     the manifest is; a failed file shows up there and in ``counts["failed"]``, not as an exception."""
@@ -353,8 +355,9 @@ def compress_archive(src: str, dst: str, *, mask: str = "auto", stream: str = "h
     if manifest is None:
         run_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:6]
         manifest = _join(dst, f"{MANIFEST_DIR}/run-{run_id}.parquet")
+    size.check(mask)  # a bad request fails here, once, not as a failed row per file
     kwargs = {"src": src, "dst": dst, "model": _model_arg(model), "provider": provider, "mask": mask,
-              "stream": stream, "force": force}
+              "stream": stream, "size": size, "force": force}
     counts: Counter[str] = Counter()
     with _ManifestWriter(*open_fs(manifest), MANIFEST_SCHEMA) as out:
         if decided:
@@ -367,7 +370,7 @@ def compress_archive(src: str, dst: str, *, mask: str = "auto", stream: str = "h
 
 
 def evaluate_archive(sources: str | Iterable[str], *, mask: str = "auto", stream: str = "hybrid",
-                     model: str | Path | None = None, provider: str = "auto",
+                     size: SizeRequest = SizeRequest(), model: str | Path | None = None, provider: str = "auto",
                      engine: Engine = Engine()) -> EvalSummary:
     """Round-trip every image below ``sources`` in memory on Ray: per-image bpp (real bytes), PSNR,
     MS-SSIM, sharpness, seconds, and their means over the images that succeeded."""
@@ -377,8 +380,10 @@ def evaluate_archive(sources: str | Iterable[str], *, mask: str = "auto", stream
              if posixpath.splitext(rel)[1].lower() in READABLE]
     if not items:
         raise FileNotFoundError(f"no images in {', '.join(roots)}")
+    size.check(mask)
     tables = list(_run(items, _Evaluator, {"src": roots[0], "dst": None, "model": _model_arg(model),
-                                           "provider": provider, "mask": mask, "stream": stream}, engine))
+                                           "provider": provider, "mask": mask, "stream": stream, "size": size},
+                       engine))
     rows = pa.concat_tables(tables).sort_by("path")
     ok = rows.filter(pc.equal(rows.column("status"), "ok"))
     keys = ("bpp", "psnr", "ms_ssim", "sharpness", "sharpness_half", "lpips", "encode_s", "decode_s")

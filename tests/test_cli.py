@@ -316,3 +316,20 @@ def test_progress_bar_only_on_a_terminal_and_for_large_images(tiny_model: Path, 
     assert rc == 0 and f"{side}×{side}" in out and "decompressing tty.hfc" in err and "━" in err, err
     rc, out, err = run_on_terminal("compress", png, tmp_path / "small.hfc", *model)
     assert rc == 0 and "bpp" in out and "compressing" not in err and "━" not in err, err
+
+def test_size_options(tiny_model: Path, png: Path, tmp_path: Path) -> None:
+    """Issue 18.2: --max-bytes below the smallest stream is one line naming the file and that size;
+    contradictory options are refused before anything is read; caps hold for compress and eval."""
+    out = tmp_path / "o.hfc"
+    p = run("compress", png, out, "--model", tiny_model, "--max-bytes", 10)
+    assert_clean_error(p, f"{png}: cannot fit in 10 bytes")
+    assert "smallest stream for this image is" in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert not out.exists()
+    p = run("compress", png, out, "--model", tiny_model, "--quality", 2, "--target-bpp", 0.1)
+    assert_clean_error(p, "--quality and --target-bpp each choose the size: give one")
+    assert_clean_error(run("compress", png, out, "--model", tiny_model, "--quality", "high"), "--quality")
+    p = run("compress", png, out, "--model", tiny_model, "--max-bytes", 700)
+    assert p.returncode == 0 and out.stat().st_size <= 700, p.stderr
+    p = run("eval", png, "--model", tiny_model, "--target-bpp", 0.05)
+    assert p.returncode == 0, p.stderr
+    assert float(p.stdout.splitlines()[-1].split()[3]) <= 0.05, p.stdout

@@ -4,6 +4,7 @@ One local Ray (2 CPUs) serves the whole module; each run starts its own actor po
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
 import subprocess
@@ -207,7 +208,7 @@ def test_eval_aggregates_over_the_archive(tiny_model: Path, codec, tmp_path: Pat
         assert e.means[k] == pytest.approx(np.mean([q[k] for q in local]), abs=1e-9)
 
 
-def test_cli_engine_ray_joins_a_running_cluster(tiny_model: Path, tmp_path: Path) -> None:
+def test_cli_engine_ray_joins_a_running_cluster(tiny_model: Path, codec, tmp_path: Path) -> None:  # noqa: ANN001
     src, dst = tmp_path / "src", tmp_path / "dst"
     files = make_archive(src, n=2)
     address = ray.get_runtime_context().gcs_address
@@ -219,8 +220,12 @@ def test_cli_engine_ray_joins_a_running_cluster(tiny_model: Path, tmp_path: Path
     assert "2 done, 0 skipped, 1 failed" in p.stdout + p.stderr and "broken.png" in p.stderr
     assert "Traceback" not in p.stderr
     p = subprocess.run([*HF_RUN, "eval", str(src), "--engine", "ray", "--address", address, "--workers", "1",
-                        "--csv", str(tmp_path / "e.csv"), *common], capture_output=True, text=True, timeout=300)
+                        "--csv", str(tmp_path / "e.csv"), *common[:4], "--target-bpp", "0.06"],
+                       capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and "mean of 2" in p.stdout, p.stdout + p.stderr
-    assert len((tmp_path / "e.csv").read_text().splitlines()) == 1 + 2
+    rows = list(csv.DictReader((tmp_path / "e.csv").open()))
+    assert len(rows) == 2 and all(float(r["bpp"]) <= 0.06 for r in rows)  # --target-bpp reached the workers
     for f in files:
         assert (dst / f.relative_to(src).with_suffix(".hfc")).exists()
+        want = codec.compress(read_image(f)[0], target_bpp=0.06)
+        assert int(next(r for r in rows if Path(r["path"]).name == f.name)["bytes"]) == len(want)
