@@ -42,15 +42,20 @@ def load_images(folder: Path | None = None, limit: int | None = None) -> list[tu
     return [(p.name, read_image(p)[0]) for p in paths]
 
 
+def round_trip(codec: Codec, rgb: np.ndarray, mask: str, stream: str) -> tuple[bytes, np.ndarray, dict[str, float]]:
+    """Compress and decompress one image: the stream, the decoded image, and what each step took."""
+    t0 = time.perf_counter()
+    data = codec.compress(rgb, mask=mask, stream=stream)
+    t1 = time.perf_counter()
+    rec = codec.decompress(data)
+    return data, rec, {"encode_s": t1 - t0, "decode_s": time.perf_counter() - t1}
+
+
 def evaluate(codec: Codec, images: list[tuple[str, np.ndarray]], mask: str, stream: str) -> list[Row]:
     rows = []
     for name, rgb in images:
-        t0 = time.perf_counter()
-        data = codec.compress(rgb, mask=mask, stream=stream)
-        t1 = time.perf_counter()
-        rec = codec.decompress(data)
-        t2 = time.perf_counter()
-        rows.append(Row(name, **metrics.quality(rgb, len(data), rec), encode_s=t1 - t0, decode_s=t2 - t1))
+        data, rec, seconds = round_trip(codec, rgb, mask, stream)
+        rows.append(Row(name, **metrics.quality(rgb, len(data), rec), **seconds))
     return rows
 
 

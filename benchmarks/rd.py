@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.baselines import available
-from benchmarks.kodak import load_images
+from benchmarks.kodak import load_images, round_trip
 from hybridflow.runtime import Codec, metrics
 
 HYBRID = [("HybridFlow", m, "hybrid") for m in ("none", "1_2", "1_4", "1_9", "1_16", "all", "auto")]
@@ -86,15 +86,11 @@ def main() -> None:
             continue
         c = plain if label == NO_CORRECTION else codec
         for name, rgb in images:
-            t0 = time.perf_counter()
-            data = c.compress(rgb, mask=mask, stream=stream)
-            t1 = time.perf_counter()
-            rec = c.decompress(data)
-            t2 = time.perf_counter()
+            data, rec, seconds = round_trip(c, rgb, mask, stream)
             if mask == "auto":
                 picked.update(codec.info(data).schedules)
             rows.append({"codec": label, "setting": mask, "image": name,
-                         **metrics.quality(rgb, len(data), rec, perceptual), "encode_s": t1 - t0, "decode_s": t2 - t1})
+                         **metrics.quality(rgb, len(data), rec, perceptual), **seconds})
         print(f"{label} {mask}: done", flush=True)
     for b in [] if only else available():
         for q in b.settings:

@@ -29,7 +29,7 @@ SCHEDULES = ("1_2", "1_4", "1_9", "1_16", "all")
 def load_predictor(path: Path) -> tuple[MaskedTokenPredictor, bool]:
     ck = checkpoint.load(path)
     model = checkpoint.build_model(ck, MaskedTokenPredictor, TransformerConfig)
-    return model, bool(ck["train_config"].get("use_guidance", True))
+    return model, bool(ck.get("train_config", {}).get("use_guidance", True))  # (a split bundle has none)
 
 
 @torch.no_grad()

@@ -57,20 +57,13 @@ def components_from_checkpoints(folder: Path):  # noqa: ANN201  (models.bundle.C
     return Components(vq, cont, predictor, correction, ComplexityModel(), counts, folder.name, False).eval()
 
 
-def _compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
-    if ref.dtype.kind in "iub":
-        return {"agreement": float(np.mean(ref == got))}
-    err = float(np.abs(ref.astype(np.float64) - got).max())
-    return {"max_abs": err, "max_rel": err / max(float(np.abs(ref).max()), 1e-12)}
-
-
 def run(cfg: ParityConfig) -> dict[str, Any]:
     import onnxruntime as ort
     import torch
 
     from ..models.data import data_root, list_images, read_rgb
     from .convert import to_onnx
-    from .graphs import graph_specs, real_inputs
+    from .graphs import compare_outputs, graph_specs, real_inputs
 
     # TF32 would make the reference itself differ from fp32 by ~1e-3: compare real fp32 on both sides.
     torch.backends.cuda.matmul.allow_tf32 = False
@@ -100,7 +93,7 @@ def run(cfg: ParityConfig) -> dict[str, Any]:
                     ref = module(*(torch.from_numpy(np.ascontiguousarray(v)).to(cfg.device) for v in inputs.values()))
                 ref = [r.float().cpu().numpy() if r.is_floating_point() else r.cpu().numpy()
                        for r in (ref if isinstance(ref, tuple) else (ref,))]
-                entry[case] = {name: _compare(r, g) for name, r, g in zip(spec.outputs, ref, got)}
+                entry[case] = {name: compare_outputs(r, g) for name, r, g in zip(spec.outputs, ref, got)}
             entry["seconds"] = round(time.time() - t, 2)
             report["graphs"][spec.name] = entry
             module.cpu()

@@ -108,6 +108,15 @@ class GraphSpec:
     dynamic: dict[str, dict[int, str]]
 
 
+def compare_outputs(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
+    """How far a graph output ``got`` is from the reference ``ref``: the share of equal values for
+    integer outputs (indices), the largest absolute and relative error for float ones."""
+    if ref.dtype.kind in "iub":
+        return {"agreement": float(np.mean(ref == got))}
+    err = float(np.abs(ref.astype(np.float64) - got).max())
+    return {"max_abs": err, "max_rel": err / max(float(np.abs(ref).max()), 1e-12)}
+
+
 def graph_specs(c: Components, tile: int = TILE) -> list[GraphSpec]:
     vq_cfg, cont_cfg = c.vq.cfg, c.cont.cfg
     g = tile // vq_cfg.factor

@@ -14,7 +14,7 @@ import torch
 
 from ..runtime.codec import Codec
 from ..runtime.model import Model
-from .graphs import GraphSpec
+from .graphs import GraphSpec, compare_outputs
 
 
 class TorchModel(Model):
@@ -34,13 +34,6 @@ class TorchModel(Model):
     def run(self, graph: str, **inputs: np.ndarray) -> list[np.ndarray]:
         out = self.modules[graph](*(torch.from_numpy(np.ascontiguousarray(v)) for v in inputs.values()))
         return [t.numpy() for t in (out if isinstance(out, tuple) else (out,))]
-
-
-def _compare(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
-    if ref.dtype.kind in "iub":
-        return {"agreement": float(np.mean(ref == got))}
-    err = float(np.abs(ref.astype(np.float64) - got).max())
-    return {"max_abs": err, "max_rel": err / max(float(np.abs(ref).max()), 1e-12)}
 
 
 def _time(fn: Any, repeat: int = 3) -> float:
@@ -66,7 +59,7 @@ def graph_parity(directory: Path, specs: list[GraphSpec], real: dict[str, dict[s
         for case, inputs in cases.items():
             ref = torch_model.run(spec.name, **inputs)
             got = onnx_model.run(spec.name, **inputs)
-            entry[case] = {name: _compare(r, g) for name, r, g in zip(spec.outputs, ref, got)}
+            entry[case] = {name: compare_outputs(r, g) for name, r, g in zip(spec.outputs, ref, got)}
         if timing:
             inputs = cases.get("real", cases["random"])
             entry["ort_s"] = _time(lambda: onnx_model.run(spec.name, **inputs))  # noqa: B023

@@ -145,3 +145,10 @@ def oriented_energy_loss(x: torch.Tensor, y: torch.Tensor, window: int = 8, tota
 
 def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.Tensor:
     return 0.5 * (F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean())
+
+
+def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    """‖∇ rec‖ / ‖∇ gan‖ at the last layer (Esser et al., VQGAN), detached and clamped."""
+    g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0]
+    g_gan = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
+    return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, 1e4).detach()

@@ -22,7 +22,7 @@ from ...runtime import metrics
 from .. import checkpoint
 from ..data import ImageCache, data_root, val_crops
 from ..discriminator import PatchDiscriminator
-from ..losses import TEXTURE_MATCHES, hinge_d_loss, perceptual_loss, texture_energy_loss
+from ..losses import TEXTURE_MATCHES, adaptive_weight, hinge_d_loss, perceptual_loss, texture_energy_loss
 from ..vq import VQAutoencoder, VQConfig
 from .loop import Numbers, Run, RunConfig, autocast, to_tensor
 
@@ -52,13 +52,6 @@ class VQTrainConfig(RunConfig):
                                                                 "in --init"})
     init: str = field(default="", metadata={"help": "stage1-vq checkpoint whose model (and discriminator) start "
                                                     "this run", "must_exist": True})
-
-
-def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-    """‖∇ rec‖ / ‖∇ gan‖ at the last layer (Esser et al., VQGAN), detached and clamped."""
-    g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0]
-    g_gan = torch.autograd.grad(g_loss, last, retain_graph=True)[0]
-    return (g_rec.norm() / (g_gan.norm() + 1e-4)).clamp(0.0, 1e4).detach()
 
 
 @torch.no_grad()

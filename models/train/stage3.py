@@ -36,13 +36,12 @@ from ..correction import CorrectionNet, PixelDecoder
 from ..data import val_crops
 from ..discriminator import PatchDiscriminator
 from ..layers import NORMS
-from ..losses import TEXTURE_MATCHES, hinge_d_loss, perceptual_loss, texture_energy_loss
+from ..losses import TEXTURE_MATCHES, adaptive_weight, hinge_d_loss, perceptual_loss, texture_energy_loss
 from ..lpips import LPIPS
 from ..transformer import MaskedTokenPredictor, TransformerConfig
 from ..vq import VQAutoencoder
 from . import tile_cache
 from .loop import Numbers, Run, RunConfig, autocast, to_tensor
-from .stage1_vq import adaptive_weight
 
 
 @dataclass
