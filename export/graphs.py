@@ -13,6 +13,7 @@ from torch import nn
 
 from ..models.bundle import Components
 from ..models.correction import PixelDecoder
+from ..models.fusion import Fusion
 from ..models.hyperprior import ContinuousCodec
 from ..models.transformer import MaskedTokenPredictor
 from ..models.vq import VQAutoencoder
@@ -97,6 +98,17 @@ class PixelDecoderGraph(nn.Module):
         return ((self.decoder(indices, guidance) + 1) / 2).clamp(0, 1)
 
 
+class FusionGraph(nn.Module):
+    """Both pictures in [0, 1] (the runtime's 8-bit pictures as floats) → the fused picture in [0, 1]."""
+
+    def __init__(self, fusion: Fusion):
+        super().__init__()
+        self.fusion = fusion
+
+    def forward(self, pixels: torch.Tensor, continuous: torch.Tensor) -> torch.Tensor:
+        return ((self.fusion(pixels * 2 - 1, continuous * 2 - 1) + 1) / 2).clamp(0, 1)
+
+
 @dataclass
 class GraphSpec:
     """A graph, its I/O names, dynamic axes and example inputs (batch ≥ 2 so it stays dynamic)."""
@@ -154,6 +166,10 @@ def graph_specs(c: Components, tile: int = TILE) -> list[GraphSpec]:
         specs.append(GraphSpec("pixel_decoder", PixelDecoderGraph(c.pixel_decoder()),
                                {"indices": idx, "guidance": guid}, ["image"],
                                {"indices": tokens, "guidance": spatial, "image": spatial}))
+    if c.fusion is not None:
+        pics = {k: torch.rand(2, 3, tile, tile, generator=gen) for k in ("pixels", "continuous")}
+        specs.append(GraphSpec("fusion", FusionGraph(c.fusion), pics, ["image"],
+                               {"pixels": spatial, "continuous": spatial, "image": spatial}))
     return specs
 
 
@@ -177,4 +193,6 @@ def real_inputs(c: Components, images: list[np.ndarray]) -> dict[str, dict[str, 
     vis = np.broadcast_to(np.indices(idx.shape[1:]).sum(0) % 2 == 0, idx.shape).copy()
     real["predictor"] = {"indices": idx.numpy(), "visible": vis, "guidance": g.numpy()}
     real["pixel_decoder"] = {"indices": idx.numpy(), "guidance": g.numpy()}
+    blurred = torch.nn.functional.interpolate(low, scale_factor=float(c.cont.cfg.downscale), mode="bilinear")
+    real["fusion"] = {"pixels": x.numpy(), "continuous": blurred.numpy()}
     return real

@@ -67,6 +67,9 @@ def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[s
         # its low-res output ×downscale), and its windows need the receptive field in guidance cells
         **({"reconstruct_pixels": 1, "reconstruct_margin": math.ceil(c.cont.upsampler.receptive_radius())}
            if c.cont.upsampler is not None else {}),
+        # the fusion of a hybrid decode's two pictures, and its windows' margin in tokens (receptive field)
+        **({"fusion_margin": math.ceil(c.fusion.receptive_radius() / c.vq.cfg.factor)}
+           if c.fusion is not None else {}),
         "schedules": list(SCHEDULES),
         "graphs": graphs,
         "hyper_synthesis": HYPER_FILE,

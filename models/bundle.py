@@ -17,6 +17,7 @@ import torch
 from ..runtime.complexity import ComplexityModel
 from . import checkpoint
 from .correction import CorrectionNet, PixelDecoder
+from .fusion import Fusion, FusionConfig
 from .hyperprior import ContConfig, ContinuousCodec
 from .transformer import MaskedTokenPredictor, TransformerConfig
 from .vq import VQAutoencoder, VQConfig
@@ -35,12 +36,13 @@ class Components:
     index_counts: np.ndarray
     name: str
     random_init: bool
+    fusion: Fusion | None = None  # merges the pixel decoder's and the continuous picture (models/fusion.py)
 
     def pixel_decoder(self) -> PixelDecoder:
         return PixelDecoder(self.vq, self.correction)
 
     def eval(self) -> Components:
-        for m in (self.vq, self.cont, self.predictor, self.correction):
+        for m in (self.vq, self.cont, self.predictor, self.correction, self.fusion):
             if m is not None:
                 m.eval()
         return self
@@ -64,6 +66,7 @@ def save_bundle(path: Path, c: Components) -> None:
         cont=_part(c.cont, c.cont.cfg),
         predictor=_part(c.predictor, c.predictor.cfg if c.predictor else None),
         correction=_part(c.correction, None),
+        **({"fusion": _part(c.fusion, c.fusion.cfg)} if c.fusion is not None else {}),
         complexity=dataclasses.asdict(c.complexity),
         index_counts=np.asarray(c.index_counts, np.int64).tolist(),
     )
@@ -92,11 +95,15 @@ def components_from_payload(ck: dict[str, Any], path: Path | str) -> Components:
     if ck.get("correction"):
         correction = CorrectionNet(vq_cfg, cont_cfg.channels)
         correction.load_state_dict(checkpoint.float_state(ck["correction"]["state"]))
+    fusion = None
+    if ck.get("fusion"):
+        fusion = Fusion(checkpoint.to_config(FusionConfig, ck["fusion"]["config"]))
+        fusion.load_state_dict(checkpoint.float_state(ck["fusion"]["state"]))
     return Components(vq, cont, predictor, correction, ComplexityModel(**ck["complexity"]),
-                      np.asarray(ck["index_counts"]), ck["name"], bool(ck["random_init"])).eval()
+                      np.asarray(ck["index_counts"]), ck["name"], bool(ck["random_init"]), fusion).eval()
 
 
-def tiny_components(seed: int = 0, with_stage23: bool = True) -> Components:
+def tiny_components(seed: int = 0, with_stage23: bool = True, with_fusion: bool = False) -> Components:
     """A tiny randomly initialised model for tests of export and runtime (never for real numbers)."""
     torch.manual_seed(seed)
     vq_cfg = VQConfig(channels=(8, 8, 16, 16), bottleneck=16, code_dim=8, decoder_norm="channel")
@@ -111,6 +118,10 @@ def tiny_components(seed: int = 0, with_stage23: bool = True) -> Components:
         correction.init_from(vq.decoder)
         for p in correction.proj:  # non-zero so the correction path is really exercised in tests
             torch.nn.init.normal_(p.weight, std=0.01)
+    fusion = None
+    if with_stage23 and with_fusion:
+        fusion = Fusion(FusionConfig(channels=8, blocks=1))
+        torch.nn.init.normal_(fusion.out[-1].weight, std=0.05)  # non-zero: the fusion really changes pixels
     rng = np.random.default_rng(seed)
     return Components(vq, cont, predictor, correction, ComplexityModel(),
-                      rng.integers(0, 50, vq_cfg.n_codes), f"tiny-random-{seed}", True).eval()
+                      rng.integers(0, 50, vq_cfg.n_codes), f"tiny-random-{seed}", True, fusion).eval()

@@ -3,13 +3,15 @@
 compress:   tiles → VQ indices → mask → ┐
             4×-down image → y, ẑ ───────┴→ one ANS stream → container
 decompress: container → ẑ → (μ, σ) → ŷ → guidance g → per tile: sent indices + g → predictor →
-            full indices → pixel decoder (VQ decoder + correction) → tiles → image
+            full indices → pixel decoder (VQ decoder + correction) → image ┐
+            guidance g → continuous reconstruction ───────────────────────┴→ fusion → image
 
 A stream carries up to two parts (``streams.StreamKind``): VQ tokens and the continuous latent.
 Each part's whole procedure — analysis, entropy coding, size check, decoding, and the picture it
 draws — is one class below (``TokenPart``, ``ContinuousPart``); ``Codec`` only strings together the
 parts a kind carries. A hybrid stream draws with the pixel decoder (tokens guided by the continuous
-part); a continuous-only stream draws the continuous reconstruction.
+part), then (models with a ``fusion`` graph) merges that picture with the continuous part's own
+reconstruction; a continuous-only stream draws the continuous reconstruction.
 
 ``Codec`` holds no per-call state, and onnxruntime sessions are safe to call from several threads,
 so one ``Codec`` may serve concurrent ``compress``/``decompress`` calls (graph runs beyond
@@ -111,16 +113,35 @@ def check_image(rgb: np.ndarray) -> None:
 Progress = Callable[[int, int], None]
 
 
+class _Phases:
+    """One ``progress`` over a decode drawn in several passes, each window by window: pass k of n
+    reports its (done, total) as (k·total + done, n·total), so a bar fills once, not n times."""
+
+    def __init__(self, progress: Progress | None, n: int):
+        self.progress, self.n, self.k = progress, n, -1
+
+    def next(self) -> Progress | None:
+        self.k += 1
+        if self.progress is None:
+            return None
+        k, n, report = self.k, self.n, self.progress
+        return lambda done, total: report(k * total + done, n * total)
+
+
 class Codec:
-    def __init__(self, model: Model, tile_batch: int = 1, correction: bool = True):
+    def __init__(self, model: Model, tile_batch: int = 1, correction: bool = True, fusion: bool = True):
         if isinstance(tile_batch, bool) or not isinstance(tile_batch, int) or tile_batch < 1:
             raise ValueError(f"tile_batch must be an integer ≥ 1, got {tile_batch!r}")
         if not isinstance(correction, bool):
             raise ValueError(f"correction must be True or False, got {correction!r}")
+        if not isinstance(fusion, bool):
+            raise ValueError(f"fusion must be True or False, got {fusion!r}")
         self.model = model
         self.tile_batch = tile_batch
         # False decodes hybrid streams with the plain VQ decoder: the stage-3 ablation of the benchmarks
         self.correction = correction
+        # False leaves out the last hybrid step (the pixel decoder's picture as is): what the fusion trains on
+        self.fusion = fusion
         self.geometry = model.geometry  # the model's sizes (tiling.Geometry, from its manifest)
         # tokens of context each pixel-decoder window needs: the decoder's receptive field
         self.decode_margin = int(model.manifest.get("decoder_margin", DECODE_MARGIN))
@@ -200,18 +221,32 @@ class Codec:
             raise BitstreamError("corrupt stream: payload too short for the declared image size")
 
     def decompress(self, data: bytes, progress: Progress | None = None) -> np.ndarray:
+        header, grid, got = self._decode_payload(data)
+        out = np.empty((grid.height, grid.width, 3), np.uint8)
+        self.parts(header.kind)[-1].draw(header, grid, got, out, progress)  # the pixel decoder when there are tokens
+        return out
+
+    def pictures(self, data: bytes) -> dict[str, np.ndarray]:
+        """Each part's own picture of a stream, unfused: ``"tokens"`` (the pixel decoder's) and/or
+        ``"continuous"`` (the continuous reconstruction). What the fusion is trained on, and what
+        benchmarks compare it with."""
+        header, grid, got = self._decode_payload(data)
+        out = {}
+        for part in self.parts(header.kind):
+            out[part.name] = np.empty((grid.height, grid.width, 3), np.uint8)
+            part.draw(header, grid, got, out[part.name], None, fuse=False)
+        return out
+
+    def _decode_payload(self, data: bytes) -> tuple[Header, TileGrid, Decoded]:
         header, words, _ = self.read_header(data)
         grid = self.geometry.tiles(header.height, header.width)
         dec, got = Decoder(self.model.tables, words), Decoded()
-        parts = self.parts(header.kind)
-        for part in parts:
+        for part in self.parts(header.kind):
             part.pop(dec, header, grid, got)
         dec.finish()
         if got.guidance is not None and not np.isfinite(got.guidance).all():
             raise BitstreamError("corrupt payload: continuous stream decodes to invalid values")
-        out = np.empty((grid.height, grid.width, 3), np.uint8)
-        parts[-1].draw(header, grid, got, out, progress)  # the pixel decoder when there are tokens
-        return out
+        return header, grid, got
 
     # ------------------------------------------------------------------------------------ info
     def info(self, data: bytes) -> StreamInfo:
@@ -225,6 +260,8 @@ class TokenPart:
     """The VQ tokens of ``hybrid`` and ``vq`` streams: per tile a mask schedule and the indices it
     sends; decoding restores the masked ones with the predictor and draws the picture with the
     pixel decoder (guided by the continuous part where the stream has one)."""
+
+    name = "tokens"
 
     def __init__(self, codec: Codec):
         self.codec = codec
@@ -291,10 +328,38 @@ class TokenPart:
             pos = self._sent_positions(grid, t, code)
             got.sent.append((pos, dec.pop_indices(int(pos.sum()))))
 
-    def draw(self, header: Header, grid: TileGrid, got: Decoded, out: np.ndarray, progress: Progress | None
-             ) -> None:
+    def draw(self, header: Header, grid: TileGrid, got: Decoded, out: np.ndarray, progress: Progress | None,
+             fuse: bool = True) -> None:
+        """The pixel decoder's picture; for a hybrid stream of a model with a ``fusion`` graph, merged
+        with the continuous part's picture (``fuse=False``: the pixel decoder's alone)."""
         tokens = self._restore_tokens(grid, got.sent, got.guidance)
-        self._decode_pixels(header, grid, tokens, got.guidance, out, progress)
+        fuse = fuse and header.kind.continuous and self.codec.fusion and self.model.has("fusion")
+        phases = _Phases(progress, 3 if fuse else 1)
+        self._decode_pixels(header, grid, tokens, got.guidance, out, phases.next())
+        if fuse:
+            cont = np.empty_like(out)
+            self.codec.continuous.draw(header, grid, got, cont, phases.next())
+            self._fuse(out, cont, phases.next())
+
+    def _fuse(self, out: np.ndarray, cont: np.ndarray, progress: Progress | None) -> None:
+        """Pass 3 (models/fusion.py): the pixel decoder's picture ``out`` merged with the continuous
+        reconstruction ``cont``, in place, in windows with a margin of the fusion's receptive field
+        (manifest ``fusion_margin``, in tokens). The graph works at half resolution, so a window of
+        odd size (only at the picture's bottom or right edge) is edge-padded by one pixel — as a
+        whole-picture call pads it: windowed equals whole."""
+        px = self.codec.geometry.token_pixels
+        rows, cols = -(-out.shape[0] // px), -(-out.shape[1] // px)
+        pixels = out.copy()  # windows read unfused pixels around what earlier windows already wrote
+
+        def render(win: Window) -> np.ndarray:
+            a, b = pixels[win.read(px)], cont[win.read(px)]
+            h, w = a.shape[:2]
+            even = ((0, h % 2), (0, w % 2), (0, 0))
+            a, b = np.pad(a, even, mode="edge"), np.pad(b, even, mode="edge")
+            (rgb,) = self.model.run("fusion", pixels=_to_float(a[None]), continuous=_to_float(b[None]))
+            return _to_u8(rgb)[0, :h, :w]
+
+        paint(render, out, rows, cols, px, DECODE_WINDOW, int(self.model.manifest["fusion_margin"]), progress)
 
     def _tile_guidance(self, guidance: np.ndarray | None, grid: TileGrid, tiles: range) -> np.ndarray:
         g, px = self.codec.geometry.grid, self.codec.geometry.token_pixels
@@ -352,6 +417,8 @@ class ContinuousPart:
     hyperprior ẑ; decoding gives the guidance, one cell per token. On its own (no tokens) it draws
     the picture from the guidance: a learned ×4 up-sampling, or (older models) the low-res image, bicubic."""
 
+    name = "continuous"
+
     def __init__(self, codec: Codec):
         self.codec = codec
         self.model = codec.model
@@ -403,8 +470,8 @@ class ContinuousPart:
         got.guidance = windowed(lambda y: self.model.run("cont_synthesis", y_hat=y)[0], y_hat,
                                 1, geo.latent_stride // geo.token_pixels, LATENT_WINDOW, LATENT_MARGIN)
 
-    def draw(self, header: Header, grid: TileGrid, got: Decoded, out: np.ndarray, progress: Progress | None
-             ) -> None:
+    def draw(self, header: Header, grid: TileGrid, got: Decoded, out: np.ndarray, progress: Progress | None,
+             fuse: bool = True) -> None:
         """The continuous-only picture, in overlapping windows so memory stays bounded: a learned
         up-sampling graph gives full-resolution pixels (manifest ``reconstruct_pixels`` = 1, with its
         receptive field as ``reconstruct_margin``); older models give the low-res image, which is

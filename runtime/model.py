@@ -39,7 +39,7 @@ MAX_CONCURRENT_RUNS = os.cpu_count() or 1
 # windows. Two windows at once took 16 simultaneous Kodak-size decodes to 1.13 GB for 5 % more
 # throughput on 2 cores; one at a time (the small graphs of other calls still run beside it) they
 # peak at 0.68 GB.
-WINDOW_GRAPHS = ("pixel_decoder", "vq_decoder", "cont_reconstruct")
+WINDOW_GRAPHS = ("pixel_decoder", "vq_decoder", "cont_reconstruct", "fusion")
 MAX_CONCURRENT_WINDOWS = 1
 _INT_FIELDS = ("tile", "token_pixels", "n_codes", "downscale", "latent_stride", "hyper_stride", "hyper_channels",
                "guidance_channels")

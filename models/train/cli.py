@@ -60,6 +60,7 @@ def stage_specs() -> dict[str, tuple[options.Spec, ...]]:
     from ..hyperprior import ContConfig
     from ..transformer import TransformerConfig
     from ..vq import VQConfig
+    from .fusion import FusionTrainConfig
     from .stage1_cont import ContTrainConfig
     from .stage1_vq import VQTrainConfig
     from .stage2 import Stage2TrainConfig, new_model_config
@@ -74,6 +75,7 @@ def stage_specs() -> dict[str, tuple[options.Spec, ...]]:
                    (TransformerConfig, vars(new_model_config()))),
         "stage3": ((Stage3Files, {"run_dir": runs / "stage3"}), Stage3TrainConfig),
         "upsampler": ((UpsamplerFiles, {"run_dir": runs / "upsampler"}), UpsamplerTrainConfig),
+        "fusion": ((RunFiles, {"run_dir": runs / "fusion"}), FusionTrainConfig),
     }
 
 
@@ -144,6 +146,15 @@ def upsampler(ctx: typer.Context) -> None:
     train(files.run_dir, cfg, files.cont, files.cache_dir)
 
 
+@app.command("fusion", **FORWARDED)
+def fusion(ctx: typer.Context) -> None:
+    """Fusion of a hybrid decode's two pictures (trained on an exported model's decodes; the rest frozen)."""
+    from .fusion import train
+
+    files, cfg = _stage("fusion", ctx, fusion.__doc__)
+    train(files.run_dir, cfg, files.cache_dir)
+
+
 @app.command()
 def bundle(
     out: Path = typer.Option(..., help="release bundle to write (what hf-export reads)"),
@@ -151,6 +162,7 @@ def bundle(
     cont: Path = typer.Option(..., help="stage1-cont checkpoint"),
     predictor: Path = typer.Option(None, help="stage2 checkpoint (optional)"),
     correction: Path = typer.Option(None, help="stage3 checkpoint (optional)"),
+    fusion: Path = typer.Option(None, help="fusion checkpoint (optional; hf-train fusion)"),
     name: str = typer.Option("hybridflow", help="model name shown by hf-run info"),
     tiles: int = typer.Option(600, help="training tiles for the index prior and complexity statistics"),
     auto_saving: float = typer.Option(0.125, help="auto mode's rate saving vs uniform 1_4 on training tiles "
@@ -160,7 +172,7 @@ def bundle(
     """Collect trained stages into one small fp16 bundle with its training-set statistics."""
     from .release import make_bundle
 
-    c = make_bundle(out, vq, cont, predictor, correction, name, cache_dir, tiles, auto_saving)
+    c = make_bundle(out, vq, cont, predictor, correction, name, cache_dir, tiles, auto_saving, fusion)
     used = int((c.index_counts > 0).sum())
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); codes used on {tiles} train tiles: {used}")
     print(f"complexity lo={c.complexity.lo} hi={c.complexity.hi} "
@@ -171,7 +183,7 @@ def bundle(
 def unbundle(
     bundle_path: Path = typer.Argument(..., help="release bundle, or a model directory written by hf-export "
                                                  "(e.g. runtime/assets/default)"),
-    out: Path = typer.Option(..., help="folder for vq.pt, cont.pt, predictor.pt, correction.pt"),
+    out: Path = typer.Option(..., help="folder for vq.pt, cont.pt, predictor.pt, correction.pt, fusion.pt"),
 ) -> None:
     """Split a bundle into stage checkpoints, so training can start again from a shipped release
     (fp16-rounded weights; the VQ discriminator is not in a bundle and starts fresh)."""

@@ -18,6 +18,7 @@ from .. import checkpoint
 from ..bundle import Components, components_from_payload, load_bundle, save_bundle
 from ..correction import CorrectionNet
 from ..data import ImageCache, data_root
+from ..fusion import Fusion, FusionConfig
 from ..hyperprior import ContConfig, ContinuousCodec
 from ..transformer import MaskedTokenPredictor, TransformerConfig
 from ..vq import VQAutoencoder, VQConfig
@@ -63,7 +64,7 @@ def sparse_share(saving: float, counts: np.ndarray, cont_bits: float, grid: int 
 
 def make_bundle(out: Path, vq_ckpt: Path, cont_ckpt: Path, predictor_ckpt: Path | None,
                 correction_ckpt: Path | None, name: str, cache_dir: Path, n_tiles: int = 600,
-                auto_saving: float = 0.125) -> Components:
+                auto_saving: float = 0.125, fusion_ckpt: Path | None = None) -> Components:
     """``auto_saving`` > 0 calibrates the ``auto`` mode's low threshold to that rate saving against
     uniform 1_4 on the training tiles; 0 keeps the method's literal 0.24."""
     vq = checkpoint.load_model(vq_ckpt, VQAutoencoder, VQConfig)
@@ -80,7 +81,8 @@ def make_bundle(out: Path, vq_ckpt: Path, cont_ckpt: Path, predictor_ckpt: Path 
     share = (sparse_share(auto_saving, counts, continuous_bits(cont, tiles), TILE // vq.cfg.factor)
              if auto_saving > 0 else None)
     complexity = ComplexityModel.fit(list(tiles), sparse_share=share)
-    c = Components(vq, cont, predictor, correction, complexity, counts, name, random_init=False)
+    fusion = checkpoint.load_model(fusion_ckpt, Fusion, FusionConfig) if fusion_ckpt else None
+    c = Components(vq, cont, predictor, correction, complexity, counts, name, random_init=False, fusion=fusion)
     save_bundle(out, c)
     return c
 
@@ -111,6 +113,8 @@ def split_bundle(bundle: Path, out: Path) -> list[Path]:
         parts["predictor"] = (c.predictor, c.predictor.cfg)
     if c.correction is not None:
         parts["correction"] = (c.correction, None)
+    if c.fusion is not None:
+        parts["fusion"] = (c.fusion, c.fusion.cfg)
     written = []
     for kind, (model, cfg) in parts.items():
         path = Path(out) / f"{kind}.pt"

@@ -1,0 +1,102 @@
+"""The fusion of a hybrid decode's two pictures (models/fusion.py): exported, run by the runtime in
+windows, equal to one whole-picture call, and carried through bundle → model directory → bundle."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hybridflow.runtime import Codec
+from hybridflow.runtime import codec as codec_module
+
+torch = pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def fusion_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from hybridflow.export.cli import export_bundle
+    from hybridflow.models.bundle import save_bundle, tiny_components
+
+    folder = tmp_path_factory.mktemp("fusion")
+    save_bundle(folder / "tiny.pt", tiny_components(with_fusion=True))
+    export_bundle(folder / "tiny.pt", folder / "model", simplify=True, parity=False)
+    return folder / "model"
+
+
+def odd_photo(photo: np.ndarray, h: int = 531, w: int = 701) -> np.ndarray:
+    reps = (-(-h // photo.shape[0]), -(-w // photo.shape[1]), 1)
+    return np.ascontiguousarray(np.tile(photo, reps)[:h, :w])
+
+
+def test_receptive_radius_bounds_the_reach() -> None:
+    """Changing one input pixel changes output pixels no farther than ``receptive_radius``, and
+    farther than a few pixels (so the bound is not vacuous)."""
+    from hybridflow.models.fusion import Fusion, FusionConfig
+
+    torch.manual_seed(0)
+    f = Fusion(FusionConfig(channels=8, blocks=2))
+    torch.nn.init.normal_(f.out[-1].weight, std=0.1)
+    a, b = torch.rand(1, 3, 96, 96), torch.rand(1, 3, 96, 96)
+    b2 = b.clone()
+    b2[0, :, 48, 48] += 0.5
+    with torch.no_grad():
+        diff = (f(a, b) - f(a, b2)).abs().amax(dim=(0, 1)) > 1e-7
+    ys, xs = np.nonzero(diff.numpy())
+    reach = max(48 - ys.min(), ys.max() - 48, 48 - xs.min(), xs.max() - 48)
+    assert 4 < reach <= f.receptive_radius()
+
+
+def test_windowed_fusion_equals_whole_picture(fusion_model: Path, photo: np.ndarray,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    codec = Codec.load(fusion_model, provider="cpu")
+    assert codec.model.manifest["fusion_margin"] == math.ceil(
+        codec.model.manifest["fusion_margin"])  # an integer number of tokens
+    img = odd_photo(photo)
+    data = codec.compress(img, mask="1_4")
+    monkeypatch.setattr(codec_module, "DECODE_WINDOW", 1000)
+    whole = codec.decompress(data).astype(int)
+    monkeypatch.setattr(codec_module, "DECODE_WINDOW", 5)
+    windows = codec.decompress(data).astype(int)
+    assert whole.shape == img.shape
+    assert np.abs(whole - windows).max() <= 1
+
+
+def test_fusion_changes_hybrid_pictures_only(fusion_model: Path, photo: np.ndarray) -> None:
+    """The fused picture differs from the pixel decoder's (the tiny fusion is not zero); ``pictures``
+    gives both unfused pictures; continuous-only and vq streams are not fused."""
+    codec = Codec.load(fusion_model, provider="cpu")
+    plain = Codec(codec.model, fusion=False)
+    data = codec.compress(photo, mask="1_4")
+    fused, pics = codec.decompress(data), codec.pictures(data)
+    assert set(pics) == {"tokens", "continuous"}
+    assert np.array_equal(pics["tokens"], plain.decompress(data))
+    assert np.abs(fused.astype(int) - pics["tokens"]).max() > 0
+    for stream in ("continuous", "vq"):
+        other = codec.compress(photo, stream=stream)
+        assert np.array_equal(codec.decompress(other), plain.decompress(other))
+
+
+def test_progress_fills_once_over_the_passes(fusion_model: Path, photo: np.ndarray) -> None:
+    codec = Codec.load(fusion_model, provider="cpu")
+    data = codec.compress(photo, mask="1_4")
+    seen: list[tuple[int, int]] = []
+    codec.decompress(data, progress=lambda done, total: seen.append((done, total)))
+    assert seen[-1][0] == seen[-1][1]
+    assert all(a[0] / a[1] <= b[0] / b[1] for a, b in zip(seen, seen[1:]))
+
+
+def test_fusion_survives_rebundle(fusion_model: Path, tmp_path: Path) -> None:
+    """A model directory with a fusion rebuilds a bundle with the same fusion weights, and the
+    stage checkpoints split from it include ``fusion.pt``."""
+    from hybridflow.models.bundle import tiny_components
+    from hybridflow.models.train.release import open_bundle, split_bundle
+
+    c = open_bundle(fusion_model)
+    ref = tiny_components(with_fusion=True).fusion
+    assert c.fusion is not None
+    for (k, v), w in zip(c.fusion.state_dict().items(), ref.state_dict().values()):
+        assert torch.equal(v, w.half().float()), k
+    assert (tmp_path / "fusion.pt") in split_bundle(fusion_model, tmp_path)
