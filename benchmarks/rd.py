@@ -30,9 +30,11 @@ HYBRID = [("HybridFlow", m, "hybrid") for m in ("none", "1_2", "1_4", "1_9", "1_
 # unguided, plain VQ decoder), continuous-only, and the hybrid stream decoded without the correction net
 VQ_ONLY = "VQ-only"
 NO_CORRECTION = "HybridFlow w/o correction"
+NO_FUSION = "HybridFlow w/o fusion"  # the pixel decoder's picture alone (models with a fusion graph)
 ABLATIONS = [(VQ_ONLY, m, "vq") for m in ("none", "1_2", "1_4", "1_9", "1_16")]
 ABLATIONS += [("continuous-only", "none", "continuous")]
 ABLATIONS += [(NO_CORRECTION, m, "hybrid") for m in ("1_4", "1_9")]
+ABLATIONS += [(NO_FUSION, m, "hybrid") for m in ("1_4", "auto")]
 MAX_BPP = 0.12
 METRICS = ("bpp", "psnr", "ms_ssim", "sharpness", "sharpness_half", "encode_s", "decode_s")
 
@@ -73,6 +75,7 @@ def main() -> None:
     images = load_images(args.folder, args.limit)
     codec = Codec.load(args.model, provider="cpu")
     plain = Codec(codec.model, correction=False)  # same graphs, hybrid streams through the plain VQ decoder
+    unfused = Codec(codec.model, fusion=False)  # same graphs, the pixel decoder's picture as is
     perceptual = metrics.lpips_alex(args.lpips, say=print)
     rows: list[dict[str, object]] = []
     picked: Counter[str] = Counter()  # the schedules `auto` chose, over all tiles
@@ -84,7 +87,9 @@ def main() -> None:
             continue
         if label == NO_CORRECTION and not codec.model.has("pixel_decoder"):
             continue
-        c = plain if label == NO_CORRECTION else codec
+        if label == NO_FUSION and not codec.model.has("fusion"):  # (with --only: next to its fused row)
+            continue
+        c = {NO_CORRECTION: plain, NO_FUSION: unfused}.get(label, codec)
         for name, rgb in images:
             data, rec, seconds = round_trip(c, rgb, mask, stream)
             if mask == "auto":
