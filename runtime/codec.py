@@ -73,6 +73,7 @@ class Latent:
 class Decoded:
     """What a payload decodes to before any pixel is drawn; each part fills what its stream carries."""
 
+    y_hat: np.ndarray | None = None  # (1, M, 4h, 4w) the continuous latent, entropy-decoded
     guidance: np.ndarray | None = None  # (1, G, h, w), one cell per token: the continuous part's output
     sent: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)  # per tile: sent positions, indices
 
@@ -241,9 +242,14 @@ class Codec:
         header, words, _ = self.read_header(data)
         grid = self.geometry.tiles(header.height, header.width)
         dec, got = Decoder(self.model.tables, words), Decoded()
-        for part in self.parts(header.kind):
+        for part in self.parts(header.kind):  # entropy decoding only: no graph runs before dec.finish()
             part.pop(dec, header, grid, got)
+        # A corrupt payload that still decodes to symbols is caught here, at the cost of its entropy
+        # decoding alone (bounded by its size). Checked after the graphs, a 37 KB forged stream took
+        # 4.7 s to refuse, most of it in the continuous synthesis.
         dec.finish()
+        if got.y_hat is not None:
+            self.continuous.synthesise(got)
         if got.guidance is not None and not np.isfinite(got.guidance).all():
             raise BitstreamError("corrupt payload: continuous stream decodes to invalid values")
         return header, grid, got
@@ -465,9 +471,13 @@ class ContinuousPart:
         geo, m = self.codec.geometry, self.model.manifest
         ph, pw = grid.padded_shape
         z_hat = dec.pop_z((int(m["hyper_channels"]), ph // geo.hyper_stride, pw // geo.hyper_stride))
-        mean, scale = self.model.hyper(z_hat)
-        y_hat = (dec.pop_y(scale) + mean).astype(np.float32)[None]
-        got.guidance = windowed(lambda y: self.model.run("cont_synthesis", y_hat=y)[0], y_hat,
+        mean, scale = self.model.hyper(z_hat)  # integer arithmetic, no graph: y's scales depend on it
+        got.y_hat = (dec.pop_y(scale) + mean).astype(np.float32)[None]
+
+    def synthesise(self, got: Decoded) -> None:
+        """The guidance from ŷ: run once the whole payload has been verified (``Codec.decompress``)."""
+        geo = self.codec.geometry
+        got.guidance = windowed(lambda y: self.model.run("cont_synthesis", y_hat=y)[0], got.y_hat,
                                 1, geo.latent_stride // geo.token_pixels, LATENT_WINDOW, LATENT_MARGIN)
 
     def draw(self, header: Header, grid: TileGrid, got: Decoded, out: np.ndarray, progress: Progress | None,

@@ -219,6 +219,41 @@ def test_reading_past_the_payload_is_refused(codec: Codec, photo: np.ndarray, st
             codec.decompress(_relabel(data, w, h))
 
 
+@pytest.mark.parametrize("stream", ["hybrid", "vq", "continuous"])
+def test_no_graph_runs_before_the_payload_is_verified(codec: Codec, photo: np.ndarray, monkeypatch: pytest.MonkeyPatch,
+                                                      stream: str) -> None:
+    """Issue 21.1, the class behind session 8's slowest fuzz cases (6.7 s and 4.7 s to refuse a forged
+    continuous stream): the continuous synthesis ran before ``Decoder.finish`` found that the payload
+    did not end where the header says. A payload that decodes to symbols but is not whole must be
+    refused with no graph run at all, so its cost is its entropy decoding, which its size bounds."""
+    import zlib
+
+    from hybridflow.runtime import bitstream
+
+    data = codec.compress(photo[:200, :240], mask="1_4", stream=stream)
+    header_bytes = bitstream.read(data)[2]
+    corrupt = [_relabel(data, w, h) for w, h in [(240, 260), (520, 200), (240, 232), (240, 256)]
+               if stream != "continuous" or w * h > 256 * 256]
+    for pos in range(header_bytes - 4, len(data) - 4, 3):  # one bit flipped in the payload, re-signed
+        flipped = bytearray(data)
+        flipped[pos] ^= 0x10
+        corrupt.append(bytes(flipped[:-4]) + zlib.crc32(bytes(flipped[:-4])).to_bytes(4, "little"))
+    runs: list[str] = []
+    model_run = codec.model.run
+    monkeypatch.setattr(codec.model, "run", lambda name, **kw: runs.append(name) or model_run(name, **kw))
+    at_finish = 0
+    for case in corrupt:
+        try:
+            codec.decompress(case)
+        except BitstreamError as e:
+            at_finish += "does not end where the header says" in str(e)
+            assert runs == [], f"{runs} ran before the refusal ({e})"
+        runs.clear()  # a flip the format cannot see decodes (and runs graphs): not this test's concern
+    assert at_finish, "no case reached Decoder.finish: the test would not see graphs run before it"
+    codec.decompress(data)
+    assert runs, "the valid stream must run graphs (the patch must see them)"
+
+
 def test_empty_payload_is_refused(codec: Codec) -> None:
     import zlib
 

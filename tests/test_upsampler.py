@@ -101,7 +101,9 @@ def test_runtime_runs_the_learned_upsampling(upsampling, photo: np.ndarray) -> N
     out = codec.decompress(data).astype(int)
     header, words, _ = codec.read_header(data)
     got = Decoded()
-    codec.parts(stream_kind("continuous"))[0].pop(Decoder(codec.model.tables, words), header, TileGrid(256, 256), got)
+    part = codec.parts(stream_kind("continuous"))[0]
+    part.pop(Decoder(codec.model.tables, words), header, TileGrid(256, 256), got)
+    part.synthesise(got)
     g = torch.from_numpy(got.guidance)
     with torch.no_grad():
         learned = (c.cont.upsampler(g).clamp(0, 1) * 255).round()[0].permute(1, 2, 0).numpy()
