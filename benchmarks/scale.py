@@ -93,7 +93,7 @@ def main() -> None:
         sizes = {read_image(f)[0].shape[:2] for f in files}
         lines.append(f"images: first {len(files)} of {data_root() / 'val'} ({len(sizes)} distinct sizes, e.g. "
                      f"{'×'.join(map(str, next(iter(sizes))[::-1]))}); mask {args.mask}")
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        scale.start_local(num_cpus=2, log_to_driver=False)
         try:
             warm = Path(tmp) / "warm"
             warm.mkdir()

@@ -192,6 +192,15 @@ def _one_line(e: BaseException) -> str:
     return text if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {text}"
 
 
+def _opencv_threads(threads: int) -> None:
+    """The actor reserved ``threads`` CPUs and onnxruntime runs that many intra-op threads (and one
+    inter-op thread, session.open_session); OpenCV's resizes and colour conversions would otherwise
+    spread over every core of the node, on top of the other workers."""
+    import cv2
+
+    cv2.setNumThreads(threads)
+
+
 class _Worker:
     """State of one Ray actor: the model, loaded once, and the two filesystems."""
 
@@ -200,6 +209,7 @@ class _Worker:
         from .codec import Codec
 
         self.codec = Codec.load(model, provider=provider, threads=threads)
+        _opencv_threads(threads)
         self.src_uri = src
         self.src_fs, self.src = open_fs(src)
         self.dst_fs, self.dst = open_fs(dst) if dst is not None else (None, "")
@@ -274,6 +284,16 @@ class _Evaluator(_Worker):
 
 
 # ------------------------------------------------------------------------------------ driver
+def start_local(num_cpus: int | None = None, **kwargs: Any) -> None:
+    """Start a Ray on this machine, as ``--engine ray`` does without ``--address``: no dashboard,
+    and workers at this process's own priority. Ray's default makes its workers 15 steps nicer than
+    the process that started it, so on a shared machine ``hf-run compress --engine ray`` yielded to
+    every other job (and its actors to their own driver) where ``hf-run compress`` does not."""
+    import ray
+
+    ray.init(num_cpus=num_cpus, include_dashboard=False, _system_config={"worker_niceness": 0}, **kwargs)
+
+
 def _connect(engine: Engine) -> int:
     """Start or join Ray; returns the number of workers to run."""
     import ray
@@ -284,7 +304,7 @@ def _connect(engine: Engine) -> int:
         if engine.address:
             ray.init(address=engine.address)
         else:
-            ray.init(include_dashboard=False)
+            start_local()
     if engine.workers is not None:
         return engine.workers
     return max(1, int(ray.cluster_resources().get("CPU", 1)) // engine.threads_per_worker)

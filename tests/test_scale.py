@@ -29,7 +29,7 @@ ENGINE = scale.Engine(workers=2)
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():  # noqa: ANN201
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    scale.start_local(num_cpus=2, log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -188,6 +188,27 @@ def test_a_worker_killed_mid_run_loses_and_repeats_nothing(tiny_model: Path, cod
     for f in files:
         assert (dst / f.relative_to(src).with_suffix(".hfc")).read_bytes() == expected[f.name]
     assert not list(dst.rglob("*.part"))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_a_worker_runs_the_threads_it_was_given_at_the_callers_priority(tiny_model: Path, tmp_path: Path,
+                                                                        threads: int) -> None:
+    """``--threads-per-worker T`` means T intra-op threads and one inter-op thread in each graph and T
+    OpenCV threads, not the node's every core; the local Ray's workers run at our priority."""
+    actor = ray.remote(num_cpus=1)(scale._Compressor).remote(
+        src=str(tmp_path), dst=str(tmp_path / "out"), model=str(tiny_model), provider="cpu", threads=threads,
+        mask="1_4", stream="hybrid")
+
+    def settings(worker: scale._Compressor) -> dict[str, int]:
+        import cv2
+
+        options = worker.codec.model.session("vq_encoder").get_session_options()
+        return {"intra": options.intra_op_num_threads, "inter": options.inter_op_num_threads,
+                "cv2": cv2.getNumThreads(), "nice": os.nice(0)}
+
+    assert ray.get(actor.__ray_call__.remote(settings), timeout=120) == {
+        "intra": threads, "inter": 1, "cv2": threads, "nice": os.nice(0)}
+    ray.kill(actor)
 
 
 def test_eval_aggregates_over_the_archive(tiny_model: Path, codec, tmp_path: Path) -> None:  # noqa: ANN001
