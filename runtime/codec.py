@@ -40,6 +40,7 @@ from .model import Model
 from .streams import StreamKind, stream_kind
 from .tiling import TileGrid, Window, batches, pad, paint, tile_stack, windowed
 
+ENCODER_GRAPHS = ("vq_encoder", "cont_analysis", "hyper_analysis")  # what compress runs; the rest decode
 RECON_WINDOW = 64  # guidance cells per side of a continuous-only reconstruction window (1024 px)
 RECON_MARGIN = 4
 LATENT_WINDOW = 32  # y cells per side of an analysis/synthesis window (2048 px), so memory stays bounded

@@ -197,6 +197,16 @@ class Model:
                     raise ModelError(f"{path}: cannot load graph {graph!r} ({_one_line(e)})") from None
             return self._sessions[graph]
 
+    def open(self, graphs: tuple[str, ...] | None = None) -> None:
+        """Open these graphs' sessions now (``None``: every graph of the manifest), not at their first
+        run. A long-lived worker (a Ray actor) loads its model before its first image, so the first
+        image's time is the image's alone and a model that cannot load fails before any file.
+        Graphs the model lacks are skipped; int8 variants open through the graph they stand for."""
+        entries = self.manifest["graphs"]
+        for graph in entries if graphs is None else graphs:
+            if graph in entries and "variant_of" not in entries[graph]:
+                self.session(graph)
+
     def _variant(self, graph: str, providers: list[str]) -> Path | None:
         """The int8 variant's file, where the manifest lists one and ``precision`` asks for it."""
         if self.precision not in PRECISIONS:

@@ -10,7 +10,8 @@ stays cheap and correct:
   before compressing, so a batch retried after its actor died does not redo what the dead actor had
   finished. ``force=True`` redoes everything.
 - Every input gets one row in a per-run Parquet manifest, ``DST/.manifests/run-<time>-<id>.parquet``:
-  path, output, bytes, bpp, seconds, status (``ok`` | ``skipped`` | ``failed``), error, worker. A
+  path, output, bytes, bpp, seconds, started (UTC), status (``ok`` | ``skipped`` | ``failed``), error,
+  worker. A
   bad image is a ``failed`` row, never an exception that stops the run; the next run tries it again.
 - Fault tolerance is stated in ``Retries``, not left to Ray Data's defaults (which restart a dead
   actor forever and retry its tasks forever).
@@ -26,6 +27,7 @@ Outputs are byte-identical to ``hf-run compress``: the same image decoder and th
 
 from __future__ import annotations
 
+import datetime
 import os
 import posixpath
 import socket
@@ -45,6 +47,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from .codec import ENCODER_GRAPHS
 from .imageio import READABLE, SUFFIX, decode_image, write_bytes_atomic
 from .ratecontrol import SizeRequest
 
@@ -53,7 +56,8 @@ MANIFEST_DIR = ".manifests"  # under DST; hidden, so listings of inputs and outp
 
 MANIFEST_SCHEMA = pa.schema([
     ("path", pa.string()), ("output", pa.string()), ("bytes", pa.int64()), ("bpp", pa.float64()),
-    ("seconds", pa.float64()), ("status", pa.string()), ("error", pa.string()), ("worker", pa.string()),
+    ("seconds", pa.float64()), ("started", pa.timestamp("us", tz="UTC")), ("status", pa.string()),
+    ("error", pa.string()), ("worker", pa.string()),
 ])
 EVAL_SCHEMA = pa.schema([
     ("path", pa.string()), ("width", pa.int64()), ("height", pa.int64()), ("bytes", pa.int64()),
@@ -187,6 +191,12 @@ def write_atomic(fs: pafs.FileSystem, path: str, data: bytes) -> None:
 
 
 # ----------------------------------------------------------------------------------- workers
+def _now() -> datetime.datetime:
+    """When a file's work began (the manifest's ``started``): with ``seconds`` it places every file on
+    one clock, so a run's steady rate can be told apart from its start-up (benchmarks/scale.py)."""
+    return datetime.datetime.now(datetime.timezone.utc)
+
+
 def _one_line(e: BaseException) -> str:
     text = " ".join(str(e).split()) or type(e).__name__
     return text if isinstance(e, (ValueError, OSError)) else f"{type(e).__name__}: {text}"
@@ -204,11 +214,14 @@ def _opencv_threads(threads: int) -> None:
 class _Worker:
     """State of one Ray actor: the model, loaded once, and the two filesystems."""
 
+    GRAPHS: tuple[str, ...] | None = None  # what the model opens before the first file (None: all)
+
     def __init__(self, src: str, dst: str | None, model: str | None, provider: str, threads: int,
                  mask: str, stream: str, size: SizeRequest = SizeRequest(), force: bool = False) -> None:
         from .codec import Codec
 
         self.codec = Codec.load(model, provider=provider, threads=threads)
+        self.codec.model.open(self.GRAPHS)  # the model loads here, once, not in the first file's seconds
         _opencv_threads(threads)
         self.src_uri = src
         self.src_fs, self.src = open_fs(src)
@@ -225,6 +238,8 @@ class _Worker:
 
 
 class _Compressor(_Worker):
+    GRAPHS = ENCODER_GRAPHS
+
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         rows = [self.one(str(rel), str(out)) for rel, out in zip(batch["rel"], batch["out"])]
         return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
@@ -232,8 +247,8 @@ class _Compressor(_Worker):
     def one(self, rel: str, out: str) -> dict[str, Any]:
         t0 = time.perf_counter()
         dst = _join(self.dst, out)
-        row: dict[str, Any] = {"path": _join(self.src, rel), "output": dst, "status": "ok", "error": "",
-                               "worker": self.tag}
+        row: dict[str, Any] = {"path": _join(self.src, rel), "output": dst, "started": _now(), "status": "ok",
+                               "error": "", "worker": self.tag}
         try:
             if not self.force and self.dst_fs.get_file_info(dst).type == pafs.FileType.File:
                 # finished by an earlier attempt of this batch, whose actor then died
@@ -349,8 +364,8 @@ def plan_compress(src: str, dst: str, force: bool = False) -> tuple[list[dict[st
         if posixpath.splitext(rel)[1].lower() not in READABLE:
             continue
         out = output_name(rel)
-        row = {"path": _join(src_root, rel), "output": _join(dst_root, out), "seconds": 0.0, "error": "",
-               "worker": "driver"}
+        row = {"path": _join(src_root, rel), "output": _join(dst_root, out), "seconds": 0.0, "started": _now(),
+               "error": "", "worker": "driver"}
         if out in taken:
             rows.append({**row, "status": "failed", "error": f"output name already taken by {taken[out]}"})
         elif out in done and not force:

@@ -5,6 +5,7 @@ One local Ray (2 CPUs) serves the whole module; each run starts its own actor po
 from __future__ import annotations
 
 import csv
+import datetime
 import os
 import signal
 import subprocess
@@ -68,9 +69,13 @@ def sequential(codec, files: list[Path], **kw: str) -> dict[str, bytes]:  # noqa
 def test_same_bytes_as_the_sequential_cli_and_a_rerun_redoes_nothing(tiny_model: Path, tmp_path: Path) -> None:
     src, dst, seq = tmp_path / "src", tmp_path / "dst", tmp_path / "seq"
     files = make_archive(src)
+    before = datetime.datetime.now(datetime.timezone.utc)
     s = scale.compress_archive(str(src), str(dst), mask="1_4", model=tiny_model, provider="cpu", engine=ENGINE)
+    after = datetime.datetime.now(datetime.timezone.utc)
     assert s.counts == {"ok": len(files), "failed": 1}
     rows = manifest_rows(s)
+    for r in rows.values():  # each file on the run's clock: started, then its seconds, within the run
+        assert before <= r["started"] <= r["started"] + datetime.timedelta(seconds=r["seconds"]) <= after
     assert set(rows) == {f.name for f in files} | {"broken.png"}
     assert "not an image" in rows["broken.png"]["error"] and rows["broken.png"]["bytes"] is None
     p = subprocess.run([*HF_RUN, "compress", str(src / "sub"), str(seq), "--mask", "1_4", "--model",
@@ -121,6 +126,39 @@ def test_a_rerun_after_an_interruption_does_only_what_was_left(tiny_model: Path,
     assert rows["im00.png"]["status"] == rows["im01.jpg"]["status"] == "skipped"
     assert rows["im00.png"]["bytes"] == len(expected["im00.png"])
     assert {n: (dst / n).stat().st_mtime_ns for n in before} == before  # untouched
+    for f in files:
+        assert (dst / f.relative_to(src).with_suffix(".hfc")).read_bytes() == expected[f.name]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="kills the driver process")
+def test_a_run_killed_mid_way_is_finished_by_a_rerun_that_redoes_nothing(tiny_model: Path, codec,  # noqa: ANN001
+                                                                          tmp_path: Path) -> None:
+    """A real interruption: ``hf-run compress --engine ray`` killed (SIGKILL, no clean-up) once some
+    outputs exist; the rerun leaves every finished output as it is and does the rest."""
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    files = make_archive(src, n=24, size=(384, 512), bad=False)
+    address = ray.get_runtime_context().gcs_address
+    p = subprocess.Popen([*HF_RUN, "compress", str(src), str(dst), "--engine", "ray", "--address", address,
+                          "--workers", "1", "--model", str(tiny_model), "--provider", "cpu", "--mask", "1_4"],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 240
+    while not list(dst.rglob("*.hfc")) and p.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.005)
+    p.kill()
+    p.wait()
+    finished: list[Path] = []
+    while time.monotonic() < deadline:  # the dead driver's actor may finish the file it was on
+        time.sleep(1.0)
+        now = sorted(dst.rglob("*.hfc"))
+        if now == finished:
+            break
+        finished = now
+    assert 0 < len(finished) < len(files), f"{len(finished)} of {len(files)} done when the run was killed"
+    stamps = {f: (f.stat().st_ino, f.stat().st_mtime_ns) for f in finished}
+    s = scale.compress_archive(str(src), str(dst), mask="1_4", model=tiny_model, provider="cpu", engine=ENGINE)
+    assert s.counts == {"skipped": len(finished), "ok": len(files) - len(finished)}
+    assert {f: (f.stat().st_ino, f.stat().st_mtime_ns) for f in finished} == stamps  # redone: none
+    expected = sequential(codec, files, mask="1_4")
     for f in files:
         assert (dst / f.relative_to(src).with_suffix(".hfc")).read_bytes() == expected[f.name]
 
@@ -191,23 +229,26 @@ def test_a_worker_killed_mid_run_loses_and_repeats_nothing(tiny_model: Path, cod
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_a_worker_runs_the_threads_it_was_given_at_the_callers_priority(tiny_model: Path, tmp_path: Path,
-                                                                        threads: int) -> None:
-    """``--threads-per-worker T`` means T intra-op threads and one inter-op thread in each graph and T
+def test_a_worker_loads_its_model_first_and_runs_its_threads_at_our_priority(tiny_model: Path, tmp_path: Path,
+                                                                           threads: int) -> None:
+    """The actor opens the encoder's graphs when it starts, so no file's seconds include the model
+    load. ``--threads-per-worker T`` means T intra-op threads and one inter-op thread in each graph and T
     OpenCV threads, not the node's every core; the local Ray's workers run at our priority."""
     actor = ray.remote(num_cpus=1)(scale._Compressor).remote(
         src=str(tmp_path), dst=str(tmp_path / "out"), model=str(tiny_model), provider="cpu", threads=threads,
         mask="1_4", stream="hybrid")
 
-    def settings(worker: scale._Compressor) -> dict[str, int]:
+    def settings(worker: scale._Compressor) -> dict[str, object]:
         import cv2
 
+        opened = sorted(worker.codec.model._sessions)  # before any file: the constructor loaded the model
         options = worker.codec.model.session("vq_encoder").get_session_options()
         return {"intra": options.intra_op_num_threads, "inter": options.inter_op_num_threads,
-                "cv2": cv2.getNumThreads(), "nice": os.nice(0)}
+                "cv2": cv2.getNumThreads(), "nice": os.nice(0), "opened": opened}
 
     assert ray.get(actor.__ray_call__.remote(settings), timeout=120) == {
-        "intra": threads, "inter": 1, "cv2": threads, "nice": os.nice(0)}
+        "intra": threads, "inter": 1, "cv2": threads, "nice": os.nice(0),
+        "opened": sorted(scale.ENCODER_GRAPHS)}  # the encoder's graphs only: decoding is not its job
     ray.kill(actor)
 
 
