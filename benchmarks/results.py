@@ -32,6 +32,8 @@ SEPARATE = [
      "python -m benchmarks.fuzz > benchmarks/out/fuzz.txt"),
     ("Memory under concurrency: one Codec, simultaneous decompress calls", "concurrency.txt",
      "python -m benchmarks.concurrency > benchmarks/out/concurrency.txt"),
+    ("Scale-out on Ray: 1 vs 2 workers (issue 19)", "scale.txt",
+     "python -m benchmarks.scale --images 40 --rounds 2 (writes benchmarks/out/scale.txt)"),
 ]
 
 

@@ -7,11 +7,12 @@ with outputs byte-identical to the sequential path. Everything below runs in one
 order, on the same images (the first N of ``$HF_DATA/val`` by name, copied to a temporary folder that
 is deleted afterwards):
 
-1. the sequential reference: the in-process API with one thread (what ``hf-run compress`` runs), the
-   model loaded first; per image the time to read and decode the file, to compress, to write the
-   output. Its bytes are what the Ray runs must reproduce.
-2. the machine's own ceiling, without Ray: two processes, each with its model loaded, compress
-   alternate images of the folder (read, compress, write) from a common start; rate vs step 1's.
+1. the sequential reference: one plain process running the API with one thread (what ``hf-run
+   compress`` runs), the model loaded first; per image the time to read and decode the file, to
+   compress, to write the output. Its bytes are what the Ray runs must reproduce.
+2. the machine's own ceiling, without Ray: two such processes, each with its model loaded, compress
+   alternate images of the folder from a common start; rate vs step 1's. Both steps give each process
+   one BLAS thread, as Ray does for an actor with one CPU.
 3. Ray (a local Ray with 2 CPUs, as ``--engine ray`` starts it): an untimed warm-up run starts Ray
    Data's helper processes, then 1 and 2 workers alternate for ``--rounds`` rounds, each run into a
    fresh folder through ``scale.compress_archive``; each actor pool starts all its actors before its
@@ -47,6 +48,7 @@ import pyarrow.parquet as pq
 from hybridflow.runtime import Codec, scale
 from hybridflow.runtime.codec import ENCODER_GRAPHS
 from hybridflow.runtime.imageio import READABLE, read_image, write_bytes_atomic
+from hybridflow.runtime.model import Model
 
 ROOT = Path(__file__).resolve().parents[1]
 TARGET = 1.7
@@ -96,28 +98,46 @@ def compress_files(codec: Codec, files: list[Path], out: Path, mask: str,
     return result
 
 
-def _plain_worker(model: str | None, files: list[Path], out: Path, mask: str, start: Any,
-                  done: mp.Queue) -> None:
+def _plain_worker(model: str | None, files: list[Path], out: Path, mask: str, start: Any, done: Any) -> None:
     codec = load_codec(model)
+    compress_files(codec, files[:1], out, mask)  # untimed: first-call allocations
+    split: dict[str, float] = {}
     start.wait()
-    compress_files(codec, files, out, mask)
-    done.put(time.time())
+    compress_files(codec, files, out, mask, split)
+    done.put((time.time(), split))
 
 
-def without_ray(model: str | None, files: list[Path], out: Path, mask: str) -> float:
-    """Two plain processes, models loaded, alternate files from a common start → images/s."""
+def plain_processes(n: int, model: str | None, files: list[Path], out: Path,
+                    mask: str) -> tuple[float, dict[str, float]]:
+    """``n`` plain processes (``hf-run compress`` each), models loaded, alternate files from a common
+    start → (images/s, seconds per step summed over the processes). One BLAS/OpenMP thread each, as
+    Ray gives an actor with one CPU: NumPy's OpenBLAS otherwise starts a thread per core (measured:
+    +50 % CPU per image from spinning threads, so a "1-thread" process used both cores)."""
     ctx = mp.get_context("spawn")
-    start, done = ctx.Barrier(3), ctx.Queue()
+    start, done = ctx.Barrier(n + 1), ctx.Queue()
     out.mkdir()
-    procs = [ctx.Process(target=_plain_worker, args=(model, files[k::2], out, mask, start, done)) for k in (0, 1)]
-    for p in procs:
-        p.start()
+    saved = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # read by the children's OpenBLAS when it loads
+    try:
+        procs = [ctx.Process(target=_plain_worker, args=(model, files[k::n], out, mask, start, done))
+                 for k in range(n)]
+        for p in procs:
+            p.start()
+    finally:
+        if saved is None:
+            del os.environ["OMP_NUM_THREADS"]
+        else:
+            os.environ["OMP_NUM_THREADS"] = saved
     start.wait()
     t0 = time.time()
-    ends = [done.get(timeout=300) for _ in procs]
+    results = [done.get(timeout=300) for _ in procs]
     for p in procs:
         p.join()
-    return len(files) / (max(ends) - t0)
+    split: dict[str, float] = {}
+    for _, part in results:
+        for k, v in part.items():
+            split[k] = split.get(k, 0.0) + v
+    return len(files) / (max(end for end, _ in results) - t0), split
 
 
 # ----------------------------------------------------------------------------- CPU by process
@@ -239,13 +259,13 @@ def main() -> None:
     import ray
     import ray.data
 
-    codec = load_codec(args.model)
+    model = Model.load(None if args.model is None else Path(args.model))
     lines = Report()
     lines.add(f"# benchmarks/scale.py — {time.strftime('%Y-%m-%d %H:%M:%S')}",
               f"command: python -m benchmarks.scale --images {args.images} --rounds {args.rounds} "
               f"--mask {args.mask}" + (f" --model {args.model}" if args.model else "")
               + f" (process nice {os.nice(0)})",
-              f"model: {codec.model.name} ({codec.model.model_id.hex()})",
+              f"model: {model.name} ({model.model_id.hex()})",
               f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs; ray {ray.__version__}",
               f"load average (1/5/15 min) at start: {loadavg()}")
     with tempfile.TemporaryDirectory(prefix="hf-scale-") as tmp_name:
@@ -255,23 +275,17 @@ def main() -> None:
         lines.add(f"images: the first {len(files)} of {data_root() / 'val'} by name ({files[0].name} … "
                   f"{files[-1].name}; sizes {', '.join(f'{w}×{h}' for h, w in sizes)}); mask {args.mask}")
 
-        # 1. sequential reference
-        (tmp / "seq").mkdir()
-        compress_files(codec, files[:1], tmp / "seq", args.mask)  # untimed: first-call allocations
-        split: dict[str, float] = {}
-        t0 = time.perf_counter()
-        reference = compress_files(codec, files, tmp / "seq", args.mask, split)
-        seq_rate = len(files) / (time.perf_counter() - t0)
+        # 1.–2. without Ray: the sequential path, then the machine's ceiling
+        seq_rate, split = plain_processes(1, args.model, files, tmp / "seq", args.mask)
         t0 = time.perf_counter()
         load_codec(args.model)
         load_s = time.perf_counter() - t0
-        lines.add("", f"sequential API, 1 thread, model loaded (a load takes {load_s:.2f} s): "
+        lines.add("", f"1 plain process (sequential API, 1 thread), model loaded (a load takes {load_s:.2f} s): "
                   f"{seq_rate:.3f} images/s; per image: "
                   + ", ".join(f"{k} {1000 * v / len(files):.0f} ms" for k, v in split.items()))
-        # 2. the machine's ceiling, without Ray
-        plain2 = without_ray(args.model, files, tmp / "plain2", args.mask)
+        plain2, _ = plain_processes(2, args.model, files, tmp / "plain2", args.mask)
         lines.add(f"2 plain processes (no Ray), models loaded: {plain2:.3f} images/s = {plain2 / seq_rate:.2f}× "
-                  f"the sequential rate; load average now {loadavg()}")
+                  f"one; load average now {loadavg()}")
 
         # 3. Ray
         scale.start_local(num_cpus=2, log_to_driver=False)
@@ -297,8 +311,8 @@ def main() -> None:
                               f"| {steady(r):.3f} | {r['load']} |")
         finally:
             ray.shutdown()
-        same = all((tmp / f"out{w}-{k}" / (stem + ".hfc")).read_bytes() == data
-                   for stem, data in reference.items() for w in (1, 2) for k in range(args.rounds))
+        same = all((tmp / f"out{w}-{k}" / f.name).read_bytes() == f.read_bytes()
+                   for f in (tmp / "seq").iterdir() for w in (1, 2) for k in range(args.rounds))
     one, two = best(runs[1], steady), best(runs[2], steady)
     speedup = steady(two) / steady(one)
     whole_speedup = whole(best(runs[2], whole)) / whole(best(runs[1], whole))
