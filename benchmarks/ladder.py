@@ -38,10 +38,15 @@ TARGET_BPP = 0.03
 MIN_TILE_LPIPS = 32  # pixels per side: smaller tile remnants get no per-tile LPIPS
 
 
-def _compress(codec: Codec, rgb: np.ndarray, rate: int, **kw: object) -> bytes:
-    """TEMPORARY: until the continuous rate points land every model has one point and compress takes no rate."""
-    if ratecontrol.rate_points(codec.model)[0] > 1:
-        kw["rate"] = rate
+def _compress(codec: Codec, rgb: np.ndarray, offset: int, mask: str) -> bytes:
+    """The stream of one candidate: rate point base + ``offset``; ``mask`` "continuous" = the
+    continuous stream alone. TEMPORARY: until the continuous rate points land, offset 0 only."""
+    count, base = ratecontrol.rate_points(codec.model)
+    kw: dict[str, object] = {"mask": "none", "stream": "continuous"} if mask == "continuous" else {"mask": mask}
+    if count > 1:
+        kw["rate"] = base + offset
+    elif offset:
+        raise ValueError("this model has one rate point")
     return codec.compress(rgb, **kw)
 
 
@@ -68,14 +73,16 @@ def candidates(args: argparse.Namespace) -> None:
     done = set()
     if args.csv.exists():
         done = {(r["image"], int(r["rate"]), r["mask"]) for r in csv.DictReader(args.csv.open())}
-    count, _ = ratecontrol.rate_points(codec.model)
+    count, base = ratecontrol.rate_points(codec.model)
+    offsets = [int(v) for v in args.offsets.split(",")] if args.offsets else [k - base for k in range(count)]
+    masks = args.masks.split(",")
     prior = codec.model.tables.index_prior.astype(np.float64)
     bits = -np.log2(prior / prior.sum())
     t0 = time.time()
     with args.csv.open("a", newline="") as f:
         w = None
         for name, rgb in images:
-            todo = [(r, m) for r in range(count) for m in MASKS if (name, r, m) not in done]
+            todo = [(r, m) for r in offsets for m in masks if (name, r, m) not in done]
             if not todo:
                 continue
             an = ratecontrol._analyse(codec, rgb, "hybrid", None)  # index maps and tile order, once per image
@@ -84,12 +91,12 @@ def candidates(args: argparse.Namespace) -> None:
             tile_bits = {m: [float(bits[an.maps[t][sent_mask(m, g) & an.grid.valid_tokens(t, g)]].sum())
                              for t in range(an.grid.count)] for m in SCHEDULES}
             for rate, mask in todo:
-                data = _compress(codec, rgb, rate, mask=mask)
+                data = _compress(codec, rgb, rate, mask)
                 rec = codec.decompress(data)
                 q = metrics.quality(rgb, len(data), rec, perceptual)
                 tiles = []
-                sched = codec.read_header(data)[0].schedules
-                for t in range(an.grid.count):
+                sched = codec.read_header(data)[0].schedules or [SCHEDULES.index("all")] * an.grid.count
+                for t in range(an.grid.count if args.tiles else 0):
                     region = an.grid.valid_region(t)
                     a, b = rgb[region].astype(np.float64), rec[region].astype(np.float64)
                     small = min(a.shape[:2]) < MIN_TILE_LPIPS
@@ -140,7 +147,7 @@ def choose(args: argparse.Namespace) -> None:
     rows = [r for r in rows if r["image"] in images]
     complete = _means(rows)
     print(f"{len(images)} images with all {len(configs)} configurations, {len(rows)} rows from {args.csv}\n")
-    print("| rate point | mask | bpp | PSNR | LPIPS-Alex |\n|---|---|---|---|---|")
+    print("| rate point (offset from base) | mask | bpp | PSNR | LPIPS-Alex |\n|---|---|---|---|---|")
     for (rate, mask), m in sorted(complete.items(), key=lambda kv: kv[1]["bpp"]):
         print(f"| {rate} | {mask} | {m['bpp']:.4f} | {m['psnr']:.2f} | {m['lpips']:.4f} |")
     # the chain: from the cheapest point, each next point is the cheapest one better in both metrics
@@ -168,7 +175,8 @@ def _levels(rows: list[dict], complete: dict) -> None:
             d = pb["bpp"] - pa["bpp"]
             gain_psnr, gain_lpips = (pb["psnr"] - pa["psnr"]) / d, (pa["lpips"] - pb["lpips"]) / d
             line.append(f"{a}→{b}: {d:+.4f}, {gain_psnr:+.0f}, {gain_lpips:+.2f}")
-        print(f"- rate point {rate}: " + "; ".join(line))
+        if line:
+            print(f"- rate point {rate:+d}: " + "; ".join(line))
 
 
 def _orders(rows: list[dict]) -> None:
@@ -190,7 +198,7 @@ def _orders(rows: list[dict]) -> None:
     results: dict[str, list[np.ndarray]] = {k: [] for k in orders}
     for image, rate in sorted({(r["image"], r["rate"]) for r in rows}):
         per_level = [by.get((image, rate, m)) for m in levels]
-        if any(p is None for p in per_level):
+        if any(p is None or not p["tiles"] for p in per_level):
             continue
         tiles = per_level[0]["tiles"]
         n = len(tiles)
@@ -220,6 +228,8 @@ def _orders(rows: list[dict]) -> None:
             results[name].append(np.array([np.interp(budgets, c[:, 0], c[:, 1]).mean(),
                                            np.interp(budgets, c[:, 0], c[:, 2]).mean()]))
     n_images = len(next(iter(results.values())))
+    if not n_images:
+        return
     print(f"\nTile order along the path ({n_images} images; mean over 39 index-bit budgets spread over the path):")
     print("| order | PSNR | LPIPS-Alex |\n|---|---|---|")
     for name, vals in results.items():
@@ -360,6 +370,9 @@ def main() -> None:
         p.add_argument("--folder", type=Path, default=None)
         p.add_argument("--limit", type=int, default=None)
         p.add_argument("--every", type=int, default=1, help="every k-th image only (candidates: 3 = 29 of val's 86)")
+        p.add_argument("--offsets", default="", help="candidates: rate points as offsets from the base (default all)")
+        p.add_argument("--masks", default=",".join(MASKS), help="candidates: masks, or 'continuous' (the stream alone)")
+        p.add_argument("--no-tiles", dest="tiles", action="store_false", help="candidates: no per-tile rows")
         p.add_argument("--lpips", default=None)
         p.add_argument("--csv", type=Path, default=Path("runs/ladder/val.csv"))
         p.add_argument("--out", type=Path, default=None)
