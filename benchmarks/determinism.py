@@ -2,7 +2,7 @@
 must decode under another (any disagreement in the entropy parameters makes decoding fail or return
 garbage), and decoded pixels may differ only by float noise in the synthesis graphs.
 
-    python -m benchmarks.determinism [--model DIR] [--ckpt BUNDLE] [--folder DIR] [--limit N]
+    python -m benchmarks.determinism [--model DIR] [--ckpt BUNDLE] [--folder DIR] [--limit N] [--rate K]
 
 Configurations (CONFIGS): onnxruntime at 2 threads with full graph optimisation (the default, int8
 window decoders), at 1 thread with no optimisation, at 2 threads with the fp32 decoders, and the
@@ -62,7 +62,7 @@ def child(config: str, phase: str, args: argparse.Namespace) -> None:
         out = work / "streams" / config
         out.mkdir(parents=True)
         for name, rgb in load_images(args.folder, args.limit):
-            (out / f"{name}.hfc").write_bytes(codec.compress(rgb, mask=args.mask))
+            (out / f"{name}.hfc").write_bytes(codec.compress(rgb, mask=args.mask, rate=args.rate))
     encoders = [config] if phase == "encode" else [e for e, d in PAIRS if d == config]
     for enc in encoders:
         out, refused = work / "decoded" / config / enc, {}
@@ -82,6 +82,7 @@ def run_child(config: str, phase: str, args: argparse.Namespace) -> None:
     cmd += ["--ckpt", str(args.ckpt)] if args.ckpt else []
     cmd += ["--folder", str(args.folder)] if args.folder else []
     cmd += ["--limit", str(args.limit)] if args.limit is not None else []
+    cmd += ["--rate", str(args.rate)] if args.rate is not None else []
     subprocess.run(cmd, check=True, cwd=Path(__file__).parents[1])
 
 
@@ -121,6 +122,7 @@ def main() -> None:
     ap.add_argument("--mask", default="auto")
     ap.add_argument("--work", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--child", nargs=2, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--rate", type=int, default=None, help="rate point of the continuous stream (default: the base)")
     args = ap.parse_args()
     if args.folder is None:
         from hybridflow.models.data import data_root
@@ -137,6 +139,7 @@ def main() -> None:
     model = Codec.load(args.model, provider="cpu").model
     images = len(load_images(args.folder, args.limit))
     print(f"{images} of the {len(list_images(args.folder))} images in {args.folder}, mask {args.mask}, "
+          f"rate point {model.base_rate if args.rate is None else args.rate}, "
           f"model {model.name} (id {model.model_id.hex()}); configurations: {', '.join(configs)}")
     with tempfile.TemporaryDirectory() as tmp:
         args.work = Path(tmp)

@@ -3,17 +3,21 @@ raise the codec's own BitstreamError, within 2 s; anything else (another excepti
 
     python -m benchmarks.fuzz [--cases 50000] [--model DIR] [--seed 0] [--keep-slow DIR]
     python -m benchmarks.fuzz --replay DIR --model DIR     # re-time kept cases (on a quiet machine)
+    python -m benchmarks.fuzz --model DIR --tile-cost 1,8,16,24,32,6x6   # decode cost per continuous tile
 
 Two generators, half the cases each:
 - *mutate*: bit flips, truncations, insertions, splices of real streams (half re-signed with a valid
   CRC, so the entropy decoder itself is exercised);
 - *forge*: structure-aware streams with a valid CRC and arbitrary header fields — stream kind, flags
-  incl. reserved bits, sizes from 1 px to beyond the limits (canonical or not), schedule tables of
-  any length, the right or a wrong model id, and payloads that are empty, random, real, cut or extended.
+  incl. reserved bits, rate points (mostly small, sometimes any byte), sizes from 1 px to beyond the
+  limits (canonical or not), schedule tables of any length, the right or a wrong model id, and
+  payloads that are empty, random, real, cut or extended.
 Without --model a tiny random model is exported to a temporary folder (parsing and entropy decoding
 do not depend on the weights, and full decodes are cheap); with the shipped model each decode costs
 real time, so use a smaller --cases. ``--worst-case`` also times the most expensive valid streams of
-≤ 1 KB of each kind (the format's minimum payload per tile caps their tile count).
+≤ 1 KB of each kind (the format's minimum payload per tile caps their tile count). ``--tile-cost``
+times the same cheapest continuous streams at the given tile counts (a row of tiles, or RxC), whatever
+their size: the measurement FORMAT.md chose the continuous minimum payload from.
 
 A case that raises anything but BitstreamError is printed (hex) and counted as a crash; the run goes on
 and exits 1. Time per case is measured as wall and as CPU time; on a loaded machine the wall time says
@@ -88,7 +92,7 @@ def _size_field(rng: np.random.Generator, n: int) -> bytes:
     return raw
 
 
-def forge(rng: np.random.Generator, model_id: bytes, payloads: list[bytes]) -> tuple[str, bytes]:
+def forge(rng: np.random.Generator, model_id: bytes, payloads: list[bytes], base_rate: int = 0) -> tuple[str, bytes]:
     """A structure-aware stream with a valid CRC and arbitrary field values (see the module doc)."""
     stream = int(rng.integers(4)) if rng.random() < 0.05 else int(rng.integers(3))
     uniform = rng.random() < 0.7
@@ -97,7 +101,9 @@ def forge(rng: np.random.Generator, model_id: bytes, payloads: list[bytes]) -> t
         flags |= int(rng.integers(1, 4)) << 6
     width, height = _side(rng), _side(rng)
     mid = model_id if rng.random() < 0.9 else rng.bytes(4)
-    out = bytearray(b"HF" + bytes([FORMAT_VERSION]) + mid + bytes([flags]))
+    roll = rng.random()  # the model's base point (most real payloads' point), a small point, or any byte
+    rate = base_rate if roll < 0.75 else int(rng.integers(4)) if roll < 0.9 else int(rng.integers(256))
+    out = bytearray(b"HF" + bytes([FORMAT_VERSION]) + mid + bytes([flags, rate]))
     out += _size_field(rng, width) + _size_field(rng, height)
     tiles = TileGrid(max(height, 1), max(width, 1)).count
     if not uniform and stream != 2:
@@ -128,9 +134,11 @@ def seed_streams(codec: Codec, rng: np.random.Generator) -> list[bytes]:
     seeds = []
     for k, (h, w) in enumerate([(64, 64), (200, 300), (300, 520)]):
         img = photo_like(h, w, seed=k)
-        for mask, stream in (("1_4", "hybrid"), ("auto", "hybrid"), ("none", "vq"), ("1_16", "vq"),
-                             ("none", "continuous")):
-            seeds.append(codec.compress(img, mask=mask, stream=stream))
+        top = codec.model.rate_points - 1
+        for mask, stream, rate in (("1_4", "hybrid", None), ("auto", "hybrid", None), ("none", "vq", None),
+                                   ("1_16", "vq", None), ("none", "continuous", None), ("1_4", "hybrid", 0),
+                                   ("none", "continuous", top)):
+            seeds.append(codec.compress(img, mask=mask, stream=stream, rate=rate))
     return seeds
 
 
@@ -145,17 +153,17 @@ def check(codec: Codec, data: bytes) -> str:
     return "decoded"
 
 
-def cheapest_stream(codec: Codec, stream: str, tiles: int) -> bytes:
-    """A valid stream of ``tiles`` tiles in a row whose symbols are about the cheapest there are:
+def cheapest_stream(codec: Codec, stream: str, tiles: int, rows: int = 1) -> bytes:
+    """A valid stream of ``rows`` × ``tiles`` tiles whose symbols are about the cheapest there are:
     no VQ index sent (schedule ``all``), every tile's ẑ that of a flat grey tile and every y residual
     0 (the most probable value at the smallest scales). An attacker can write it with the encoder;
     its payload sits at the format's minimum per tile, which is then all that limits the tile count."""
     flat = np.full((TILE, TILE, 3), 128, np.uint8)
-    sym = codec.analyse(np.tile(flat, (1, tiles, 1)), mask="all" if stream_kind(stream).tokens else "none",
+    sym = codec.analyse(np.tile(flat, (rows, tiles, 1)), mask="all" if stream_kind(stream).tokens else "none",
                         stream=stream)
     if sym.z_hat is not None:
         one = codec.analyse(flat, mask="none", stream="continuous").z_hat
-        sym.z_hat = np.tile(one, (1, 1, tiles))
+        sym.z_hat = np.tile(one, (1, rows, tiles))
         sym.y_scale = codec.model.hyper(sym.z_hat)[1]
         sym.y_residual = np.zeros_like(sym.y_residual)
     return codec.entropy_code(sym)
@@ -175,6 +183,26 @@ def worst_case(codec: Codec) -> None:
         codec.decompress(data)
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         print(f"  {stream:10s} {tiles:3d} tiles, {len(data)} bytes: decoded in {wall:.2f} s ({cpu:.2f} CPU-s)")
+
+
+def tile_cost(codec: Codec, specs: str) -> None:
+    """Decode cost of the cheapest continuous streams of the given tile counts ("8" = a row of 8, "6x6"),
+    the better of two decodes after a warm-up; CPU seconds are what the format's minimum is chosen by."""
+    codec.decompress(cheapest_stream(codec, "continuous", 2))  # warm-up (opens the sessions)
+    print(f"decode cost of the cheapest continuous streams (load average {os.getloadavg()[0]:.1f} before):")
+    for spec in specs.split(","):
+        rows, cols = (int(v) for v in spec.split("x")) if "x" in spec else (1, int(spec))
+        data = cheapest_stream(codec, "continuous", cols, rows)
+        runs = []
+        for _ in range(2):
+            t0, c0 = time.perf_counter(), time.process_time()
+            codec.decompress(data)
+            runs.append((time.perf_counter() - t0, time.process_time() - c0))
+        wall, cpu = min(runs)
+        n = rows * cols
+        print(f"  {rows}x{cols} = {n:3d} tiles, {len(data):5d} bytes: {wall:.2f} s ({cpu:.2f} CPU-s, "
+              f"{cpu / n:.3f} CPU-s per tile)", flush=True)
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
 
 
 def replay(codec: Codec, folder: Path) -> None:
@@ -199,6 +227,8 @@ def main() -> None:
     ap.add_argument("--worst-case", action="store_true")
     ap.add_argument("--keep-slow", type=Path, default=None, help="write cases over 2 s of wall time here")
     ap.add_argument("--replay", type=Path, default=None, help="re-time the cases in this folder, then stop")
+    ap.add_argument("--tile-cost", default=None, help="time the cheapest continuous streams of these tile counts "
+                                                       "(comma-separated, N or RxC), then stop")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model
@@ -214,6 +244,10 @@ def main() -> None:
             print(f"model {codec.model.name} (id {codec.model.model_id.hex()}), cases from {args.replay}")
             replay(codec, args.replay)
             return
+        if args.tile_cost:
+            print(f"model {codec.model.name} (id {codec.model.model_id.hex()}), stream format {FORMAT_VERSION}")
+            tile_cost(codec, args.tile_cost)
+            return
         rng = np.random.default_rng(args.seed)
         seeds = seed_streams(codec, rng)
         payloads = [s[read(s)[2] - 4 : -4] for s in seeds]
@@ -227,7 +261,7 @@ def main() -> None:
         t0 = time.time()
         for i in range(args.cases):
             kind, data = (mutate(rng, seeds[i % len(seeds)]) if i % 2 else
-                          forge(rng, codec.model.model_id, payloads))
+                          forge(rng, codec.model.model_id, payloads, codec.model.base_rate))
             t, c = time.perf_counter(), time.process_time()
             try:
                 outcome = check(codec, data)

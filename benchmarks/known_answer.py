@@ -54,6 +54,10 @@ def write(codec: Codec) -> dict:
     expected = {"model": codec.model.name, "model_id": codec.model.manifest["model_id"],
                 "format_version": FORMAT_VERSION, "mask": MASK, "stream_bytes": len(stream),
                 "decode_sha256": sha256(decoded), "reencode_hex": codec.compress(read_decoded(), mask=MASK).hex(),
+                # the same re-encode at every rate point (the gains' code path; equal to the above at the base)
+                "rate_points": codec.model.rate_points, "base_rate": codec.model.base_rate,
+                "reencode_hex_per_rate": [codec.compress(read_decoded(), mask=MASK, rate=k).hex()
+                                          for k in range(codec.model.rate_points)],
                 "recorded_on": cpu()}
     (FOLDER / "expected.json").write_text(json.dumps(expected, indent=1) + "\n")
     return expected
@@ -73,6 +77,8 @@ def main() -> None:
     out = codec.decompress((FOLDER / "stream.hfc").read_bytes())
     same = sha256(out) == expected["decode_sha256"]
     reencode = codec.compress(read_decoded(), mask=MASK).hex() == expected["reencode_hex"]
+    reencode &= [codec.compress(read_decoded(), mask=MASK, rate=k).hex() for k in range(codec.model.rate_points)] \
+        == expected["reencode_hex_per_rate"]
     print(f"model {codec.model.name} ({codec.model.model_id.hex()}); vector for {expected['model_id'][:8]}: "
           f"decode hash {'matches' if same else 'differs'}, re-encode {'matches' if reencode else 'differs'}")
 

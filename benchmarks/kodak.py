@@ -42,10 +42,12 @@ def load_images(folder: Path | None = None, limit: int | None = None) -> list[tu
     return [(p.name, read_image(p)[0]) for p in paths]
 
 
-def round_trip(codec: Codec, rgb: np.ndarray, mask: str, stream: str) -> tuple[bytes, np.ndarray, dict[str, float]]:
-    """Compress and decompress one image: the stream, the decoded image, and what each step took."""
+def round_trip(codec: Codec, rgb: np.ndarray, mask: str, stream: str, **kw: object
+               ) -> tuple[bytes, np.ndarray, dict[str, float]]:
+    """Compress and decompress one image (``kw``: more ``Codec.compress`` options, e.g. ``rate``):
+    the stream, the decoded image, and what each step took."""
     t0 = time.perf_counter()
-    data = codec.compress(rgb, mask=mask, stream=stream)
+    data = codec.compress(rgb, mask=mask, stream=stream, **kw)
     t1 = time.perf_counter()
     rec = codec.decompress(data)
     return data, rec, {"encode_s": t1 - t0, "decode_s": time.perf_counter() - t1}

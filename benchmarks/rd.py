@@ -1,13 +1,18 @@
 """Rate–distortion of HybridFlow (every schedule, both single-stream ablations) against classic codecs.
 
-    python -m benchmarks.rd [--model DIR] [--folder DIR] [--out benchmarks/out] [--lpips DIR]
+    python -m benchmarks.rd [--model DIR] [--folder DIR] [--out benchmarks/out] [--lpips DIR] [--rates all]
 
 Writes ``rd_points.csv`` (one row per image × codec × setting), ``rd_psnr.png``, ``rd_msssim.png``,
 ``rd_sharpness.png``, ``rd_sharpness_half.png``
 and ``rd_summary.md`` (mean points, BD-rate/BD-PSNR over the overlapping range,
 each codec's lowest reachable rate). bpp always comes from real file bytes. With LPIPS-Alex weights
 on disk (``--lpips DIR`` or ``$HF_LPIPS_WEIGHTS``, see ``runtime/metrics.lpips_alex``) every row, the summary
-and ``rd_lpips.png`` also carry LPIPS; without them it is skipped with a one-line note."""
+and ``rd_lpips.png`` also carry LPIPS; without them it is skipped with a one-line note.
+
+``--rates 0,2,5`` (or ``all``) runs every HybridFlow row at those rate points of the continuous stream
+(runtime/rates.py) instead of the model's base point: each row becomes a curve over the points, labelled
+``HybridFlow (auto)``, ``continuous-only (none)`` …, with settings ``rate 0`` …, and the summary says
+whether each ladder is monotone (bpp up, PSNR up, LPIPS-Alex down)."""
 
 from __future__ import annotations
 
@@ -24,6 +29,7 @@ import numpy as np
 from benchmarks.baselines import available
 from benchmarks.kodak import load_images, round_trip
 from hybridflow.runtime import Codec, metrics
+from hybridflow.runtime.streams import stream_kind
 
 HYBRID = [("HybridFlow", m, "hybrid") for m in ("none", "1_2", "1_4", "1_9", "1_16", "all", "auto")]
 # the paper's ablations: VQ-only at the same schedules (no continuous stream: the predictor runs
@@ -70,10 +76,13 @@ def main() -> None:
                                                "default: every row and the classic codecs")
     ap.add_argument("--lpips", default=None, help="folder with the LPIPS-Alex weights (default: "
                                                   "$HF_LPIPS_WEIGHTS, else ../shared/weights/lpips)")
+    ap.add_argument("--rates", default="", help="comma-separated rate points of the continuous stream, or 'all': "
+                                                "one curve per HybridFlow row (default: the base point only)")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     images = load_images(args.folder, args.limit)
     codec = Codec.load(args.model, provider="cpu")
+    rates = rate_list(args.rates, codec.model.rate_points)
     plain = Codec(codec.model, correction=False)  # same graphs, hybrid streams through the plain VQ decoder
     unfused = Codec(codec.model, fusion=False)  # same graphs, the pixel decoder's picture as is
     perceptual = metrics.lpips_alex(args.lpips, say=print)
@@ -90,14 +99,16 @@ def main() -> None:
         if label == NO_FUSION and not codec.model.has("fusion"):  # (with --only: next to its fused row)
             continue
         c = {NO_CORRECTION: plain, NO_FUSION: unfused}.get(label, codec)
-        for name, rgb in images:
-            data, rec, seconds = round_trip(c, rgb, mask, stream)
-            if mask == "auto":
-                picked.update(codec.info(data).schedules)
-            rows.append({"codec": label, "setting": mask, "image": name,
-                         **metrics.quality(rgb, len(data), rec, perceptual), **seconds})
-        print(f"{label} {mask}: done", flush=True)
-    for b in [] if only else available():
+        for rate in rates if stream_kind(stream).continuous else [None]:
+            name_of_row, setting = (label, mask) if rate is None else (f"{label} ({mask})", f"rate {rate}")
+            for name, rgb in images:
+                data, rec, seconds = round_trip(c, rgb, mask, stream, rate=rate)
+                if mask == "auto":
+                    picked.update(codec.info(data).schedules)
+                rows.append({"codec": name_of_row, "setting": setting, "image": name,
+                             **metrics.quality(rgb, len(data), rec, perceptual), **seconds})
+            print(f"{name_of_row} {setting}: done", flush=True)
+    for b in [] if only or rates != [None] else available():
         for q in b.settings:
             for name, rgb in images:
                 t0 = time.perf_counter()
@@ -117,6 +128,31 @@ def main() -> None:
     (args.out / "rd_summary.md").write_text(summary)
     plot(rows, args.out)
     print(summary)
+
+
+def rate_list(spec: str, count: int) -> list[int | None]:
+    """``--rates``: [None] (the base point, rows labelled as always) or the listed points."""
+    if not spec:
+        return [None]
+    points = list(range(count)) if spec == "all" else [int(v) for v in spec.split(",")]
+    if any(not 0 <= k < count for k in points):
+        raise SystemExit(f"--rates: the model has rate points 0…{count - 1}")
+    return points
+
+
+def ladders(cs: dict[str, list[dict[str, float]]]) -> list[str]:
+    """For each curve over rate points: is quality monotone in the points' order (bpp up, PSNR up,
+    LPIPS-Alex down)?"""
+    lines = []
+    for name, pts in cs.items():
+        if not pts or not str(pts[0]["setting"]).startswith("rate "):
+            continue
+        pts = sorted(pts, key=lambda p: int(str(p["setting"]).split()[1]))
+        checks = {"bpp": 1, "psnr": 1, **({"lpips": -1} if "lpips" in pts[0] else {})}
+        ok = {k: all(sign * (b[k] - a[k]) > 0 for a, b in zip(pts, pts[1:])) for k, sign in checks.items()}
+        lines.append(f"- {name}: " + ", ".join(f"{k} {'monotone ✔' if v else 'NOT monotone ✘'}"
+                                               for k, v in ok.items()))
+    return ["", "Rate-point ladders (in point order):", "", *lines] if lines else []
 
 
 def has_lpips(rows: list[dict[str, object]]) -> bool:
@@ -164,6 +200,7 @@ def summarise(rows: list[dict[str, object]], n_images: int, codec: Codec, picked
         lines += ["", f"`auto` chose, over {total} tiles: "
                   + ", ".join(f"{k} {100 * v / total:.0f} %" for k, v in sorted(picked.items()))]
     lines += targets(cs)
+    lines += ladders(cs)
     ours = [p for p in cs.get("HybridFlow", []) if p["setting"] != "auto"]
     if len(ours) >= 2:
         lines += ["", "BD-rate / BD-PSNR of HybridFlow (schedules none…all) against each codec, "

@@ -22,6 +22,9 @@ OUT = Path("benchmarks/out")
 SEPARATE = [
     ("Stage 2: token prediction with and without guidance", "stage2.txt",
      "python -m benchmarks.stage2 --vq … --cont … --predictor … --ablation … > benchmarks/out/stage2.txt"),
+    ("Rate points of the continuous stream (val)", "rates_val/rd_summary.md",
+     "python -m benchmarks.rd --folder ../shared/data/val --limit 24 --only hybrid:auto,continuous:none --rates all "
+     "--out benchmarks/out/rates_val"),
     ("Complexity-aware masking: does the score pick the right tiles?", "complexity.txt",
      "python -m benchmarks.complexity > benchmarks/out/complexity.txt"),
     ("Round trip of every val image, every schedule (API and CLI)", "roundtrip.txt",

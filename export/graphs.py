@@ -131,6 +131,7 @@ def compare_outputs(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
 
 def graph_specs(c: Components, tile: int = TILE) -> list[GraphSpec]:
     vq_cfg, cont_cfg = c.vq.cfg, c.cont.cfg
+    cont = c.cont.without_rate_points()  # the gains travel in the manifest, not in any graph
     g = tile // vq_cfg.factor
     gc = cont_cfg.channels
     gen = torch.Generator().manual_seed(0)
@@ -145,15 +146,15 @@ def graph_specs(c: Components, tile: int = TILE) -> list[GraphSpec]:
                   ["indices"], {"image": {0: "batch"}, "indices": {0: "batch"}}),
         GraphSpec("vq_decoder", VQDecoderGraph(c.vq), {"indices": idx}, ["image"],
                   {"indices": tokens, "image": spatial}),
-        GraphSpec("cont_analysis", ContAnalysisGraph(c.cont), {"image": torch.rand(2, 3, 2 * low, low, generator=gen)},
+        GraphSpec("cont_analysis", ContAnalysisGraph(cont), {"image": torch.rand(2, 3, 2 * low, low, generator=gen)},
                   ["y"], {"image": spatial, "y": spatial}),
-        GraphSpec("hyper_analysis", HyperAnalysisGraph(c.cont),
+        GraphSpec("hyper_analysis", HyperAnalysisGraph(cont),
                   {"y": torch.randn(2, cont_cfg.latent, 2 * y_side, y_side, generator=gen)},
                   ["z"], {"y": spatial, "z": spatial}),
-        GraphSpec("cont_synthesis", ContSynthesisGraph(c.cont),
+        GraphSpec("cont_synthesis", ContSynthesisGraph(cont),
                   {"y_hat": torch.randn(2, cont_cfg.latent, 2 * y_side, y_side, generator=gen)},
                   ["guidance"], {"y_hat": spatial, "guidance": spatial}),
-        GraphSpec("cont_reconstruct", ContReconstructGraph(c.cont), {"guidance": guid}, ["image"],
+        GraphSpec("cont_reconstruct", ContReconstructGraph(cont), {"guidance": guid}, ["image"],
                   {"guidance": spatial, "image": spatial}),
     ]
     if c.predictor is not None:

@@ -17,6 +17,7 @@ from ..runtime.bitstream import FORMAT_VERSION
 from ..runtime.fixedpoint import IntegerHyperSynthesis
 from ..runtime.masking import SCHEDULES
 from ..runtime.model import MODEL_FORMAT_VERSION
+from ..runtime.rates import GAIN_BITS
 from ..runtime.tiling import TILE, Geometry
 
 Z_RADIUS = 32
@@ -32,6 +33,16 @@ def entropy_tables(c: Components) -> dict[str, Any]:
         "y_radius": Y_RADIUS,
         "index_prior": np.round(counts / counts.sum(), 9).tolist(),
     }
+
+
+def rate_points(c: Components) -> dict[str, Any]:
+    """The continuous codec's rate points (runtime/rates.py); nothing for a model with one point, whose
+    manifest then reads exactly as before rate points existed."""
+    if c.cont.cfg.rate_points == 1:
+        return {}
+    points = [{"gain": [int(v) / (1 << GAIN_BITS) for v in gain], "inv_gain": [int(v) / (1 << GAIN_BITS) for v in inv]}
+              for gain, inv in zip(c.cont.rate_gain.tolist(), c.cont.rate_inv_gain.tolist())]
+    return {"rate_points": points, "base_rate": c.cont.cfg.base_rate}
 
 
 def integer_hyper(c: Components) -> IntegerHyperSynthesis:
@@ -74,6 +85,7 @@ def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[s
         "graphs": graphs,
         "hyper_synthesis": HYPER_FILE,
         "entropy": entropy_tables(c),
+        **rate_points(c),
         "complexity": {
             "lo": c.complexity.lo, "hi": c.complexity.hi,
             "low_threshold": c.complexity.low_threshold, "high_threshold": c.complexity.high_threshold,

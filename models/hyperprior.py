@@ -9,18 +9,30 @@ Shapes, for a full-resolution image of H×W (padded to multiples of 256):
 ``g`` is the intermediate output of the synthesis transform that the transformer cross-attends to
 and the correction decoder consumes: it is aligned with the VQ token grid.
 
+Rate points (Cui et al. 2021, "asymmetric gained" variational image compression, adapted so that every
+network stays frozen): point k has a gain vector ``gain[k]`` and an inverse gain ``inv_gain[k]`` over the
+``latent`` channels. The encoder codes round(y·gain − μ·gain) with std σ·gain; the decoder forms
+ŷ = (residual + μ·gain)·inv_gain. A gain below 1 quantises coarser (fewer bits), above 1 finer. The
+synthesis only ever sees ŷ in the base point's units, so the transformer and pixel decoder that consume
+g need no retraining. The base point has gain = inv_gain = 1 exactly: the rate the networks were
+trained at, and the same bits as a model without rate points. Gains are integer multiples of
+2^-GAIN_BITS so that the runtime's products with μ and σ (multiples of 2^-10) are exact in float64.
+
 The hyper synthesis uses nearest-upsampling + 3×3 convolutions + ReLU only, because the runtime
 re-implements it in exact integer arithmetic (see ``runtime/fixedpoint.py``) so that encoder and
 decoder derive bit-identical entropy parameters on any machine."""
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..runtime.rates import GAIN_BITS, MAX_POINTS
 from .entropy_models import FactorizedPrior, gaussian_likelihood
 from .layers import GDN
 from .upsampler import ContUpsampler
@@ -39,6 +51,10 @@ class ContConfig:
     downscale: int = field(default=4, metadata={"help": "full resolution → the low-res input of this codec"})
     upsampler: int = field(default=0, metadata={"help": "> 0: a learned ×downscale up-sampling with this many "
                                                         "channels (models/upsampler.py)"})
+    rate_points: int = field(default=1, metadata={"help": "rate points (gain vectors, ordered by increasing rate; "
+                                                          "trained with --gains-only); 1 = a fixed-rate codec"})
+    base_rate: int = field(default=0, metadata={"help": "the point whose gains are exactly 1: the rate the "
+                                                        "networks were trained at"})
 
     @property
     def latent_stride(self) -> int:
@@ -87,6 +103,9 @@ class HyperSynthesis(nn.Module):
 class ContinuousCodec(nn.Module):
     def __init__(self, cfg: ContConfig):
         super().__init__()
+        if not 1 <= cfg.rate_points <= MAX_POINTS or not 0 <= cfg.base_rate < cfg.rate_points:
+            raise ValueError(f"rate_points must be 1…{MAX_POINTS} and base_rate one of them, "
+                             f"got {cfg.rate_points} / {cfg.base_rate}")
         self.cfg = cfg
         n, m = cfg.channels, cfg.latent
         self.g_a = nn.Sequential(conv(3, n), GDN(n), conv(n, n), GDN(n), conv(n, n), GDN(n), conv(n, m))
@@ -96,11 +115,49 @@ class ContinuousCodec(nn.Module):
         self.g_s_tail = nn.Sequential(deconv(n, n), GDN(n, inverse=True), deconv(n, 3))
         self.prior = FactorizedPrior(cfg.hyper)
         self.upsampler = ContUpsampler(self.g_s_tail, cfg.downscale, cfg.upsampler) if cfg.upsampler else None
+        if cfg.rate_points > 1:
+            # integer buffers: exact in fp16 bundles (half_state leaves integers alone), not trained by
+            # the ordinary optimiser; ``--gains-only`` training writes them (stage1_cont.RatePoints)
+            one = torch.full((cfg.rate_points, m), 1 << GAIN_BITS, dtype=torch.int32)
+            self.register_buffer("rate_gain", one)
+            self.register_buffer("rate_inv_gain", one.clone())
 
     def add_upsampler(self, channels: int = 64) -> None:
         """Give a trained codec a learned up-sampling that starts as its own tail + bicubic."""
         self.cfg.upsampler = channels
         self.upsampler = ContUpsampler(self.g_s_tail, self.cfg.downscale, channels)
+
+    def rate_gains(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(gain, inverse gain) of rate point ``k`` as float (latent,) vectors."""
+        if not 0 <= k < self.cfg.rate_points:
+            raise ValueError(f"rate point {k} does not exist (the model has {self.cfg.rate_points})")
+        if self.cfg.rate_points == 1:
+            one = torch.ones(self.cfg.latent, device=self.prior.matrices[0].device)
+            return one, one
+        unit = 2.0**-GAIN_BITS
+        return self.rate_gain[k].float() * unit, self.rate_inv_gain[k].float() * unit
+
+    @torch.no_grad()
+    def set_rate_gains(self, gain: torch.Tensor, inv_gain: torch.Tensor) -> None:
+        """Store float (rate_points, latent) gains, rounded onto the 2^-GAIN_BITS grid (at least one
+        unit); the base point stays exactly 1 whatever is passed for it."""
+        snap = [torch.round(g.detach().float() * (1 << GAIN_BITS)).clamp_min(1).to(torch.int32)
+                for g in (gain, inv_gain)]
+        for q in snap:
+            q[self.cfg.base_rate] = 1 << GAIN_BITS
+        self.rate_gain.copy_(snap[0])
+        self.rate_inv_gain.copy_(snap[1])
+
+    def without_rate_points(self) -> ContinuousCodec:
+        """The same networks (shared, not copied) without the gain buffers: what the ONNX graphs are
+        exported from. The exporter numbers a module's unnamed tensors over all its parameters and
+        buffers, so unused buffers would rename initialisers and change the graph files' bytes."""
+        if self.cfg.rate_points == 1:
+            return self
+        twin = copy.copy(self)
+        twin.__dict__["_buffers"] = {k: v for k, v in self._buffers.items() if k not in ("rate_gain", "rate_inv_gain")}
+        twin.cfg = dataclasses.replace(self.cfg, rate_points=1, base_rate=0)
+        return twin
 
     def lowres(self, x: torch.Tensor) -> torch.Tensor:
         """Full-resolution image in [-1, 1] → this codec's input: [0, 1], ``downscale``× smaller
@@ -126,7 +183,9 @@ class ContinuousCodec(nn.Module):
         return F.interpolate(self.reconstruct(g), scale_factor=float(self.cfg.downscale), mode="bicubic",
                              align_corners=False)
 
-    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def forward(self, x: torch.Tensor, gains: tuple[torch.Tensor, torch.Tensor] | None = None
+                ) -> dict[str, torch.Tensor]:
+        """``gains``: (gain, inverse gain), each (latent,) or per sample (batch, latent); None = base point."""
         y, z = self.analysis(x)
         if self.training:
             z_noisy = z + torch.empty_like(z).uniform_(-0.5, 0.5)
@@ -134,9 +193,14 @@ class ContinuousCodec(nn.Module):
         else:
             z_noisy = z_hat = torch.round(z)
         mean, scale = self.h_s(z_hat)
+        if gains is not None:
+            gain, inv_gain = (g.reshape(-1, self.cfg.latent, 1, 1) for g in gains)
+            y, mean, scale = y * gain, mean * gain, scale * gain
         # Rate from additive noise, synthesis from straight-through rounded symbols ("mixed" training).
         y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else torch.round(y - mean) + mean
         y_hat = mean + (y - mean) + (torch.round(y - mean) - (y - mean)).detach()
+        if gains is not None:
+            y_hat = y_hat * inv_gain
         g = self.guidance(y_hat)
         return {
             "x_hat": self.reconstruct(g),

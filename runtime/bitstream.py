@@ -16,7 +16,8 @@ from .streams import STREAMS, StreamKind, stream_kind
 from .tiling import TileGrid
 
 MAGIC = b"HF"
-FORMAT_VERSION = 2  # 2: payload ends with ≥ 1 terminator symbol; minimum payload per tile; strict header
+FORMAT_VERSION = 3  # 3: rate point byte; 2: payload ends with ≥ 1 terminator, minimum payload per tile, strict header
+MAX_RATE = 255  # the rate point is one byte (a model has at most MAX_RATE + 1 points)
 MAX_SIDE = 1 << 16
 MAX_PIXELS = 1 << 28  # 268 MP: bounds what a (possibly forged) header can make the decoder allocate
 MAX_VARINT_BYTES = 3  # enough for MAX_SIDE
@@ -34,6 +35,7 @@ class Header:
     height: int
     model_id: bytes  # 4 bytes: first bytes of the model's SHA-256
     schedules: list[int]  # per-tile schedule codes (empty when the kind carries no tokens)
+    rate: int  # rate point of the continuous stream (Model.rate_points); a vq stream carries the model's base point
 
     @property
     def kind(self) -> StreamKind:
@@ -89,6 +91,8 @@ def _check_header(header: Header) -> None:
         raise ValueError(f"unsupported image size {header.width}×{header.height}")
     if len(header.model_id) != 4:
         raise ValueError("model id must be 4 bytes")
+    if isinstance(header.rate, bool) or not isinstance(header.rate, int) or not 0 <= header.rate <= MAX_RATE:
+        raise ValueError(f"rate point must be an integer in 0…{MAX_RATE}, got {header.rate!r}")
     expected = header.n_tiles if header.kind.tokens else 0
     if len(header.schedules) != expected or any(not 0 <= c < len(SCHEDULES) for c in header.schedules):
         raise ValueError(f"{header.stream} stream needs {expected} schedule codes in 0…{len(SCHEDULES) - 1}")
@@ -107,6 +111,7 @@ def write(header: Header, words: np.ndarray) -> bytes:
     out.append(FORMAT_VERSION)
     out += header.model_id
     out.append(flags)
+    out.append(header.rate)
     out += _varint(header.width) + _varint(header.height)
     if header.kind.tokens and not header.uniform:
         out += _pack3(codes)
@@ -186,14 +191,18 @@ def read(data: bytes) -> tuple[Header, np.ndarray, int]:
     if len(data) < 2 or data[:2] != MAGIC:
         raise BitstreamError("not a HybridFlow stream (bad magic)")
     if len(data) >= 3 and data[2] != FORMAT_VERSION:
-        raise BitstreamError(f"stream format version {data[2]} is not supported (this runtime reads {FORMAT_VERSION})")
-    if len(data) < 8 + 2 + CRC_BYTES:
+        why = (" (format 2 had no rate point: decode it with the runtime and model that wrote it)"
+               if data[2] == 2 else "")
+        raise BitstreamError(f"stream format version {data[2]} is not supported (this runtime reads "
+                             f"{FORMAT_VERSION}){why}")
+    if len(data) < 9 + 2 + CRC_BYTES:
         raise BitstreamError("truncated stream")
     if zlib.crc32(data[:-CRC_BYTES]) != int.from_bytes(data[-CRC_BYTES:], "little"):
         raise BitstreamError("checksum mismatch: the stream is corrupted or truncated")
     r = _Reader(data[:-CRC_BYTES], 3)
     model_id = r.take(4, "model id")
     stream, uniform_code = _parse_flags(r.take(1, "flags")[0])
+    rate = r.take(1, "rate point")[0]  # its range depends on the model: Codec.read_header checks it
     width, height = r.varint("width"), r.varint("height")
     if not (0 < width <= MAX_SIDE and 0 < height <= MAX_SIDE and width * height <= MAX_PIXELS):
         raise BitstreamError(f"invalid image size {width}×{height}")
@@ -204,4 +213,4 @@ def read(data: bytes) -> tuple[Header, np.ndarray, int]:
     payload = r.body[r.pos :]
     _check_payload(payload, stream, n_tiles)
     words = np.frombuffer(payload + b"\0" * (-len(payload) % 4), dtype="<u4").astype(np.uint32)
-    return Header(stream, width, height, model_id, schedules), words, r.pos + CRC_BYTES
+    return Header(stream, width, height, model_id, schedules, rate), words, r.pos + CRC_BYTES

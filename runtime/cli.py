@@ -22,6 +22,7 @@ import typer.core
 from .imageio import READABLE, SUFFIX
 from .masking import CHOICES
 from .ratecontrol import DEFAULT_MAX_BPP, SizeRequest
+from .rates import HELP as RATE_HELP
 from .session import MAX_THREADS, PROVIDERS, check_provider, check_threads
 from .streams import STREAMS
 
@@ -85,6 +86,7 @@ def _size_option(name: str) -> Any:
 
 
 QualityOpt, TargetBppOpt, MaxBytesOpt = (_size_option(f.name) for f in dataclasses.fields(SizeRequest))
+RateOpt = typer.Option(None, "--rate", metavar="K", help=RATE_HELP)
 EngineOpt = typer.Option("local", "--engine", help="local | ray (folders or URIs on a Ray cluster: see README)")
 AddressOpt = typer.Option(None, "--address", help="--engine ray: cluster address (default: start a local Ray)")
 WorkersOpt = typer.Option(None, "--workers", help="--engine ray: worker actors (default: CPUs ÷ threads per worker)")
@@ -137,10 +139,11 @@ def _collisions(pairs: list[tuple[Path, Path]]) -> dict[Path, str]:
             for dst, srcs in by_dst.items() if len(srcs) > 1 for src in srcs}
 
 
-def _size_request(mask: str, quality: int | None, target_bpp: float | None, max_bytes: int | None) -> SizeRequest:
+def _size_request(mask: str, rate: int | None, quality: int | None, target_bpp: float | None,
+                  max_bytes: int | None) -> SizeRequest:
     request = SizeRequest(quality, target_bpp, max_bytes)
     try:
-        request.check(mask, _flag)
+        request.check(mask, rate, _flag)
     except ValueError as e:
         raise CliError(str(e)) from None
     return request
@@ -192,6 +195,14 @@ def _load(model: Path | None, provider: str, threads: int | None):  # noqa: ANN2
     from .codec import Codec
 
     return Codec.load(model, provider=provider, threads=threads)
+
+
+def _check_rate(codec: Any, rate: int | None, stream: str) -> None:  # noqa: ANN401
+    """Refuse a --rate the model does not have (or a vq stream with one) once, not for every file."""
+    try:
+        codec.check_rate(rate, stream)
+    except ValueError as e:
+        raise CliError(f"--rate: {e}") from None
 
 
 # A per-image bar from this size on: a call then takes seconds on 2 cores (a 1 MP decode ≈ 3 s, benchmarks/RESULTS.md);
@@ -289,7 +300,7 @@ def _guard(fn: Callable[[], None]) -> None:
 def compress(
     inp: str = typer.Argument(..., metavar="IN", help="image, directory or quoted glob"),
     out: str = typer.Argument(..., metavar="OUT", help=f"{SUFFIX} file, or a directory for several inputs"),
-    mask: str = MaskOpt, stream: str = StreamOpt,
+    mask: str = MaskOpt, stream: str = StreamOpt, rate: int = RateOpt,
     quality: int = QualityOpt, target_bpp: float = TargetBppOpt, max_bytes: int = MaxBytesOpt,
     model: Path = ModelOpt, provider: str = ProviderOpt, threads: int = ThreadsOpt, force: bool = ForceOpt,
     engine: str = EngineOpt, address: str = AddressOpt, workers: int = WorkersOpt,
@@ -304,14 +315,15 @@ def compress(
             raise CliError(f"unknown --mask {mask!r}; choose one of {', '.join(CHOICES)}")
         if stream not in STREAMS:
             raise CliError(f"unknown --stream {stream!r}; choose one of {', '.join(STREAMS)}")
-        size = _size_request(mask, quality, target_bpp, max_bytes)
+        size = _size_request(mask, rate, quality, target_bpp, max_bytes)
         ray = _engine(engine, address, workers, threads_per_worker, threads)
         if ray is not None:
-            _ray_compress(inp, out, mask, stream, size, model, provider, force, ray)
+            _ray_compress(inp, out, mask, stream, rate, size, model, provider, force, ray)
             return
         _check_options(provider, threads)
         pairs = _targets(inp, Path(out), SUFFIX)
         codec = _load(model, provider, threads)
+        _check_rate(codec, rate, stream)
 
         def job(src: Path, dst: Path, image_progress: ImageProgress) -> str:
             _check_output(src, dst, force)
@@ -319,7 +331,7 @@ def compress(
             for w in warns:
                 typer.echo(f"warning: {src}: {w}", err=True)
             with image_progress(f"compressing {src.name}", rgb.shape[0] * rgb.shape[1]) as progress:
-                data = codec.compress(rgb, mask=mask, stream=stream, progress=progress, **size.kwargs())
+                data = codec.compress(rgb, mask=mask, stream=stream, progress=progress, rate=rate, **size.kwargs())
             _write_output(dst, data, force)
             bpp = 8 * len(data) / (rgb.shape[0] * rgb.shape[1])
             return f"{src} → {dst}: {len(data)} bytes, {bpp:.4f} bpp"
@@ -374,6 +386,10 @@ def info(file: Path = typer.Argument(..., metavar="FILE", help=f"a {SUFFIX} stre
         typer.echo(f"{file}: {i.stream} stream, {i.width}×{i.height}, {i.bytes} bytes "
                    f"(header {i.header_bytes}), {i.bpp:.4f} bpp")
         typer.echo(f"model {i.model_id} ({same} the loaded model {codec.model.name})")
+        if i.stream != "vq":
+            of = (f" of {codec.model.rate_points} (0…{codec.model.rate_points - 1}, base {codec.model.base_rate})"
+                  if same == "matches" else "")
+            typer.echo(f"rate point {i.rate}{of}")
         if i.schedules:
             typer.echo("tiles per schedule: " + ", ".join(f"{k}: {v}" for k, v in i.schedules.items()))
 
@@ -383,7 +399,7 @@ def info(file: Path = typer.Argument(..., metavar="FILE", help=f"a {SUFFIX} stre
 @app.command("eval", cls=_PlainCommand)
 def evaluate(
     inputs: list[str] = typer.Argument(..., metavar="IN", help="images, directories or quoted globs"),
-    mask: str = MaskOpt, stream: str = StreamOpt,
+    mask: str = MaskOpt, stream: str = StreamOpt, rate: int = RateOpt,
     quality: int = QualityOpt, target_bpp: float = TargetBppOpt, max_bytes: int = MaxBytesOpt,
     csv_path: Path = typer.Option(None, "--csv", help="write per-image rows here"),
     model: Path = ModelOpt, provider: str = ProviderOpt, threads: int = ThreadsOpt,
@@ -396,13 +412,14 @@ def evaluate(
         from . import metrics
         from .imageio import read_image
 
-        size = _size_request(mask, quality, target_bpp, max_bytes)
+        size = _size_request(mask, rate, quality, target_bpp, max_bytes)
         ray = _engine(engine, address, workers, threads_per_worker, threads)
         if ray is not None:
-            _ray_eval(inputs, mask, stream, size, model, provider, csv_path, ray)
+            _ray_eval(inputs, mask, stream, rate, size, model, provider, csv_path, ray)
             return
         files = [f for spec in inputs for f in _expand(spec)[0] if f.suffix != SUFFIX]
         codec = _load(model, provider, threads)
+        _check_rate(codec, rate, stream)
         perceptual = metrics.lpips_alex()  # LPIPS-Alex when torch and its weights are installed
         rows: list[dict[str, object]] = []
 
@@ -411,7 +428,7 @@ def evaluate(
             pixels = rgb.shape[0] * rgb.shape[1]
             with image_progress(f"compressing {src.name}", pixels) as progress:
                 t0 = time.perf_counter()
-                data = codec.compress(rgb, mask=mask, stream=stream, progress=progress, **size.kwargs())
+                data = codec.compress(rgb, mask=mask, stream=stream, progress=progress, rate=rate, **size.kwargs())
                 t1 = time.perf_counter()
             with image_progress(f"decompressing {src.name}", pixels) as progress:
                 rec = codec.decompress(data, progress=progress)
@@ -470,12 +487,12 @@ def _engine(engine: str, address: str | None, workers: int | None, threads_per_w
     return scale.Engine(address=address, workers=workers, threads_per_worker=threads_per_worker)
 
 
-def _ray_compress(src: str, dst: str, mask: str, stream: str, size: SizeRequest, model: Path | None, provider: str,
-                  force: bool, engine: Engine) -> None:
+def _ray_compress(src: str, dst: str, mask: str, stream: str, rate: int | None, size: SizeRequest,
+                  model: Path | None, provider: str, force: bool, engine: Engine) -> None:
     from . import scale
 
-    s = scale.compress_archive(src, dst, mask=mask, stream=stream, size=size, model=model, provider=provider,
-                               force=force, engine=engine)
+    s = scale.compress_archive(src, dst, mask=mask, stream=stream, rate=rate, size=size, model=model,
+                               provider=provider, force=force, engine=engine)
     failed = scale.failures(s.manifest) if s.failed else []
     for path, error in failed[:20]:
         _err(f"{path}: {error}")
@@ -487,12 +504,12 @@ def _ray_compress(src: str, dst: str, mask: str, stream: str, size: SizeRequest,
         raise typer.Exit(1)
 
 
-def _ray_eval(inputs: list[str], mask: str, stream: str, size: SizeRequest, model: Path | None, provider: str,
-              csv_path: Path | None, engine: Engine) -> None:
+def _ray_eval(inputs: list[str], mask: str, stream: str, rate: int | None, size: SizeRequest,
+              model: Path | None, provider: str, csv_path: Path | None, engine: Engine) -> None:
     from . import scale
 
-    e = scale.evaluate_archive(inputs, mask=mask, stream=stream, size=size, model=model, provider=provider,
-                               engine=engine)
+    e = scale.evaluate_archive(inputs, mask=mask, stream=stream, rate=rate, size=size, model=model,
+                               provider=provider, engine=engine)
     rows = e.rows.to_pylist()
     for r in rows:
         if r["status"] != "ok":

@@ -56,8 +56,8 @@ class Symbols:
     header: Header
     indices: np.ndarray | None = None  # sent VQ indices, tile by tile
     z_hat: np.ndarray | None = None  # (C, h, w) integers
-    y_residual: np.ndarray | None = None  # (M, 4h, 4w) integers, round(y − μ)
-    y_scale: np.ndarray | None = None  # predicted scales (before the table lookup)
+    y_residual: np.ndarray | None = None  # (M, 4h, 4w) integers, round(y·gain − μ·gain) (runtime/rates.py)
+    y_scale: np.ndarray | None = None  # predicted scales × gain: the coded std before the table lookup
 
 
 @dataclass
@@ -88,6 +88,7 @@ class StreamInfo:
     header_bytes: int
     model_id: str
     schedules: dict[str, int]
+    rate: int  # the continuous stream's rate point (a vq stream carries its model's base point)
 
     @property
     def bpp(self) -> float:
@@ -164,31 +165,46 @@ class Codec:
 
     # ------------------------------------------------------------------------------- compress
     def compress(self, rgb: np.ndarray, mask: str = "auto", stream: str = "hybrid",
-                 progress: Progress | None = None, *, quality: int | None = None, target_bpp: float | None = None,
-                 max_bytes: int | None = None) -> bytes:
+                 progress: Progress | None = None, *, rate: int | None = None, quality: int | None = None,
+                 target_bpp: float | None = None, max_bytes: int | None = None) -> bytes:
         """``rgb`` (H, W, 3) uint8 → stream bytes. The size is chosen by at most one of ``quality``
-        (a preset), ``target_bpp`` or ``max_bytes`` (exact caps: the best stream that fits, else
-        ``ratecontrol.RateError`` naming the smallest reachable size); with none of them ``mask``
-        decides, and the default ``"auto"`` is capped at ``ratecontrol.DEFAULT_MAX_BPP``
-        (runtime/ratecontrol.py says how)."""
+        (a preset: rate point and mask), ``target_bpp`` or ``max_bytes`` (exact caps: the best
+        stream that fits, else ``ratecontrol.RateError`` naming the smallest reachable size); with
+        none of them ``mask`` and ``rate`` (the continuous stream's rate point, 0 …
+        ``model.rate_points`` − 1 in increasing rate) decide, and the default (``"auto"``, no rate)
+        is capped at ``ratecontrol.DEFAULT_MAX_BPP`` (runtime/ratecontrol.py says how)."""
         from . import ratecontrol  # it builds on this module
 
-        return ratecontrol.compress(self, rgb, mask, stream, progress,
+        return ratecontrol.compress(self, rgb, mask, stream, progress, rate,
                                     ratecontrol.SizeRequest(quality, target_bpp, max_bytes))
 
     def analyse(self, rgb: np.ndarray, mask: str = "auto", stream: str = "hybrid",
-                progress: Progress | None = None) -> Symbols:
-        """Everything the stream will carry, before entropy coding (``mask`` taken literally)."""
+                progress: Progress | None = None, rate: int | None = None) -> Symbols:
+        """Everything the stream will carry, before entropy coding (``mask`` and ``rate`` taken
+        literally; rate None: the model's base point)."""
         check_image(rgb)
         kind = stream_kind(stream)
+        rate = self.check_rate(rate, stream)
         grid = self.geometry.tiles(rgb.shape[0], rgb.shape[1])
         padded = pad(rgb, grid)
-        sym = Symbols(Header(stream, grid.width, grid.height, self.model.model_id, []))
+        sym = Symbols(Header(stream, grid.width, grid.height, self.model.model_id, [], rate))
         for part in reversed(self.parts(kind)):  # tokens (tile by tile, with progress) before the one-pass latent
             part.analyse(sym, rgb, padded, grid, mask, progress)
         if progress:
             progress(grid.count, grid.count)
         return sym
+
+    def check_rate(self, rate: int | None, stream: str) -> int:
+        """The rate point a ``stream`` stream gets for ``rate`` (None: the model's base point). A vq
+        stream has no continuous stream, so it takes no rate: asking it for another point is an error
+        rather than a silent no-op (its header carries the base point)."""
+        if rate is None:
+            return self.model.base_rate
+        self.model.rate_point(rate)  # ValueError naming the model's points
+        if not stream_kind(stream).continuous and rate != self.model.base_rate:
+            raise ValueError(f"a {stream} stream has no continuous stream and so no rate point; leave the rate "
+                             f"unset (or {self.model.base_rate}, the base point)")
+        return int(rate)
 
     def entropy_code(self, sym: Symbols) -> bytes:
         """One ANS payload; padded with terminators when it is below the format's minimum per tile
@@ -210,6 +226,12 @@ class Codec:
         if header.model_id != self.model.model_id:
             raise BitstreamError(f"stream was made by model {header.model_id.hex()}, but the loaded model is "
                                  f"{self.model.model_id.hex()} ({self.model.name}); load the matching model")
+        if header.rate >= self.model.rate_points:
+            raise BitstreamError(f"stream uses rate point {header.rate}, but model {self.model.name} has "
+                                 f"{self.model.rate_points} (0…{self.model.rate_points - 1})")
+        if not header.kind.continuous and header.rate != self.model.base_rate:
+            raise BitstreamError(f"malformed header: a {header.stream} stream carries its model's base rate point "
+                                 f"{self.model.base_rate}, not {header.rate}")
         self._check_plausible(header, words)
         return header, words, header_bytes
 
@@ -260,7 +282,7 @@ class Codec:
         header, _, header_bytes = bitstream.read(data)
         counts = {name: header.schedules.count(code) for code, name in enumerate(SCHEDULES)}
         return StreamInfo(header.stream, header.width, header.height, len(data), header_bytes,
-                          header.model_id.hex(), {k: v for k, v in counts.items() if v})
+                          header.model_id.hex(), {k: v for k, v in counts.items() if v}, header.rate)
 
 
 class TokenPart:
@@ -447,10 +469,11 @@ class ContinuousPart:
         return Latent(y[0].astype(np.float64), z_hat, mean, scale)
 
     def fill(self, sym: Symbols, latent: Latent) -> None:
-        """The symbols of ``latent`` (no graph runs: rate control codes one analysis several ways)."""
-        sym.z_hat, sym.y_scale = latent.z_hat, latent.scale
-        radius = self.model.tables.y_radius
-        sym.y_residual = np.clip(np.round(latent.y - latent.mean), -radius, radius)
+        """The symbols of ``latent`` at the header's rate point (no graph runs: rate control codes one
+        analysis several ways)."""
+        point = self.model.rate_point(sym.header.rate)
+        sym.z_hat, sym.y_scale = latent.z_hat, point.scale(latent.scale)
+        sym.y_residual = point.residual(latent.y, latent.mean, self.model.tables.y_radius)
 
     def push(self, enc: Encoder, sym: Symbols) -> None:
         enc.push_y(sym.y_residual, sym.y_scale)
@@ -473,7 +496,8 @@ class ContinuousPart:
         ph, pw = grid.padded_shape
         z_hat = dec.pop_z((int(m["hyper_channels"]), ph // geo.hyper_stride, pw // geo.hyper_stride))
         mean, scale = self.model.hyper(z_hat)  # integer arithmetic, no graph: y's scales depend on it
-        got.y_hat = (dec.pop_y(scale) + mean).astype(np.float32)[None]
+        point = self.model.rate_point(header.rate)
+        got.y_hat = point.latent(dec.pop_y(point.scale(scale)), mean).astype(np.float32)[None]
 
     def synthesise(self, got: Decoded) -> None:
         """The guidance from ŷ: run once the whole payload has been verified (``Codec.decompress``)."""

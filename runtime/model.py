@@ -23,6 +23,7 @@ import numpy as np
 from .complexity import ComplexityModel
 from .entropy import EntropyTables
 from .fixedpoint import IntegerHyperSynthesis
+from .rates import RatePoint, from_manifest
 from .session import CPU, check_provider, check_threads, open_session, providers_for, run_options
 from .tiling import Geometry
 
@@ -119,6 +120,7 @@ class Model:
                     raise ValueError(f"{key} must be positive")
             files = {name: self.directory / g["file"] for name, g in self.manifest["graphs"].items()}
             self._check_tables(self.tables)
+            self._rates  # noqa: B018
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise ModelError(f"{path}: invalid manifest ({_one_line(e)})") from None
         for name, file in files.items():
@@ -149,6 +151,28 @@ class Model:
 
     def has(self, graph: str) -> bool:
         return graph in self.manifest["graphs"]
+
+    @property
+    def _rates(self) -> tuple[list[RatePoint], int]:
+        if "_rate_points" not in self.__dict__:
+            self.__dict__["_rate_points"] = from_manifest(self.manifest)
+        return self.__dict__["_rate_points"]
+
+    @property
+    def rate_points(self) -> int:
+        """How many rate points the continuous stream offers (≥ 1), numbered by increasing rate."""
+        return len(self._rates[0])
+
+    @property
+    def base_rate(self) -> int:
+        """The point the networks were trained at (gain 1): what a stream gets when no rate is asked for."""
+        return self._rates[1]
+
+    def rate_point(self, k: int) -> RatePoint:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < self.rate_points:
+            raise ValueError(f"rate point {k!r} does not exist: model {self.name} has {self.rate_points} "
+                             f"(0…{self.rate_points - 1}, base {self.base_rate})")
+        return self._rates[0][k]
 
     @property
     def tables(self) -> EntropyTables:

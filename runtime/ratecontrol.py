@@ -2,8 +2,9 @@
 
 Four ways to choose a stream's size (``Codec.compress``; the CLI's options of the same names):
 
-- ``mask`` (and, later, ``rate``) alone: that schedule, literally. The default, ``mask="auto"``, is
-  the complexity-aware choice **capped at DEFAULT_MAX_BPP**: when auto's stream is larger, the
+- ``mask`` and ``rate`` alone: that schedule at that rate point of the continuous stream (None: the
+  model's base point), literally. The default, ``mask="auto"`` with no rate, is the complexity-aware
+  choice at the base point **capped at DEFAULT_MAX_BPP**: when auto's stream is larger, the
   search below fits it into the cap; when no stream of the image fits (a tiny image: every 256²
   tile costs at least 128 payload bytes, FORMAT.md), the smallest stream is returned, without error.
 - ``quality=q``: preset q of ``LADDER`` (a rate point and a mask), q = 1 … len(LADDER), quality
@@ -93,18 +94,20 @@ class SizeRequest:
     max_bytes: int | None = field(default=None, metadata={
         "metavar": "N", "help": "the best stream of at most N bytes (exact; fails if the image cannot go that low)"})
 
-    def check(self, mask: str = "auto", name: Callable[[str], str] = str) -> None:
+    def check(self, mask: str = "auto", rate: int | None = None, name: Callable[[str], str] = str) -> None:
         """Refuse a malformed or contradictory request; ``name`` spells an option (the CLI's flags)."""
         given = [f.name for f in fields(self) if getattr(self, f.name) is not None]
         if len(given) > 1:
             raise ValueError(f"{' and '.join(map(name, given))} each choose the size: give one")
         if given and mask != "auto":
             raise ValueError(f"{name('mask')} {mask} fixes the schedules and {name(given[0])} chooses them: give one")
+        if given and rate is not None:
+            raise ValueError(f"{name('rate')} {rate} fixes the rate point and {name(given[0])} chooses it: give one")
         q, bpp, n = self.quality, self.target_bpp, self.max_bytes
         if q is not None and (not _is_int(q) or not 1 <= q <= len(LADDER)):
             raise ValueError(f"{name('quality')} must be an integer from 1 to {len(LADDER)}, got {q!r}")
-        if bpp is not None and (isinstance(bpp, bool) or not isinstance(bpp, (int, float)) or not math.isfinite(bpp)
-                                or bpp <= 0):
+        if bpp is not None and (isinstance(bpp, bool) or not isinstance(bpp, (int, float, np.integer, np.floating))
+                                or not math.isfinite(bpp) or bpp <= 0):
             raise ValueError(f"{name('target_bpp')} must be a positive number, got {bpp!r}")
         if n is not None and (not _is_int(n) or n < 1):
             raise ValueError(f"{name('max_bytes')} must be a positive integer, got {n!r}")
@@ -136,9 +139,8 @@ def bpp_budget(bpp: float, pixels: int) -> int:
 
 
 def rate_points(model: Any) -> tuple[int, int]:
-    """(number of rate points, base point) of a model. TEMPORARY: models have one point until the
-    continuous rate points land; then this reads ``model.rate_points`` / ``model.base_rate``."""
-    return getattr(model, "rate_points", 1), getattr(model, "base_rate", 0)
+    """(number of rate points, base point) of a model (runtime/rates.py)."""
+    return model.rate_points, model.base_rate
 
 
 def preset(model: Any, quality: int) -> tuple[int, str]:
@@ -165,14 +167,21 @@ class _Analysis:
         from .bitstream import Header
         from .codec import Symbols
 
-        del rate  # TEMPORARY: one rate point until the continuous rate points land
         c, grid = self.codec, self.grid
-        sym = Symbols(Header(self.stream, grid.width, grid.height, c.model.model_id, []))
+        sym = Symbols(Header(self.stream, grid.width, grid.height, c.model.model_id, [], rate))
         if self.maps is not None:
             c.tokens.fill(sym, grid, schedules, self.maps)
         if self.latent is not None:
             c.continuous.fill(sym, self.latent)
         return c.entropy_code(sym)
+
+    def padded(self, data: bytes) -> bool:
+        """Whether the stream's payload sits at the format's per-tile minimum (padding overshoots it
+        by less than a terminator and a 32-bit word: 8 bytes)."""
+        from .bitstream import min_payload_bytes, read
+
+        _, _, header_bytes = read(data)
+        return len(data) - header_bytes <= min_payload_bytes(self.stream, self.grid.count) + 8
 
     @property
     def steps(self) -> int:
@@ -224,15 +233,26 @@ class Choice:
 
 def fit(an: _Analysis, budget: int) -> tuple[Choice | None, Choice]:
     """(the chosen stream of at most ``budget`` bytes, or None; the smallest stream tried). When the
-    search returns at step k < the path's end, step k + 1 was measured and did not fit."""
+    search returns at step k < the path's end, step k + 1 was measured and did not fit.
+
+    A stream whose payload is below the format's per-tile minimum is padded (small or flat images):
+    then the first upgrades cost no bytes, and sizes along the path differ only by how the padding
+    rounds (a few bytes either way). At such a rate point every step is tried, so that a budget a
+    byte or two below the cheapest-looking stream is still met when some stream fits it."""
     smallest: Choice | None = None
     for rate in sorted(_rates(an), reverse=True):
         best = Choice(rate, 0, an.encode(rate, an.schedules(0)))
-        if smallest is None or len(best.data) < len(smallest.data):
-            smallest = best
+        tried = [best]
+        if len(best.data) > budget and an.padded(best.data):
+            tried += [Choice(rate, k, an.encode(rate, an.schedules(k))) for k in range(1, an.steps + 1)]
+            fits = [c for c in tried if len(c.data) <= budget]
+            best = max(fits, key=lambda c: c.step) if fits else best
+        least = min(tried, key=lambda c: len(c.data))
+        if smallest is None or len(least.data) < len(smallest.data):
+            smallest = least
         if len(best.data) > budget:
             continue
-        hi = an.steps  # invariant: `best` (step lo) fits; every step above hi was measured not to
+        hi = an.steps  # invariant: `best` fits; every step above hi was measured not to
         while best.step < hi:
             mid = (best.step + hi + 1) // 2
             data = an.encode(rate, an.schedules(mid))
@@ -246,22 +266,22 @@ def fit(an: _Analysis, budget: int) -> tuple[Choice | None, Choice]:
 
 
 def compress(codec: Codec, rgb: np.ndarray, mask: str, stream: str, progress: Progress | None,
-             request: SizeRequest) -> bytes:
+             rate: int | None, request: SizeRequest) -> bytes:
     """``Codec.compress``: see the module docstring for what each request does."""
-    request.check(mask)
+    request.check(mask, rate)
     if request.quality is not None:
         if stream != "hybrid":
             raise ValueError("quality presets are hybrid streams; other streams take a mask")
-        _rate, preset_mask = preset(codec.model, request.quality)  # TEMPORARY: rate unused until rate points land
-        return codec.entropy_code(codec.analyse(rgb, preset_mask, stream, progress))
+        preset_rate, preset_mask = preset(codec.model, request.quality)
+        return codec.entropy_code(codec.analyse(rgb, preset_mask, stream, progress, preset_rate))
     from .codec import check_image
 
     check_image(rgb)
     pixels = rgb.shape[0] * rgb.shape[1]
     budget = request.budget(pixels)
     if budget is None:
-        if mask != "auto":
-            return codec.entropy_code(codec.analyse(rgb, mask, stream, progress))
+        if mask != "auto" or rate is not None:
+            return codec.entropy_code(codec.analyse(rgb, mask, stream, progress, rate))
         an = _analyse(codec, rgb, stream, progress)
         kind = stream_kind(stream)
         schedules = codec.tokens.choose_schedules(rgb, an.grid, "auto", kind) if kind.tokens else []

@@ -217,7 +217,8 @@ class _Worker:
     GRAPHS: tuple[str, ...] | None = None  # what the model opens before the first file (None: all)
 
     def __init__(self, src: str, dst: str | None, model: str | None, provider: str, threads: int,
-                 mask: str, stream: str, size: SizeRequest = SizeRequest(), force: bool = False) -> None:
+                 mask: str, stream: str, size: SizeRequest = SizeRequest(), force: bool = False,
+                 rate: int | None = None) -> None:
         from .codec import Codec
 
         self.codec = Codec.load(model, provider=provider, threads=threads)
@@ -227,7 +228,7 @@ class _Worker:
         self.src_fs, self.src = open_fs(src)
         self.dst_fs, self.dst = open_fs(dst) if dst is not None else (None, "")
         self.mask, self.stream, self.force = mask, stream, force
-        self.options = {"mask": mask, "stream": stream, **size.kwargs()}  # what Codec.compress is given
+        self.options = {"mask": mask, "stream": stream, "rate": rate, **size.kwargs()}  # what Codec.compress is given
         self.tag = f"{socket.gethostname()}:{os.getpid()}"
 
     def read(self, rel: str) -> np.ndarray:
@@ -376,7 +377,7 @@ def plan_compress(src: str, dst: str, force: bool = False) -> tuple[list[dict[st
     return todo, rows
 
 
-def compress_archive(src: str, dst: str, *, mask: str = "auto", stream: str = "hybrid",
+def compress_archive(src: str, dst: str, *, mask: str = "auto", stream: str = "hybrid", rate: int | None = None,
                      size: SizeRequest = SizeRequest(), model: str | Path | None = None, provider: str = "auto",
                      force: bool = False, engine: Engine = Engine(), manifest: str | None = None) -> RunSummary:
     """Compress every image below ``src`` into ``dst`` (same relative folders, ``.hfc`` names) on
@@ -392,7 +393,7 @@ def compress_archive(src: str, dst: str, *, mask: str = "auto", stream: str = "h
         manifest = _join(dst, f"{MANIFEST_DIR}/run-{run_id}.parquet")
     size.check(mask)  # a bad request fails here, once, not as a failed row per file
     kwargs = {"src": src, "dst": dst, "model": _model_arg(model), "provider": provider, "mask": mask,
-              "stream": stream, "size": size, "force": force}
+              "stream": stream, "size": size, "force": force, "rate": rate}
     counts: Counter[str] = Counter()
     with _ManifestWriter(*open_fs(manifest), MANIFEST_SCHEMA) as out:
         if decided:
@@ -405,7 +406,8 @@ def compress_archive(src: str, dst: str, *, mask: str = "auto", stream: str = "h
 
 
 def evaluate_archive(sources: str | Iterable[str], *, mask: str = "auto", stream: str = "hybrid",
-                     size: SizeRequest = SizeRequest(), model: str | Path | None = None, provider: str = "auto",
+                     rate: int | None = None, size: SizeRequest = SizeRequest(), model: str | Path | None = None,
+                     provider: str = "auto",
                      engine: Engine = Engine()) -> EvalSummary:
     """Round-trip every image below ``sources`` in memory on Ray: per-image bpp (real bytes), PSNR,
     MS-SSIM, sharpness, seconds, and their means over the images that succeeded."""
@@ -417,8 +419,8 @@ def evaluate_archive(sources: str | Iterable[str], *, mask: str = "auto", stream
         raise FileNotFoundError(f"no images in {', '.join(roots)}")
     size.check(mask)
     tables = list(_run(items, _Evaluator, {"src": roots[0], "dst": None, "model": _model_arg(model),
-                                           "provider": provider, "mask": mask, "stream": stream, "size": size},
-                       engine))
+                                           "provider": provider, "mask": mask, "stream": stream, "size": size,
+                                           "rate": rate}, engine))
     rows = pa.concat_tables(tables).sort_by("path")
     ok = rows.filter(pc.equal(rows.column("status"), "ok"))
     keys = ("bpp", "psnr", "ms_ssim", "sharpness", "sharpness_half", "lpips", "encode_s", "decode_s")

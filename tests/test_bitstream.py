@@ -34,29 +34,30 @@ def roundtrip(header: Header, words: np.ndarray) -> tuple[Header, np.ndarray, in
 def test_round_trip_uniform_and_mixed(stream: str) -> None:
     n = tiles_of(1000, 700)
     words = words_for(stream, n)
-    for schedules in ([2] * n, [k % 6 for k in range(n)]):
+    for schedules, rate in (([2] * n, 0), ([k % 6 for k in range(n)], 255)):
         sched = schedules if stream_kind(stream).tokens else []
-        h, w, _ = roundtrip(Header(stream, 1000, 700, b"abcd", sched), words)
-        assert (h.stream, h.width, h.height, h.model_id, h.schedules) == (stream, 1000, 700, b"abcd", sched)
+        h, w, _ = roundtrip(Header(stream, 1000, 700, b"abcd", sched, rate), words)
+        assert (h.stream, h.width, h.height, h.model_id, h.schedules, h.rate) == (stream, 1000, 700, b"abcd", sched,
+                                                                                  rate)
         np.testing.assert_array_equal(w, words)
 
 
 def test_header_is_small() -> None:
     words = words_for("hybrid", 4)
-    data = bitstream.write(Header("hybrid", 512, 512, b"abcd", [2] * 4), words)
-    assert len(data) - 4 * words.size <= 16
+    data = bitstream.write(Header("hybrid", 512, 512, b"abcd", [2] * 4, 0), words)
+    assert len(data) - 4 * words.size <= 17
 
 
 def test_trailing_zero_bytes_are_restored() -> None:
     words = np.concatenate([words_for("vq", 1), np.array([0x00000100], np.uint32)])
-    data = bitstream.write(Header("vq", 10, 10, b"abcd", [0]), words)
-    assert len(data) == 14 + 4 * words.size - 2
+    data = bitstream.write(Header("vq", 10, 10, b"abcd", [0], 0), words)
+    assert len(data) == 15 + 4 * words.size - 2  # magic, version, id, flags, rate, 2 varints, CRC; 2 zeros stripped
     _, got, _ = bitstream.read(data)
     np.testing.assert_array_equal(got, words)
 
 
 def test_refuses_other_version_magic_and_corruption() -> None:
-    data = bytearray(bitstream.write(Header("hybrid", 300, 200, b"abcd", [1, 2]), words_for("hybrid", 2)))
+    data = bytearray(bitstream.write(Header("hybrid", 300, 200, b"abcd", [1, 2], 0), words_for("hybrid", 2)))
     bad_version = bytearray(data)
     bad_version[2] = 1
     with pytest.raises(BitstreamError, match="version 1 is not supported"):
@@ -73,8 +74,8 @@ def test_refuses_other_version_magic_and_corruption() -> None:
             bitstream.read(bytes(data[:cut]))
 
 
-def head(flags: int, size: bytes) -> bytearray:
-    return bytearray(b"HF" + bytes([bitstream.FORMAT_VERSION]) + b"abcd" + bytes([flags]) + size)
+def head(flags: int, size: bytes, rate: int = 0) -> bytearray:
+    return bytearray(b"HF" + bytes([bitstream.FORMAT_VERSION]) + b"abcd" + bytes([flags, rate]) + size)
 
 
 def test_varints_cannot_run_into_the_checksum() -> None:
@@ -122,7 +123,7 @@ def test_schedule_table_is_canonical() -> None:
 def test_trailing_zero_payload_bytes_are_not_canonical() -> None:
     """An ANS payload never ends in a zero word; the fuzzer found one that made constriction raise
     a plain ValueError (a whole zero word stored as one zero byte)."""
-    data = bitstream.write(Header("continuous", 16, 16, b"abcd", []), words_for("continuous", 1))
+    data = bitstream.write(Header("continuous", 16, 16, b"abcd", [], 0), words_for("continuous", 1))
     for tail in (b"\0", b"\0\0", b"\0\0\0", b"\0\0\0\0\0"):
         with pytest.raises(BitstreamError, match="trailing zero"):
             bitstream.read(signed(data[:-4] + tail))
@@ -139,14 +140,43 @@ def test_every_tile_must_be_paid_for(stream: str) -> None:
     with pytest.raises(BitstreamError, match="cannot pay for 4096"):
         bitstream.read(signed(forged))
     with pytest.raises(ValueError, match="per-tile minimum"):
-        bitstream.write(Header(stream, 65535, 4096, b"abcd", sched), words)
-    assert bitstream.read(bitstream.write(Header(stream, 256, 256, b"abcd", sched[:1]), words))[0].width == 256
+        bitstream.write(Header(stream, 65535, 4096, b"abcd", sched, 0), words)
+    assert bitstream.read(bitstream.write(Header(stream, 256, 256, b"abcd", sched[:1], 0), words))[0].width == 256
+
+
+@pytest.mark.parametrize(("stream", "most"), [("hybrid", 7), ("vq", 15), ("continuous", 25)])
+def test_tiles_in_one_kilobyte(stream: str, most: int) -> None:
+    """FORMAT.md's bound on decode work: the largest tile count a valid stream of ≤ 1 KB can declare
+    (the smallest payload each tile must pay for, in the cheapest header: a row of tiles 256 px high)."""
+    def smallest(tiles: int) -> int:
+        words = words_for(stream, tiles)
+        payload = stored(words)[: stream_kind(stream).min_payload_per_tile * tiles]
+        header = Header(stream, 256 * tiles, 256, b"abcd", [5] * tiles if stream_kind(stream).tokens else [], 0)
+        return len(bitstream.write(header, words)) - len(stored(words)) + len(payload)
+
+    assert smallest(most) <= 1024 < smallest(most + 1)
 
 
 def test_writer_refuses_what_the_reader_refuses() -> None:
     words = words_for("hybrid", 2)
-    for bad in (Header("hybrid", 300, 200, b"abcd", [1]), Header("hybrid", 300, 200, b"abc", [1, 1]),
-                Header("hybrid", 0, 200, b"abcd", []), Header("vq", 300, 200, b"abcd", [6, 1]),
-                Header("continuous", 300, 200, b"abcd", [1, 1])):
+    for bad in (Header("hybrid", 300, 200, b"abcd", [1], 0), Header("hybrid", 300, 200, b"abc", [1, 1], 0),
+                Header("hybrid", 0, 200, b"abcd", [], 0), Header("vq", 300, 200, b"abcd", [6, 1], 0),
+                Header("continuous", 300, 200, b"abcd", [1, 1], 0), Header("hybrid", 300, 200, b"abcd", [1, 1], 256),
+                Header("hybrid", 300, 200, b"abcd", [1, 1], -1), Header("hybrid", 300, 200, b"abcd", [1, 1], True)):
         with pytest.raises(ValueError):
             bitstream.write(bad, words)
+
+
+def test_rate_point_byte() -> None:
+    """Format 3: one byte after the flags, any value 0…255 at this level (the codec checks it against its
+    model); the header grows by exactly that byte; a format-2 stream is refused with a message saying why."""
+    words = words_for("hybrid", 2)
+    for rate in (0, 1, 7, 255):
+        data = bitstream.write(Header("hybrid", 300, 200, b"abcd", [1, 1], rate), words)
+        assert data[8] == rate and bitstream.read(data)[0].rate == rate
+    body = head(2, b"\x10\x10", rate=200) + stored(words_for("continuous", 1))
+    assert bitstream.read(signed(body))[0].rate == 200
+    old = bytearray(bitstream.write(Header("hybrid", 300, 200, b"abcd", [1, 1], 0), words))
+    old[2] = 2
+    with pytest.raises(BitstreamError, match="version 2 is not supported.*no rate point"):
+        bitstream.read(signed(old[:-4]))

@@ -127,8 +127,8 @@ def test_refuses_stream_of_another_model(codec: Codec, photo: np.ndarray, tmp_pa
 def test_determinism_across_execution_configs(tiny_model, photo: np.ndarray) -> None:  # noqa: ANN001
     a = Codec.load(tiny_model, provider="cpu", threads=2, optimise=True)
     b = Codec.load(tiny_model, provider="cpu", threads=1, optimise=False)
-    for mask in ("1_4", "auto"):
-        da, db = a.compress(photo, mask=mask), b.compress(photo, mask=mask)
+    for mask, rate in (("1_4", None), ("auto", None), ("1_4", 0), ("auto", a.model.rate_points - 1)):
+        da, db = a.compress(photo, mask=mask, rate=rate), b.compress(photo, mask=mask, rate=rate)
         assert da == db  # the entropy path (and here every VQ index) agrees exactly
         # pixels come from float graphs: different kernels may differ in the last bit before rounding
         diff = np.abs(a.decompress(da).astype(int) - b.decompress(da).astype(int))
@@ -186,8 +186,8 @@ def test_forged_headers_are_refused_before_any_work(codec: Codec) -> None:
     from hybridflow.runtime.bitstream import FORMAT_VERSION, _varint
 
     for flags in (1 | 0x4 | 5 << 3, 0 | 0x4 | 5 << 3, 2):
-        body = (b"HF" + bytes([FORMAT_VERSION]) + codec.model.model_id + bytes([flags]) + _varint(65535)
-                + _varint(4096) + b"\xff\xff\xff")
+        body = (b"HF" + bytes([FORMAT_VERSION]) + codec.model.model_id + bytes([flags, codec.model.base_rate])
+                + _varint(65535) + _varint(4096) + b"\xff\xff\xff")
         t0 = time.perf_counter()
         with pytest.raises(BitstreamError, match="cannot pay for 4096"):
             codec.decompress(body + zlib.crc32(body).to_bytes(4, "little"))
@@ -201,7 +201,7 @@ def _relabel(data: bytes, width: int, height: int) -> bytes:
     from hybridflow.runtime import bitstream
 
     _, _, header_bytes = bitstream.read(data)
-    body = data[:8] + bitstream._varint(width) + bitstream._varint(height) + data[header_bytes - 4 : -4]
+    body = data[:9] + bitstream._varint(width) + bitstream._varint(height) + data[header_bytes - 4 : -4]
     return body + zlib.crc32(body).to_bytes(4, "little")
 
 
@@ -259,7 +259,8 @@ def test_empty_payload_is_refused(codec: Codec) -> None:
 
     from hybridflow.runtime.bitstream import FORMAT_VERSION
 
-    body = b"HF" + bytes([FORMAT_VERSION]) + codec.model.model_id + b"\x02\x80\x02\x80\x02"
+    body = (b"HF" + bytes([FORMAT_VERSION]) + codec.model.model_id + bytes([2, codec.model.base_rate])
+            + b"\x80\x02\x80\x02")
     with pytest.raises(BitstreamError):
         codec.decompress(body + zlib.crc32(body).to_bytes(4, "little"))
     padded = body + b"\x01" * 16  # long enough for one tile, but not an encoding of anything

@@ -81,7 +81,10 @@ def test_structure_aware_generator(codec: Codec) -> None:
     payloads = [s[read(s)[2] - 4 : -4] for s in seeds]
     outcomes = {"decoded": 0, "refused": 0}
     for i in range(240):
-        _, data = mutate(rng, seeds[i % len(seeds)]) if i % 2 else forge(rng, codec.model.model_id, payloads)
+        if i % 2:
+            _, data = mutate(rng, seeds[i % len(seeds)])
+        else:
+            _, data = forge(rng, codec.model.model_id, payloads, codec.model.base_rate)
         outcomes[check(codec, data)] += 1
     assert outcomes["refused"] > 100 and outcomes["decoded"] > 0, outcomes
 

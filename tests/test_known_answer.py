@@ -33,3 +33,9 @@ def test_known_answer_of_the_shipped_model() -> None:
         diff = np.abs(out.astype(int) - reference.astype(int))
         assert diff.max() <= 2 and (diff > 0).mean() < 0.01, f"decode differs from the recorded one. {HOW}"
     assert codec.compress(reference, mask=MASK).hex() == expected["reencode_hex"], f"re-encode differs. {HOW}"
+    # every rate point: its re-encode, and that it decodes (the gains on both sides of the entropy path)
+    assert (codec.model.rate_points, codec.model.base_rate) == (expected["rate_points"], expected["base_rate"])
+    for rate, recorded in enumerate(expected["reencode_hex_per_rate"]):
+        data = codec.compress(reference, mask=MASK, rate=rate)
+        assert data.hex() == recorded, f"re-encode at rate point {rate} differs. {HOW}"
+        assert codec.decompress(data).shape == reference.shape

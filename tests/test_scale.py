@@ -282,12 +282,13 @@ def test_cli_engine_ray_joins_a_running_cluster(tiny_model: Path, codec, tmp_pat
     assert "2 done, 0 skipped, 1 failed" in p.stdout + p.stderr and "broken.png" in p.stderr
     assert "Traceback" not in p.stderr
     p = subprocess.run([*HF_RUN, "eval", str(src), "--engine", "ray", "--address", address, "--workers", "1",
-                        "--csv", str(tmp_path / "e.csv"), *common[:4], "--target-bpp", "0.06"],
+                        "--csv", str(tmp_path / "e.csv"), *common[:4], "--target-bpp", "0.2"],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 1 and "mean of 2" in p.stdout, p.stdout + p.stderr
     rows = list(csv.DictReader((tmp_path / "e.csv").open()))
-    assert len(rows) == 2 and all(float(r["bpp"]) <= 0.06 for r in rows)  # --target-bpp reached the workers
+    # --target-bpp reached the workers (the tiny model's smallest streams here are 0.12–0.14 bpp)
+    assert len(rows) == 2 and all(float(r["bpp"]) <= 0.2 for r in rows)
     for f in files:
         assert (dst / f.relative_to(src).with_suffix(".hfc")).exists()
-        want = codec.compress(read_image(f)[0], target_bpp=0.06)
+        want = codec.compress(read_image(f)[0], target_bpp=0.2)
         assert int(next(r for r in rows if Path(r["path"]).name == f.name)["bytes"]) == len(want)

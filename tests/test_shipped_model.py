@@ -54,3 +54,10 @@ def test_end_to_end_on_a_kodak_image() -> None:
     # the correction network must lift the hybrid stream well above the plain VQ decoder's ≈ 14 dB.
     bpp, psnr = results["hybrid"]
     assert bpp < 0.05 and psnr > 20.0, results
+    # the continuous stream's rate points: more bytes and a better picture at every step of the ladder
+    ladder = []
+    for rate in range(codec.model.rate_points):
+        data = codec.compress(rgb, stream="continuous", rate=rate)
+        ladder.append((len(data), metrics.psnr(rgb, codec.decompress(data))))
+    assert ladder[codec.model.base_rate][0] == len(codec.compress(rgb, stream="continuous"))
+    assert all(a[0] < b[0] and a[1] < b[1] for a, b in zip(ladder, ladder[1:])), ladder

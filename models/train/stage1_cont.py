@@ -2,10 +2,16 @@
 
 Loss = rate (bits per *full-resolution* pixel) + λ·MSE(low-res). λ is steered by a slow
 controller towards ``target_bpp`` so the run lands at the operating point we want (≈0.025 bpp)
-instead of needing a λ sweep; the final λ is logged."""
+instead of needing a λ sweep; the final λ is logged.
+
+``gains_only`` turns the same loop into the training of rate points (see models/hyperprior.py): every
+network of ``init`` stays frozen and only the gain vectors of ``rate_points`` points are learnt, each
+with its own fixed λ_k = base_lmbda · lmbda_step^(k − base_rate). Each batch is split evenly over the
+points other than the base (whose gains stay exactly 1)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -13,11 +19,12 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ...runtime import metrics
 from .. import checkpoint
 from ..data import ImageCache, data_root, downscale, val_crops
-from ..hyperprior import ContConfig, ContinuousCodec
+from ..hyperprior import GAIN_BITS, ContConfig, ContinuousCodec
 from .loop import Numbers, Run, RunConfig, autocast, to_tensor
 
 
@@ -36,6 +43,51 @@ class ContTrainConfig(RunConfig):
     val_every: int = field(default=1000, metadata={"help": "steps between validations on val images"})
     init: str = field(default="", metadata={"help": "stage1-cont checkpoint whose model starts this run (e.g. "
                                                     "split from the shipped model)", "must_exist": True})
+    # rate points (Cui et al. 2021): the number of points and the base are the model config's
+    # (--rate-points, --base-rate)
+    gains_only: bool = field(default=False, metadata={"help": "train only the rate points' gain vectors of "
+                                                              "--init's frozen codec (every network stays as it is)"})
+    base_lmbda: float = field(default=6.0, metadata={"help": "gains-only: λ of the base point (the shipped codec "
+                                                             "ended its training at λ ≈ 6)"})
+    lmbda_step: float = field(default=2.5, metadata={"help": "gains-only: λ ratio between neighbouring points"})
+    gain_step: float = field(default=1.6, metadata={"help": "gains-only: initial gain ratio between neighbouring "
+                                                            "points (a fresh start; --init's own gains if it has "
+                                                            "the same points)"})
+    gain_lr: float = field(default=0.01, metadata={"help": "gains-only: Adam learning rate of the log-gains"})
+
+
+class RatePoints(nn.Module):
+    """The trainable part of a gains-only run: log-gains and log-inverse-gains of every rate point.
+    ``store`` writes them, rounded onto the runtime's grid, into the codec's integer buffers."""
+
+    def __init__(self, codec: ContinuousCodec, base_lmbda: float, lmbda_step: float, gain_step: float):
+        super().__init__()
+        k, base = codec.cfg.rate_points, codec.cfg.base_rate
+        offsets = torch.arange(k, dtype=torch.float32) - base
+        gain, inv_gain = (g.float() / (1 << GAIN_BITS) for g in (codec.rate_gain, codec.rate_inv_gain))
+        if bool((gain == 1).all()):  # a fresh set of points: geometric start
+            gain = (gain_step ** offsets)[:, None].expand_as(gain)
+            inv_gain = 1 / gain
+        self.log_gain = nn.Parameter(gain.log().clone())
+        self.log_inv_gain = nn.Parameter(inv_gain.log().clone())
+        self.register_buffer("lmbdas", base_lmbda * lmbda_step**offsets)
+        self.trained = torch.tensor([p for p in range(k) if p != base])
+
+    def gains(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.log_gain[points].exp(), self.log_inv_gain[points].exp()
+
+    def loss(self, codec: ContinuousCodec, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Mean over the batch of bpp + λ_k·MSE, sample i at point ``trained[i mod len(trained)]``.
+        Returns (loss, per-sample bpp, per-sample MSE)."""
+        points = self.trained[torch.arange(len(x)) % len(self.trained)].to(x.device)
+        out = codec(x, gains=self.gains(points))
+        bits = -(torch.log2(out["lik_y"]).sum((1, 2, 3)) + torch.log2(out["lik_z"]).sum((1, 2, 3)))
+        bpp = bits / (x.shape[2] * x.shape[3] * codec.cfg.downscale**2)
+        mse = ((out["x_hat"].float() - x) ** 2).mean((1, 2, 3))
+        return (bpp + self.lmbdas[points] * mse).mean(), bpp, mse
+
+    def store(self, codec: ContinuousCodec) -> None:
+        codec.set_rate_gains(self.log_gain.exp(), self.log_inv_gain.exp())
 
 
 def bpp_full(out: dict[str, torch.Tensor], lowres_pixels: int, downscale_by: int) -> torch.Tensor:
@@ -44,14 +96,16 @@ def bpp_full(out: dict[str, torch.Tensor], lowres_pixels: int, downscale_by: int
 
 
 @torch.no_grad()
-def validate(model: ContinuousCodec, images: list[np.ndarray]) -> dict[str, float]:
+def validate(model: ContinuousCodec, images: list[np.ndarray], rate: int | None = None) -> dict[str, float]:
+    """Mean bpp (likelihoods) and low-res PSNR at rate point ``rate`` (None: the base point)."""
     model.eval()
     device = next(model.parameters()).device
+    gains = None if rate is None else model.rate_gains(rate)
     bpps, psnrs = [], []
     for img in images:
         lr = downscale(img, model.cfg.downscale)
         x = (to_tensor(lr[None], device) + 1) / 2
-        out = model(x)
+        out = model(x, gains)
         bpps.append(bpp_full(out, lr.shape[0] * lr.shape[1], model.cfg.downscale).item())
         rec = (out["x_hat"].clamp(0, 1) * 255).round().byte()[0].permute(1, 2, 0).cpu().numpy()
         psnrs.append(metrics.psnr(lr, rec))
@@ -59,15 +113,50 @@ def validate(model: ContinuousCodec, images: list[np.ndarray]) -> dict[str, floa
     return {"val_bpp": float(np.mean(bpps)), "val_psnr_lowres": float(np.mean(psnrs))}
 
 
+def validate_points(model: ContinuousCodec, images: list[np.ndarray]) -> dict[str, list[float]]:
+    """``validate`` at every rate point, as lists in point order."""
+    per_point = [validate(model, images, k) for k in range(model.cfg.rate_points)]
+    return {key: [round(v[key], 5) for v in per_point] for key in per_point[0]}
+
+
+def _gains_model(cfg: ContTrainConfig, model_cfg: ContConfig) -> tuple[ContinuousCodec, ContConfig]:
+    """--init's codec, frozen, with ``model_cfg``'s rate points (--rate-points, --base-rate; every other
+    model field is --init's): its own gains if it has the same points, else fresh ones (all 1, which
+    ``RatePoints`` replaces by a geometric start)."""
+    if not cfg.init:
+        raise ValueError("--gains-only trains the rate points of an existing codec: give --init")
+    if model_cfg.rate_points < 2:
+        raise ValueError("--gains-only needs --rate-points ≥ 2 (and --base-rate, the point with gain 1)")
+    ck = checkpoint.load(Path(cfg.init))
+    init_cfg = checkpoint.to_config(ContConfig, ck["config"])
+    points = {"rate_points": model_cfg.rate_points, "base_rate": model_cfg.base_rate}
+    model_cfg = dataclasses.replace(init_cfg, **points)
+    model = ContinuousCodec(model_cfg)
+    weights = ck["model"]
+    if (init_cfg.rate_points, init_cfg.base_rate) != (model_cfg.rate_points, model_cfg.base_rate):
+        weights = {k: v for k, v in weights.items() if k not in ("rate_gain", "rate_inv_gain")}
+    missing, unexpected = model.load_state_dict(weights, strict=False)
+    if unexpected or set(missing) - {"rate_gain", "rate_inv_gain"}:
+        raise ValueError(f"{cfg.init}: not a stage1-cont checkpoint of this codec (missing {missing}, "
+                         f"unexpected {unexpected})")
+    return model.requires_grad_(False), model_cfg
+
+
 def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir: Path) -> None:
     run = Run(run_dir, cfg)
-    model = ContinuousCodec(model_cfg)
-    if cfg.init:
-        model.load_state_dict(checkpoint.load(Path(cfg.init))["model"])
+    rates: RatePoints | None = None
+    if cfg.gains_only:
+        model, model_cfg = _gains_model(cfg, model_cfg)
+        rates = RatePoints(model, cfg.base_lmbda, cfg.lmbda_step, cfg.gain_step).to(cfg.device)
+    else:
+        model = ContinuousCodec(model_cfg)
+        if cfg.init:
+            model.load_state_dict(checkpoint.load(Path(cfg.init))["model"])
     model.to(cfg.device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    trained = rates if rates is not None else model
+    opt = torch.optim.Adam(trained.parameters(), lr=cfg.gain_lr if rates is not None else cfg.lr)
     log_lmbda = math.log(cfg.lmbda)
-    if ck := run.resume(model=model, opt=opt):
+    if ck := run.resume(model=model, opt=opt, **({"rates": rates} if rates is not None else {})):
         log_lmbda = ck["log_lmbda"]
     data = ImageCache(data_root() / "train", cache_dir, downscale_by=model_cfg.downscale)
     images = val_crops(16, whole_tiles_only=True)
@@ -75,22 +164,38 @@ def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir:
     def step() -> Numbers:
         nonlocal log_lmbda
         x = (to_tensor(data.random_crops(run.rng, cfg.batch, cfg.crop), cfg.device) + 1) / 2
-        with autocast(cfg):  # (burst keeps this stage in fp32: likelihoods are differences of CDFs)
-            out = model(x)
-        bpp = bpp_full(out, cfg.batch * cfg.crop**2, model_cfg.downscale)
-        mse = F.mse_loss(out["x_hat"].float(), x)
-        loss = bpp + math.exp(log_lmbda) * mse
+        if rates is not None:  # gains only: no rate controller, each point has its fixed λ
+            loss, bpps, mses = rates.loss(model, x)
+            bpp, mse = bpps.mean(), mses.mean()
+        else:
+            with autocast(cfg):  # (burst keeps this stage in fp32: likelihoods are differences of CDFs)
+                out = model(x)
+            bpp = bpp_full(out, cfg.batch * cfg.crop**2, model_cfg.downscale)
+            mse = F.mse_loss(out["x_hat"].float(), x)
+            loss = bpp + math.exp(log_lmbda) * mse
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
         opt.step()
-        # Rate controller: too many bits → lower λ, too few → raise it.
-        log_lmbda -= cfg.lmbda_rate * float(np.clip((bpp.item() - cfg.target_bpp) / cfg.target_bpp, -1, 1))
-        return {"bpp": bpp.item(), "psnr_lowres": 10 * math.log10(1 / max(mse.item(), 1e-10)),
-                "lmbda": math.exp(log_lmbda)}
+        numbers = {"bpp": bpp.item(), "psnr_lowres": 10 * math.log10(1 / max(mse.item(), 1e-10))}  # gains: means
+        if rates is None:
+            # Rate controller: too many bits → lower λ, too few → raise it.
+            log_lmbda -= cfg.lmbda_rate * float(np.clip((bpp.item() - cfg.target_bpp) / cfg.target_bpp, -1, 1))
+            numbers["lmbda"] = math.exp(log_lmbda)
+        return numbers
 
     def save() -> None:
+        extra = {}
+        if rates is not None:
+            rates.store(model)
+            extra["rates"] = rates.state_dict()
         run.save(model=model.state_dict(), opt=opt.state_dict(), log_lmbda=log_lmbda, config=model_cfg,
-                 train_config=cfg, kind="cont")
+                 train_config=cfg, kind="cont", **extra)
 
-    run.loop("stage1-cont", cfg.steps, step, save, lambda: validate(model, images), cfg.val_every)
+    def validation() -> Numbers:
+        if rates is None:
+            return validate(model, images)
+        rates.store(model)
+        return validate_points(model, images)
+
+    run.loop("stage1-cont", cfg.steps, step, save, validation, cfg.val_every)
