@@ -95,9 +95,8 @@ def main() -> None:
         "not, and TRAINING.md says which val figures each decision used.\n",
         stage1,
         rd,
-        "Plots: `benchmarks/out/rd_psnr.png`, `rd_msssim.png`, `rd_sharpness.png`, `rd_sharpness_half.png`; "
-        "all points in "
-        "`benchmarks/out/rd_points.csv`.\n",
+        "Plots: `benchmarks/out/rd_psnr.png`, `rd_msssim.png`, `rd_lpips.png` (`rd_sharpness*.png` and all points "
+        "in `rd_points.csv` are written too, not kept in git: tree size).\n",
         crops,
         "Figures: `benchmarks/out/crops_streams.jpg`, `benchmarks/out/crops_codecs.jpg`.\n",
         runtime,
