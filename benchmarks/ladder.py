@@ -39,15 +39,11 @@ MIN_TILE_LPIPS = 32  # pixels per side: smaller tile remnants get no per-tile LP
 
 
 def _compress(codec: Codec, rgb: np.ndarray, offset: int, mask: str) -> bytes:
-    """The stream of one candidate: rate point base + ``offset``; ``mask`` "continuous" = the
-    continuous stream alone. TEMPORARY: until the continuous rate points land, offset 0 only."""
-    count, base = ratecontrol.rate_points(codec.model)
-    kw: dict[str, object] = {"mask": "none", "stream": "continuous"} if mask == "continuous" else {"mask": mask}
-    if count > 1:
-        kw["rate"] = base + offset
-    elif offset:
-        raise ValueError("this model has one rate point")
-    return codec.compress(rgb, **kw)
+    """The stream of one candidate, literally: rate point base + ``offset`` (the nearest the model
+    has); ``mask`` "continuous" = the continuous stream alone."""
+    p = ratecontrol.Preset(offset, "none", "continuous") if mask == "continuous" else ratecontrol.Preset(offset, mask)
+    stream, rate, m = ratecontrol.resolve(codec.model, p)
+    return codec.compress(rgb, mask=m, stream=stream, rate=rate)
 
 
 def _context(codec: Codec, images: int, folder: Path) -> str:
@@ -159,6 +155,24 @@ def choose(args: argparse.Namespace) -> None:
             chain.append((key, m))
     print("\nChain of configurations that improve bpp, PSNR and LPIPS-Alex together (ladder candidates):")
     print(" → ".join(f"({r}, {mk})" for (r, mk), _ in chain))
+    # ratecontrol.PATH: over uniform configurations only (auto is no rung), from the cheapest one, the LONGEST
+    # chain whose bpp and PSNR rise and LPIPS-Alex falls at every step (the greedy chain above stays on the
+    # continuous stream, which has more PSNR at equal bpp, and never reaches the hybrid's LPIPS-Alex)
+    uniform = [(k, m) for k, m in pts if k[1] != "auto"]
+    best: dict = {}
+    for i, (k, m) in enumerate(uniform):
+        options = [(1, -m["lpips"], [k])] if i == 0 else [(-len(uniform), 0.0, [k])]
+        for j, m2 in uniform[:i]:
+            if m2["bpp"] < m["bpp"] and m2["psnr"] < m["psnr"] and m2["lpips"] > m["lpips"]:
+                n, area, ch = best[j]
+                options.append((n + 1, area - m["lpips"], ch + [k]))
+        best[k] = max(options, key=lambda o: (o[0], o[1]))
+    path = max(best.values(), key=lambda o: (o[0], o[1]))[2]
+    print("\nratecontrol.PATH (longest chain over uniform configurations, from the cheapest):")
+    print(" ".join(f"c{r}" if mk == "continuous" else f"{r}:{mk}" for r, mk in path))
+    for r, mk in path:
+        m = complete[(r, mk)]
+        print(f"  {r:+d} {mk:10s} {m['bpp']:.4f} bpp  {m['psnr']:.2f} dB  LPIPS-Alex {m['lpips']:.4f}")
     _levels(rows, complete)
     _orders(rows)
 
@@ -300,8 +314,8 @@ def _report_text(rows: list[dict], codec: Codec, n: int, folder: Path, label: st
         bpp = np.array([r["bpp"] for r in sel])
         preset = ""
         if s.startswith("quality"):
-            rate, mask = ratecontrol.preset(codec.model, int(s.split()[1]))
-            preset = f"rate {rate}, {mask}"
+            stream, rate, mask = ratecontrol.preset(codec.model, int(s.split()[1]))
+            preset = f"rate {rate}, " + ("continuous stream" if stream == "continuous" else mask)
         line = f"| {s} | {preset} | {len(sel)} | {bpp.mean():.4f} | {bpp.max():.4f} |"
         if not sizes_only:
             line += f" {np.mean([r['psnr'] for r in sel]):.2f} | {np.mean([r['lpips'] for r in sel]):.4f} |"

@@ -6,28 +6,34 @@ Four ways to choose a stream's size (``Codec.compress``; the CLI's options of th
   model's base point), literally. The default, ``mask="auto"`` with no rate, is the complexity-aware
   choice at the base point **capped at DEFAULT_MAX_BPP**: when auto's stream is larger, the
   search below fits it into the cap; when no stream of the image fits (a tiny image: every 256²
-  tile costs at least 128 payload bytes, FORMAT.md), the smallest stream is returned, without error.
-- ``quality=q``: preset q of ``LADDER`` (a rate point and a mask), q = 1 … len(LADDER), quality
-  rising with rate (benchmarks/ladder.py).
+  tile costs at least 39 payload bytes, FORMAT.md), the smallest stream is returned, without error.
+- ``quality=q``: preset q of ``LADDER`` (a rate point, a mask and a stream), q = 1 … len(LADDER),
+  quality rising with rate (benchmarks/ladder.py).
 - ``max_bytes=n``: the best stream of at most n bytes. Exact: the returned stream is never longer.
 - ``target_bpp=x``: the same with n = the largest byte count whose bpp (8·n / (W·H)) is ≤ x.
 Asking for less than the image's smallest stream raises ``RateError`` (a ``ValueError``) naming it.
 
 The search, and why it is cheap: the VQ encoder and the continuous analysis run once per image;
-any configuration (rate point × a schedule per tile) is then only an entropy coding of symbols
-already computed (milliseconds), so candidates are judged by their real byte counts, never by
-an estimate. Which configurations are tried, best first:
+any configuration (stream × rate point × a schedule per tile) is then only an entropy coding of
+symbols already computed (milliseconds), so candidates are judged by their real byte counts, never
+by an estimate. Which configurations are tried:
 
-1. Rate points, highest first: the highest point whose cheapest stream (every tile at ``all``, no
-   indices: the predictor restores them from the continuous stream) fits the budget.
-2. At that point, tiles are upgraded along ``UPGRADES`` level by level: every tile reaches 1_16
-   before any reaches 1_4, and so on (the first indices buy the most LPIPS-Alex per bit, so spreading
-   them evenly comes first), busy tiles first within a level (complexity score, the order ``auto``
-   uses; on val the order changes PSNR by < 0.03 dB, and busy-first is the best of the orders an
-   encoder can know). A binary search finds the longest prefix of these upgrades that fits.
-   ``python -m benchmarks.ladder choose`` measures both choices on val.
-   Byte counts along the prefix are not strictly monotone (a uniform schedule needs no per-tile
-   table in the header), so the search only ever keeps a candidate it has measured to fit.
+1. The rungs of ``PATH`` (uniform configurations: a rate point, one mask for every tile, and the
+   stream), cheapest first, each better than the last in mean bpp, PSNR and LPIPS-Alex on val
+   (``python -m benchmarks.ladder choose``: the chain, built greedily from the cheapest point, of
+   the next-cheapest configuration that improves both metrics). Every rung is coded; the highest
+   one that fits is kept. The cheapest rungs are the continuous stream alone: a hybrid stream pays
+   at least 128 bytes per tile (FORMAT.md), 0.0156 bpp and more, which is too much for ≈ 0.01 bpp.
+2. At that rung's rate point, tiles are upgraded along ``UPGRADES`` from the rung's mask level by
+   level: every tile reaches 1_16 before any reaches 1_4, and so on (the first indices buy the most
+   LPIPS-Alex per bit, so spreading them evenly comes first), busy tiles first within a level
+   (complexity score, the order ``auto`` uses; on val the order changes PSNR by < 0.03 dB, and
+   busy-first is the best of the orders an encoder can know); each step improved mean PSNR and
+   LPIPS-Alex on val. A binary search finds the longest prefix of these upgrades that fits, so the
+   budget is filled to within one tile's upgrade.
+   Byte counts along either path are not strictly monotone (a uniform schedule needs no per-tile
+   table in the header; padding to the format's minimum rounds), so the search only ever keeps a
+   candidate it has measured to fit.
 """
 
 from __future__ import annotations
@@ -55,19 +61,38 @@ UPGRADES: tuple[str, ...] = ("all", "1_16", "1_4", "1_2", "none")
 
 @dataclass(frozen=True)
 class Preset:
-    """One rung of the quality ladder: a rate point (counted from the model's base point, the rate
-    its networks were trained at) and a mask. A model without that point uses its nearest one."""
+    """A uniform configuration: a rate point (counted from the model's base point, the rate its
+    networks were trained at; a model without that point uses its nearest one), one mask for every
+    tile, and the stream (hybrid, or the continuous stream alone: mask "none")."""
 
     rate_offset: int
     mask: str
+    stream: str = "hybrid"
 
 
-# Quality 1 … len(LADDER), smallest first, so that bpp, PSNR and LPIPS-Alex all improve from each rung to
-# the next. PROVISIONAL: at the base point, the chain of masks that does so on val (benchmarks/ladder.py
-# choose; 1_9 is not on it), until the continuous rate points land and the ladder spans them.
-LADDER: tuple[Preset, ...] = (
-    Preset(0, "all"), Preset(0, "1_16"), Preset(0, "auto"), Preset(0, "1_4"), Preset(0, "1_2"), Preset(0, "none"),
-)
+def _chain(spec: str) -> tuple[Preset, ...]:
+    """"c-3 c-2 -2:all 0:1_16" → continuous at offset −3, −2, hybrid at −2 with all, …"""
+    out = []
+    for item in spec.split():
+        if item.startswith("c"):
+            out.append(Preset(int(item[1:]), "none", "continuous"))
+        else:
+            rate, mask = item.split(":")
+            out.append(Preset(int(rate), mask))
+    return tuple(out)
+
+
+# The search's rungs, cheapest first (module docstring, step 1), "c-3" = the continuous stream alone at
+# base − 3, "-1:1_4" = hybrid at base − 1 with 1_4 on every tile. Chosen for s9r (eb92eecc) on val
+# (`python -m benchmarks.ladder choose`, benchmarks/RESULTS.md "Quality ladder"): from the cheapest point,
+# the longest chain whose mean bpp and PSNR rise and LPIPS-Alex falls from each rung to the next, with c-2
+# (0.0166 bpp) instead of its two rungs at 0.0274-0.0275 bpp, so that the range below the hybrid floor has
+# a rung (c-1 is off it: the first hybrid rung has less PSNR).
+# PROVISIONAL: chosen on 3 val images (the machine was too busy for more before the session's deadline).
+PATH: tuple[Preset, ...] = _chain("c-3 c-2 -1:all -1:1_16 -1:1_4 0:1_16 0:1_4 1:1_16 1:1_4 -2:none 1:1_2 "
+                                  "-1:none 0:none 1:none 2:none")
+# Quality 1 … len(LADDER): rungs of PATH spread over its range (val means ≈ 0.0105 … 0.0985 bpp).
+LADDER: tuple[Preset, ...] = _chain("c-3 c-2 -1:all -1:1_4 0:1_4 1:1_4 -1:none 0:none 2:none")
 
 
 class RateError(ValueError):
@@ -87,8 +112,8 @@ class SizeRequest:
 
     quality: int | None = field(default=None, metadata={
         "metavar": f"1..{len(LADDER)}",
-        "help": f"quality preset, 1 (smallest) … {len(LADDER)} (best): a rate point and a mask; "
-                "size and quality rise together"})
+        "help": f"quality preset, 1 (smallest) … {len(LADDER)} (best): a rate point and a mask (the "
+                "lowest: the continuous stream alone); size and quality rise together"})
     target_bpp: float | None = field(default=None, metadata={
         "metavar": "X", "help": "the best stream of at most X bits per pixel (fails if the image cannot go that low)"})
     max_bytes: int | None = field(default=None, metadata={
@@ -143,60 +168,88 @@ def rate_points(model: Any) -> tuple[int, int]:
     return model.rate_points, model.base_rate
 
 
-def preset(model: Any, quality: int) -> tuple[int, str]:
-    """(rate point, mask) of quality preset ``quality`` for ``model``."""
-    p = LADDER[quality - 1]
+def resolve(model: Any, p: Preset) -> tuple[str, int, str]:
+    """(stream, rate point, mask) of ``p`` for ``model`` (the nearest rate point it has)."""
     count, base = rate_points(model)
-    return min(max(base + p.rate_offset, 0), count - 1), p.mask
+    return p.stream, min(max(base + p.rate_offset, 0), count - 1), p.mask
+
+
+def preset(model: Any, quality: int) -> tuple[str, int, str]:
+    """(stream, rate point, mask) of quality preset ``quality`` for ``model``."""
+    return resolve(model, LADDER[quality - 1])
 
 
 # ---------------------------------------------------------------------------------------- the search
+@dataclass(frozen=True)
+class Rung:
+    """A uniform configuration resolved for one model: stream, rate point, every tile's schedule code
+    (-1 for a stream without tokens)."""
+
+    stream: str
+    rate: int
+    level: int
+
+
 @dataclass
 class _Analysis:
     """One image's encoder-side analysis, from which any configuration's stream is one entropy coding."""
 
     codec: Codec
-    stream: str
+    stream: str  # what was asked for: hybrid (whose search may end at the continuous stream alone), vq, continuous
     grid: TileGrid
     maps: np.ndarray | None  # (T, 16, 16) full VQ index maps, or None for a continuous stream
     latent: Latent | None  # None for a vq stream
     order: list[int]  # tiles, busiest first (complexity score)
     levels: tuple[int, ...]  # schedule codes a tile climbs through, cheapest first
+    rungs: list[Rung]  # the search's uniform configurations, cheapest first
 
-    def encode(self, rate: int, schedules: list[int]) -> bytes:
+    def encode(self, rung: Rung, schedules: list[int] | None = None) -> bytes:
+        """The stream of ``rung``, or of its stream and rate with these per-tile ``schedules``."""
         from .bitstream import Header
         from .codec import Symbols
 
         c, grid = self.codec, self.grid
-        sym = Symbols(Header(self.stream, grid.width, grid.height, c.model.model_id, [], rate))
-        if self.maps is not None:
-            c.tokens.fill(sym, grid, schedules, self.maps)
-        if self.latent is not None:
+        sym = Symbols(Header(rung.stream, grid.width, grid.height, c.model.model_id, [], rung.rate))
+        kind = stream_kind(rung.stream)
+        if kind.tokens:
+            assert self.maps is not None
+            c.tokens.fill(sym, grid, [rung.level] * grid.count if schedules is None else schedules, self.maps)
+        if kind.continuous:
+            assert self.latent is not None
             c.continuous.fill(sym, self.latent)
         return c.entropy_code(sym)
 
-    def padded(self, data: bytes) -> bool:
-        """Whether the stream's payload sits at the format's per-tile minimum (padding overshoots it
-        by less than a terminator and a 32-bit word: 8 bytes)."""
-        from .bitstream import min_payload_bytes, read
+    def steps(self, rung: Rung) -> int:
+        """Upgrades along the path from ``rung``: every tile through every level above the rung's."""
+        if not stream_kind(rung.stream).tokens:
+            return 0
+        return len(self.order) * (len(self.levels) - 1 - self.levels.index(rung.level))
 
-        _, _, header_bytes = read(data)
-        return len(data) - header_bytes <= min_payload_bytes(self.stream, self.grid.count) + 8
-
-    @property
-    def steps(self) -> int:
-        """Upgrades along the path: every tile through every level."""
-        return 0 if self.maps is None else len(self.order) * (len(self.levels) - 1)
-
-    def schedules(self, k: int) -> list[int]:
-        """Per-tile schedules after the first ``k`` upgrades (level by level, busy tiles first)."""
-        if self.maps is None:
-            return []
+    def schedules(self, rung: Rung, k: int) -> list[int]:
+        """Per-tile schedules after the first ``k`` upgrades from ``rung`` (level by level, busy tiles first)."""
+        levels = self.levels[self.levels.index(rung.level):]
         level, extra = divmod(k, len(self.order))
-        codes = [self.levels[level]] * len(self.order)
+        codes = [levels[level]] * len(self.order)
         for t in self.order[:extra]:
-            codes[t] = self.levels[level + 1]
+            codes[t] = levels[level + 1]
         return codes
+
+
+def _rungs(codec: Codec, stream: str, levels: tuple[int, ...]) -> list[Rung]:
+    """The search's uniform configurations for a ``stream`` request, cheapest first."""
+    count, base = rate_points(codec.model)
+    if stream == "continuous":
+        rungs = [Rung("continuous", r, -1) for r in range(count)]
+    elif stream == "vq":  # no continuous stream: the base point, the levels
+        rungs = [Rung("vq", base, code) for code in levels]
+    elif codec.model.has("predictor"):
+        rungs = []
+        for p in PATH:
+            s, r, m = resolve(codec.model, p)
+            rungs.append(Rung(s, r, -1 if s == "continuous" else schedule_code(m)))
+    else:  # every index is sent: the rate points
+        rungs = [Rung("hybrid", r, levels[0]) for r in range(count)]
+    return list(dict.fromkeys(rungs))  # a model with fewer rate points resolves some rungs alike
 
 
 def _analyse(codec: Codec, rgb: np.ndarray, stream: str, progress: Progress | None) -> _Analysis:
@@ -213,56 +266,38 @@ def _analyse(codec: Codec, rgb: np.ndarray, stream: str, progress: Progress | No
     cm = codec.model.complexity
     score = [cm.score(rgb[grid.valid_region(t)]) for t in range(grid.count)] if kind.tokens else []
     order = sorted(range(len(score)), key=lambda t: -score[t])
-    levels = UPGRADES if codec.model.has("predictor") else ("none",)  # without a predictor every index is sent
-    return _Analysis(codec, stream, grid, maps, latent, order, tuple(schedule_code(m) for m in levels))
-
-
-def _rates(an: _Analysis) -> list[int]:
-    count, base = rate_points(an.codec.model)
-    return list(range(count)) if an.latent is not None else [base]  # a vq stream carries the base point
+    levels = tuple(schedule_code(m) for m in (UPGRADES if codec.model.has("predictor") else ("none",)))
+    return _Analysis(codec, stream, grid, maps, latent, order, levels, _rungs(codec, stream, levels))
 
 
 @dataclass(frozen=True)
 class Choice:
-    """A configuration the search measured: rate point, upgrades along the path, the stream."""
+    """A configuration the search measured: the rung, upgrades from it, the stream."""
 
-    rate: int
+    rung: Rung
     step: int
     data: bytes
 
 
 def fit(an: _Analysis, budget: int) -> tuple[Choice | None, Choice]:
-    """(the chosen stream of at most ``budget`` bytes, or None; the smallest stream tried). When the
-    search returns at step k < the path's end, step k + 1 was measured and did not fit.
-
-    A stream whose payload is below the format's per-tile minimum is padded (small or flat images):
-    then the first upgrades cost no bytes, and sizes along the path differ only by how the padding
-    rounds (a few bytes either way). At such a rate point every step is tried, so that a budget a
-    byte or two below the cheapest-looking stream is still met when some stream fits it."""
-    smallest: Choice | None = None
-    for rate in sorted(_rates(an), reverse=True):
-        best = Choice(rate, 0, an.encode(rate, an.schedules(0)))
-        tried = [best]
-        if len(best.data) > budget and an.padded(best.data):
-            tried += [Choice(rate, k, an.encode(rate, an.schedules(k))) for k in range(1, an.steps + 1)]
-            fits = [c for c in tried if len(c.data) <= budget]
-            best = max(fits, key=lambda c: c.step) if fits else best
-        least = min(tried, key=lambda c: len(c.data))
-        if smallest is None or len(least.data) < len(smallest.data):
-            smallest = least
-        if len(best.data) > budget:
-            continue
-        hi = an.steps  # invariant: `best` fits; every step above hi was measured not to
-        while best.step < hi:
-            mid = (best.step + hi + 1) // 2
-            data = an.encode(rate, an.schedules(mid))
-            if len(data) <= budget:
-                best = Choice(rate, mid, data)
-            else:
-                hi = mid - 1
-        return best, smallest
-    assert smallest is not None
-    return None, smallest
+    """(the chosen stream of at most ``budget`` bytes, or None; the smallest stream tried): the
+    highest rung that fits, then the longest prefix of upgrades from it that fits. When the search
+    returns at step k < the rung's path end, step k + 1 was measured and did not fit."""
+    tried = [Choice(rung, 0, an.encode(rung)) for rung in an.rungs]
+    smallest = min(tried, key=lambda c: len(c.data))
+    fits = [c for c in tried if len(c.data) <= budget]
+    if not fits:
+        return None, smallest
+    best = fits[-1]
+    hi = an.steps(best.rung)  # invariant: `best` fits; every step above hi was measured not to
+    while best.step < hi:
+        mid = (best.step + hi + 1) // 2
+        data = an.encode(best.rung, an.schedules(best.rung, mid))
+        if len(data) <= budget:
+            best = Choice(best.rung, mid, data)
+        else:
+            hi = mid - 1
+    return best, smallest
 
 
 def compress(codec: Codec, rgb: np.ndarray, mask: str, stream: str, progress: Progress | None,
@@ -272,8 +307,8 @@ def compress(codec: Codec, rgb: np.ndarray, mask: str, stream: str, progress: Pr
     if request.quality is not None:
         if stream != "hybrid":
             raise ValueError("quality presets are hybrid streams; other streams take a mask")
-        preset_rate, preset_mask = preset(codec.model, request.quality)
-        return codec.entropy_code(codec.analyse(rgb, preset_mask, stream, progress, preset_rate))
+        preset_stream, preset_rate, preset_mask = preset(codec.model, request.quality)
+        return codec.entropy_code(codec.analyse(rgb, preset_mask, preset_stream, progress, preset_rate))
     from .codec import check_image
 
     check_image(rgb)
@@ -285,7 +320,7 @@ def compress(codec: Codec, rgb: np.ndarray, mask: str, stream: str, progress: Pr
         an = _analyse(codec, rgb, stream, progress)
         kind = stream_kind(stream)
         schedules = codec.tokens.choose_schedules(rgb, an.grid, "auto", kind) if kind.tokens else []
-        data = an.encode(rate_points(codec.model)[1], schedules)
+        data = an.encode(Rung(stream, rate_points(codec.model)[1], -1), schedules)
         cap = bpp_budget(DEFAULT_MAX_BPP, pixels)
         if len(data) <= cap:
             return data

@@ -9,7 +9,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hybridflow.runtime import Codec, ratecontrol
-from hybridflow.runtime.bitstream import stored_payload
 from hybridflow.runtime.ratecontrol import LADDER, RateError, SizeRequest, bpp_budget
 
 
@@ -31,19 +30,23 @@ def analysis(codec: Codec, image: np.ndarray):  # noqa: ANN201
 @pytest.fixture(scope="module")
 def extremes(analysis) -> tuple[int, int]:  # noqa: ANN001
     """(smallest stream, largest stream on the search's path) in bytes, measured."""
-    rates = ratecontrol._rates(analysis)
-    return (min(len(analysis.encode(r, analysis.schedules(0))) for r in rates),
-            max(len(analysis.encode(r, analysis.schedules(analysis.steps))) for r in rates))
+    top = analysis.rungs[-1]
+    return (min(len(analysis.encode(r)) for r in analysis.rungs),
+            len(analysis.encode(top, analysis.schedules(top, analysis.steps(top)))))
 
 
 def test_the_path_visits_every_level_busy_tiles_first(analysis, image: np.ndarray) -> None:  # noqa: ANN001
     t = len(analysis.order)
-    assert analysis.steps == t * (len(ratecontrol.UPGRADES) - 1)
-    assert analysis.schedules(0) == [5] * t and analysis.schedules(analysis.steps) == [0] * t
-    one = analysis.schedules(1)  # the busiest tile got 1_16 first
+    rung = ratecontrol.Rung("hybrid", 1, 5)  # every tile at all
+    assert analysis.steps(rung) == t * (len(ratecontrol.UPGRADES) - 1)
+    assert analysis.schedules(rung, 0) == [5] * t and analysis.schedules(rung, analysis.steps(rung)) == [0] * t
+    one = analysis.schedules(rung, 1)  # the busiest tile got 1_16 first
     assert one[analysis.order[0]] == 4 and sorted(one) == [4] + [5] * (t - 1)
-    assert analysis.schedules(t) == [4] * t  # every tile at 1_16 before any goes further
-    assert analysis.schedules(t + 1)[analysis.order[0]] == 2  # then 1_4, busiest first
+    assert analysis.schedules(rung, t) == [4] * t  # every tile at 1_16 before any goes further
+    assert analysis.schedules(rung, t + 1)[analysis.order[0]] == 2  # then 1_4, busiest first
+    half = ratecontrol.Rung("hybrid", 1, 2)  # from a rung at 1_4 the path starts there
+    assert analysis.steps(half) == 2 * t and analysis.schedules(half, 1)[analysis.order[0]] == 1
+    assert analysis.steps(ratecontrol.Rung("continuous", 1, -1)) == 0
     cm, grid, img = analysis.codec.model.complexity, analysis.grid, image
     scores = [cm.score(img[grid.valid_region(t)]) for t in analysis.order]
     assert scores == sorted(scores, reverse=True) and scores[0] > scores[-1]
@@ -60,14 +63,15 @@ def test_cap_is_exact_and_filled_for_any_budget(analysis, extremes, data) -> Non
         assert best is None
         return
     assert best is not None and len(best.data) <= budget
-    # filled: the next upgrade on the path was measured not to fit; no higher rate point fits at all
-    if best.step < analysis.steps:
-        assert len(analysis.encode(best.rate, analysis.schedules(best.step + 1))) > budget
-    for r in ratecontrol._rates(analysis):
-        if r > best.rate:
-            assert len(analysis.encode(r, analysis.schedules(0))) > budget
+    # filled: the next upgrade from the rung was measured not to fit; no higher rung fits at all
+    if best.step < analysis.steps(best.rung):
+        assert len(analysis.encode(best.rung, analysis.schedules(best.rung, best.step + 1))) > budget
+    higher = analysis.rungs[analysis.rungs.index(best.rung) + 1:]
+    assert all(len(analysis.encode(r)) > budget for r in higher)
     header, _, _ = analysis.codec.read_header(best.data)
-    assert header.schedules == analysis.schedules(best.step)
+    assert (header.stream, header.rate) == (best.rung.stream, best.rung.rate)
+    if header.kind.tokens:
+        assert header.schedules == analysis.schedules(best.rung, best.step)
 
 
 def test_api_caps_decode_and_fail_below_the_smallest_stream(codec: Codec, image: np.ndarray, extremes) -> None:  # noqa: ANN001
@@ -114,17 +118,18 @@ def test_bad_or_contradictory_requests_are_refused(codec: Codec, kwargs: dict, t
         codec.compress(np.zeros((40, 50, 3), np.uint8), **kwargs)
 
 
-def test_presets_rise_with_rate(codec: Codec, image: np.ndarray) -> None:
-    masks = ("all", "1_16", "1_9", "auto", "1_4", "1_2", "none")  # by the indices they send (auto: 1_9…1_2)
-    steps = [(p.rate_offset, masks.index(p.mask)) for p in LADDER]
-    assert steps == sorted(steps) and len(set(steps)) == len(steps)  # each rung a step up from the last
-    # the tiny model's streams are mostly padding (128 bytes per tile, FORMAT.md): compare payloads before it
-    payloads = [len(stored_payload(codec._payload(codec.analyse(image, ratecontrol.preset(codec.model, q)[1]), 1)))
-                for q in range(1, len(LADDER) + 1)]
-    assert payloads == sorted(payloads), payloads
-    fixed = [n for n, p in zip(payloads, LADDER) if p.mask != "auto"]  # auto may equal a uniform neighbour
-    assert len(set(fixed)) == len(fixed), payloads
-    assert codec.compress(image, quality=len(LADDER)) == codec.compress(image, mask=LADDER[-1].mask)
+def test_presets_are_rungs_of_the_path(codec: Codec, image: np.ndarray) -> None:
+    at = [ratecontrol.PATH.index(p) for p in LADDER]
+    assert at == sorted(at) and len(set(at)) == len(at)  # each preset a later rung than the last
+    assert LADDER[0] == ratecontrol.PATH[0] and LADDER[-1] == ratecontrol.PATH[-1]  # the whole range
+    assert LADDER[0].stream == "continuous"  # ≈ 0.01 bpp: below any hybrid stream's floor (FORMAT.md)
+    for q in (1, len(LADDER)):
+        stream, rate, mask = ratecontrol.preset(codec.model, q)
+        data = codec.compress(image, quality=q)
+        assert data == codec.compress(image, mask=mask, stream=stream, rate=rate)
+        header = codec.read_header(data)[0]
+        assert (header.stream, header.rate) == (stream, rate)
+    assert ratecontrol.preset(codec.model, len(LADDER))[1:] == (2, "none")  # offsets resolve to the nearest point
 
 
 def test_default_is_auto_capped_and_falls_back_to_the_smallest_stream(codec: Codec, image: np.ndarray, extremes,
@@ -143,7 +148,7 @@ def test_default_is_auto_capped_and_falls_back_to_the_smallest_stream(codec: Cod
     assert dense == codec.compress(image, mask="none") and len(dense) > smallest + 100
     monkeypatch.setattr(ratecontrol, "DEFAULT_MAX_BPP", 8 * (smallest + 60) / pixels)
     capped = codec.compress(image)
-    assert smallest < len(capped) <= smallest + 60
+    assert smallest <= len(capped) <= smallest + 60
     monkeypatch.setattr(ratecontrol, "DEFAULT_MAX_BPP", 8 * (smallest - 1) / pixels)  # unreachable: no error
     assert len(codec.compress(image)) == smallest
     assert codec.compress(image, mask="none") == dense  # an explicit mask is taken literally, uncapped
