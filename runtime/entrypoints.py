@@ -1,4 +1,4 @@
-"""Console scripts of the optional parts, ``hf-train`` and ``hf-export``.
+"""Console scripts: ``hf-run``, and the optional parts' ``hf-train`` and ``hf-export``.
 
 They need the ``train`` extra (torch, onnx, onnxsim); on a runtime-only install the user gets one
 line saying so, not a 39-line traceback. Nothing here imports torch: the check only looks the
@@ -39,3 +39,22 @@ def train() -> None:
 
 def export() -> None:
     _launch("hf-export", "hybridflow.export.cli", ("torch", "onnx", "onnxsim"))
+
+
+BLAS_THREADS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def single_threaded_blas() -> None:
+    """numpy's BLAS only runs the integer hyper synthesis' small matrix products, yet by default it
+    starts a spinning thread per core: +50 % CPU per image next to ``--threads 1`` (measured under
+    Ray, whose workers set these variables). The library reads them when numpy is first imported,
+    so this must run before that; a value the user set wins."""
+    for var in BLAS_THREADS:
+        os.environ.setdefault(var, "1")
+
+
+def run() -> None:
+    single_threaded_blas()
+    from .cli import main
+
+    main()

@@ -22,3 +22,18 @@ def test_runtime_imports_no_torch_or_onnx(tiny_model: Path) -> None:
     assert p.returncode == 0, p.stderr
     assert "BAD []" in p.stdout
     assert "libcublas" not in p.stderr and "cuDNN" not in p.stderr  # the CUDA probe stays quiet
+
+
+def test_hf_run_makes_numpy_blas_single_threaded() -> None:
+    """``hf-run`` sets the BLAS thread variables before numpy is imported (a user's value wins)."""
+    import os
+
+    code = ("import sys; from hybridflow.runtime import entrypoints as e; import os; before = 'numpy' in sys.modules; "
+            "e.single_threaded_blas(); import numpy; print(before, [os.environ[v] for v in e.BLAS_THREADS])")
+    blas = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    env = {k: v for k, v in os.environ.items() if k not in blas}
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert p.stdout.split() == ["False", "['1',", "'1',", "'1']"], p.stderr
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                       env=env | {"OMP_NUM_THREADS": "3"})
+    assert p.stdout.split() == ["False", "['1',", "'3',", "'1']"], p.stderr
