@@ -380,6 +380,8 @@ def info(file: Path = typer.Argument(..., metavar="FILE", help=f"a {SUFFIX} stre
         codec = Codec.load(model, provider="cpu")
         try:
             i = codec.info(file.read_bytes())
+        except OSError as e:  # its own text names the file too: say it once
+            raise CliError(f"{file}: {e.strerror or _describe(e)}") from None
         except Exception as e:  # noqa: BLE001 — say which file, whatever went wrong
             raise CliError(f"{file}: {_describe(e)}") from None
         same = "matches" if i.model_id == codec.model.model_id.hex() else "does NOT match"

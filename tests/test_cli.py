@@ -236,7 +236,9 @@ def test_info_errors_name_the_file(tiny_model: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.hfc"
     bad.write_bytes(b"HF" + bytes([FORMAT_VERSION]) + bytes(20))
     assert_clean_error(run("info", bad, "--model", tiny_model), f"{bad}: checksum mismatch")
-    assert_clean_error(run("info", tmp_path / "gone.hfc", "--model", tiny_model), "gone.hfc")
+    p = run("info", tmp_path / "gone.hfc", "--model", tiny_model)
+    assert_clean_error(p, "gone.hfc")
+    assert p.stderr.count("gone.hfc") == 1  # named once, not "gone.hfc: gone.hfc: No such file"
 
 
 def test_version_and_help_text(tiny_model: Path) -> None:

@@ -77,9 +77,9 @@ class Stage3TrainConfig(RunConfig):
                                                                     "correction"})
     plain_share: float = field(default=0.0, metadata={"help": "share of steps on the plain VQ decoder with full "
                                                               "maps (needs --train-vq-decoder)"})
-    decoder_norm: str = field(default="", metadata={"help": "'channel': convert both decoders to position-wise "
-                                                            "normalisation first ('': keep the VQ model's)",
-                                                    "choices": ("", *NORMS)})
+    decoder_norm: str = field(default="keep", metadata={"help": "'channel': convert both decoders to position-wise "
+                                                                "normalisation first ('keep': the VQ model's)",
+                                                        "choices": ("keep", *NORMS)})
     val_every: int = field(default=0, metadata={"help": "score the fused decoder on val tiles every N steps "
                                                         "(0: never)"})
     val_tiles: int = field(default=24, metadata={"help": "val tiles scored"})
@@ -87,7 +87,7 @@ class Stage3TrainConfig(RunConfig):
 
 def with_decoder_norm(vq: VQAutoencoder, kind: str) -> VQAutoencoder:
     """The same weights in a VQ model whose decoders use normalisation ``kind`` (same parameter names)."""
-    if not kind or kind == vq.cfg.decoder_norm:
+    if kind in ("", "keep", vq.cfg.decoder_norm):  # "": configs saved before "keep" existed
         return vq
     new = VQAutoencoder(dataclasses.replace(vq.cfg, decoder_norm=kind))
     new.load_state_dict(vq.state_dict())
