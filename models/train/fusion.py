@@ -29,7 +29,7 @@ from ...runtime.model import Model
 from ..data import data_root, list_images, read_rgb
 from ..fusion import Fusion, FusionConfig
 from ..lpips import LPIPS
-from .loop import Numbers, Run, RunConfig, autocast
+from .loop import Numbers, Run, RunConfig, autocast, to_tensor
 
 # mask schedules of the training crops: ``auto`` (per tile 1_4/1_9/…) most often, every fixed one too
 MASKS = ("auto",) * 4 + ("1_4",) * 3 + ("1_9",) * 2 + ("1_2", "1_16", "all", "none")
@@ -60,24 +60,28 @@ def decode_pair(codec: Codec, rgb: np.ndarray, mask: str) -> tuple[np.ndarray, n
     return pictures["tokens"], pictures["continuous"]
 
 
-def build_cache(path: Path, model_dir: Path | None, n: int, side: int, seed: int) -> None:
-    """``n`` random training crops with their two decodes, saved as one .npz (``orig{i}``, ``tokens{i}``,
-    ``continuous{i}``). Deterministic given the model, the file list and ``seed``."""
-    codec = Codec(Model.load(model_dir, threads=None), fusion=False)
+def train_triples(codec: Codec, n: int, side: int, seed: int) -> list[Triple]:
+    """``n`` random training crops with their two decodes (``codec`` unfused). Deterministic given the
+    model, the file list and ``seed``."""
     files = list_images(data_root() / "train")
     rng = random.Random(seed)
-    arrays: dict[str, np.ndarray] = {}
+    out = []
     for i in range(n):
         rgb = read_rgb(rng.choice(files))
         h, w = min(rgb.shape[0], side), min(rgb.shape[1], side)
         y, x = rng.randrange(rgb.shape[0] - h + 1), rng.randrange(rgb.shape[1] - w + 1)
         crop = np.ascontiguousarray(rgb[y : y + h, x : x + w])
-        arrays[f"orig{i}"] = crop
-        arrays[f"tokens{i}"], arrays[f"continuous{i}"] = decode_pair(codec, crop, rng.choice(MASKS))
+        out.append((crop, *decode_pair(codec, crop, rng.choice(MASKS))))
         if i % 50 == 0:
             print(f"fusion cache: {i}/{n}", flush=True)
+    return out
+
+
+def save_cache(path: Path, triples: list[Triple]) -> None:
+    """One .npz (``orig{i}``, ``tokens{i}``, ``continuous{i}``), written whole or not at all."""
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **arrays)
+    np.savez(tmp, **{f"{name}{i}": a for i, t in enumerate(triples)
+                     for name, a in zip(("orig", "tokens", "continuous"), t)})
     tmp.replace(path)
 
 
@@ -97,17 +101,11 @@ def val_triples(codec: Codec, n: int) -> list[Triple]:
     return out
 
 
-def as_input(rgb: np.ndarray) -> torch.Tensor:
-    """(…, H, W, 3) uint8 → (…, 3, H, W) float in [−1, 1]."""
-    t = torch.from_numpy(np.ascontiguousarray(rgb)).float() / 127.5 - 1
-    return t.movedim(-1, -3)
-
-
 def fuse_image(fusion: Fusion, pixels: np.ndarray, cont: np.ndarray) -> np.ndarray:
     """One whole picture through the fusion, padded to even sides as the runtime does."""
     h, w = pixels.shape[:2]
     even = ((0, h % 2), (0, w % 2), (0, 0))
-    a, b = (as_input(np.pad(x, even, mode="edge"))[None] for x in (pixels, cont))
+    a, b = (to_tensor(np.pad(x, even, mode="edge")[None]) for x in (pixels, cont))
     out = fusion(a, b)[0, :, :h, :w].clamp(-1, 1)
     return ((out + 1) * 127.5).round().permute(1, 2, 0).byte().numpy()
 
@@ -136,17 +134,15 @@ def baseline(val: list[Triple], lpips_alex: LPIPS) -> dict[str, float]:
 def train(run_dir: Path, cfg: FusionTrainConfig, cache_dir: Path) -> None:
     run = Run(run_dir, cfg)
     model_dir = Path(cfg.model) if cfg.model else None
-    model = Model.load(model_dir, threads=None)
-    key = model.manifest["model_id"][:10]
+    codec = Codec(Model.load(model_dir, threads=None), fusion=False)
+    key = codec.model.manifest["model_id"][:10]
     cache = cache_dir / f"fusion_{key}_{cfg.crops}_{cfg.crop_side}_{cfg.seed}.npz"
     if not cache.exists():
-        build_cache(cache, model_dir, cfg.crops, cfg.crop_side, cfg.seed)
+        save_cache(cache, train_triples(codec, cfg.crops, cfg.crop_side, cfg.seed))
     data = [t for t in load_cache(cache) if min(t[0].shape[:2]) >= cfg.crop]
     val_cache = cache_dir / f"fusion_val_{key}_{cfg.val_images}.npz"
     if not val_cache.exists():
-        val = val_triples(Codec(model, fusion=False), cfg.val_images)
-        np.savez(val_cache, **{f"{name}{i}": a for i, t in enumerate(val)
-                               for name, a in zip(("orig", "tokens", "continuous"), t)})
+        save_cache(val_cache, val_triples(codec, cfg.val_images))
     val = load_cache(val_cache)
     fusion = Fusion(FusionConfig(cfg.channels, cfg.blocks)).to(cfg.device)
     opt = torch.optim.Adam(fusion.parameters(), lr=cfg.lr)
@@ -163,8 +159,7 @@ def train(run_dir: Path, cfg: FusionTrainConfig, cache_dir: Path) -> None:
             y, x = y - y % 2, x - x % 2  # the runtime's windows start on even pixels
             crop = np.stack([a[y : y + c, x : x + c] for a in (orig, pixels, cont)])
             picks.append(crop[:, :, ::-1] if rng.random() < 0.5 else crop)
-        stacked = as_input(np.stack(picks)).to(cfg.device)  # (B, 3 pictures, 3, c, c)
-        return stacked[:, 0], stacked[:, 1], stacked[:, 2]
+        return tuple(to_tensor(np.stack([p[k] for p in picks]), cfg.device) for k in range(3))
 
     def step() -> Numbers:
         for group in opt.param_groups:
