@@ -3,6 +3,7 @@ gains, carrying them through bundle → export → manifest, and coding at every
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -57,6 +58,16 @@ def test_gains_only_training_moves_only_the_gains(synthetic_data: Path, tmp_path
     # a new run from the trained checkpoint (e.g. cont.pt of hf-train unbundle) starts from its gains
     again = stage1_cont.RatePoints(trained, 6.0, 2.7, 1.5)
     assert torch.allclose(again.log_gain.exp().double(), gain.float().double(), atol=1e-6)
+
+    # extending it by two points above the top keeps its three points' integer gains exactly
+    more = dataclasses.replace(train_cfg, init=str(tmp_path / "run" / "last.pt"))
+    stage1_cont.train(tmp_path / "more", more, ContConfig(rate_points=5, base_rate=1), tmp_path / "cache")
+    five = checkpoint.build_model(checkpoint.load(tmp_path / "more" / "last.pt"), ContinuousCodec, ContConfig)
+    assert torch.equal(five.rate_gain[:3], trained.rate_gain)
+    assert torch.equal(five.rate_inv_gain[:3], trained.rate_inv_gain)
+    top = five.rate_gain.double() / one
+    assert (top[3] > top[2]).all() and (top[4] > top[3]).all()
+    assert (top[3:] - top[2] * torch.tensor([[1.5], [2.25]], dtype=torch.float64)).abs().max() > 1e-3  # learnt
 
 
 def test_fixed_rate_checkpoints_load_as_before() -> None:

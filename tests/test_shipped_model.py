@@ -61,3 +61,24 @@ def test_end_to_end_on_a_kodak_image() -> None:
         ladder.append((len(data), metrics.psnr(rgb, codec.decompress(data))))
     assert ladder[codec.model.base_rate][0] == len(codec.compress(rgb, stream="continuous"))
     assert all(a[0] < b[0] and a[1] < b[1] for a, b in zip(ladder, ladder[1:])), ladder
+
+
+def test_below_the_hybrid_floor_the_search_falls_back_to_the_continuous_stream() -> None:
+    """A hybrid stream pays a per-tile minimum (FORMAT.md): with the shipped model the cheapest rungs of the
+    search are the continuous stream alone, so a budget just under the cheapest hybrid stream gets the best
+    continuous stream that fits (not an error, not a hybrid stream over the budget)."""
+    from hybridflow.runtime import ratecontrol
+
+    path = data_root() / "kodak" / "kodim23.png"
+    if not path.exists():
+        pytest.skip(f"{path} missing (set HF_DATA)")
+    rgb = read_image(path)[0][:256, :512]
+    codec = Codec.load()
+    an = ratecontrol._analyse(codec, rgb, "hybrid", None)
+    size = {r: len(an.encode(r)) for r in an.rungs}
+    floor = min(n for r, n in size.items() if r.stream == "hybrid")
+    below = [n for r, n in size.items() if r.stream == "continuous" and n < floor]
+    assert below, size
+    data = codec.compress(rgb, max_bytes=floor - 1)
+    assert codec.read_header(data)[0].stream == "continuous" and len(data) == max(below), size
+    assert codec.decompress(data).shape == rgb.shape

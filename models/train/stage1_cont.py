@@ -7,7 +7,9 @@ instead of needing a λ sweep; the final λ is logged.
 ``gains_only`` turns the same loop into the training of rate points (see models/hyperprior.py): every
 network of ``init`` stays frozen and only the gain vectors of ``rate_points`` points are learnt, each
 with its own fixed λ_k = base_lmbda · lmbda_step^(k − base_rate). Each batch is split evenly over the
-points other than the base (whose gains stay exactly 1)."""
+points other than the base (whose gains stay exactly 1). An ``init`` with fewer points around the same
+base is *extended*: its points keep their gains exactly (streams coded at them keep their meaning and
+the ladder built on them stays valid) and only the added points, above its top, are learnt."""
 
 from __future__ import annotations
 
@@ -60,18 +62,26 @@ class RatePoints(nn.Module):
     """The trainable part of a gains-only run: log-gains and log-inverse-gains of every rate point.
     ``store`` writes them, rounded onto the runtime's grid, into the codec's integer buffers."""
 
-    def __init__(self, codec: ContinuousCodec, base_lmbda: float, lmbda_step: float, gain_step: float):
+    def __init__(self, codec: ContinuousCodec, base_lmbda: float, lmbda_step: float, gain_step: float,
+                 kept: int = 0):
+        """``kept``: the first points are an earlier model's, never trained here (their gains get no
+        gradient, so Adam leaves them exactly as they are); the points above them start from the top
+        kept point's gains times ``gain_step`` per point."""
         super().__init__()
         k, base = codec.cfg.rate_points, codec.cfg.base_rate
         offsets = torch.arange(k, dtype=torch.float32) - base
         gain, inv_gain = (g.float() / (1 << GAIN_BITS) for g in (codec.rate_gain, codec.rate_inv_gain))
-        if bool((gain == 1).all()):  # a fresh set of points: geometric start
+        if kept:  # an extension: the new points continue the top kept one geometrically
+            steps = (torch.arange(k) - (kept - 1)).clamp_min(0).float()[:, None]
+            gain = torch.where(steps > 0, gain[kept - 1] * gain_step**steps, gain)
+            inv_gain = torch.where(steps > 0, inv_gain[kept - 1] / gain_step**steps, inv_gain)
+        elif bool((gain == 1).all()):  # a fresh set of points: geometric start
             gain = (gain_step ** offsets)[:, None].expand_as(gain)
             inv_gain = 1 / gain
         self.log_gain = nn.Parameter(gain.log().clone())
         self.log_inv_gain = nn.Parameter(inv_gain.log().clone())
         self.register_buffer("lmbdas", base_lmbda * lmbda_step**offsets)
-        self.trained = torch.tensor([p for p in range(k) if p != base])
+        self.trained = torch.tensor([p for p in range(max(kept, 0), k) if p != base])
 
     def gains(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.log_gain[points].exp(), self.log_inv_gain[points].exp()
@@ -119,10 +129,11 @@ def validate_points(model: ContinuousCodec, images: list[np.ndarray]) -> dict[st
     return {key: [round(v[key], 5) for v in per_point] for key in per_point[0]}
 
 
-def _gains_model(cfg: ContTrainConfig, model_cfg: ContConfig) -> tuple[ContinuousCodec, ContConfig]:
+def _gains_model(cfg: ContTrainConfig, model_cfg: ContConfig) -> tuple[ContinuousCodec, ContConfig, int]:
     """--init's codec, frozen, with ``model_cfg``'s rate points (--rate-points, --base-rate; every other
-    model field is --init's): its own gains if it has the same points, else fresh ones (all 1, which
-    ``RatePoints`` replaces by a geometric start)."""
+    model field is --init's): its own gains if it has the same points; if it has fewer points around the
+    same base, its gains for those (the returned count of kept points, which stay frozen); else fresh ones
+    (all 1, which ``RatePoints`` replaces by a geometric start)."""
     if not cfg.init:
         raise ValueError("--gains-only trains the rate points of an existing codec: give --init")
     if model_cfg.rate_points < 2:
@@ -133,21 +144,26 @@ def _gains_model(cfg: ContTrainConfig, model_cfg: ContConfig) -> tuple[Continuou
     model_cfg = dataclasses.replace(init_cfg, **points)
     model = ContinuousCodec(model_cfg)
     weights = ck["model"]
+    kept = 0
     if (init_cfg.rate_points, init_cfg.base_rate) != (model_cfg.rate_points, model_cfg.base_rate):
-        weights = {k: v for k, v in weights.items() if k not in ("rate_gain", "rate_inv_gain")}
+        old = {k: weights.pop(k) for k in ("rate_gain", "rate_inv_gain") if k in weights}
+        if old and init_cfg.base_rate == model_cfg.base_rate and init_cfg.rate_points < model_cfg.rate_points:
+            kept = init_cfg.rate_points
+            for name, value in old.items():
+                getattr(model, name)[:kept] = value
     missing, unexpected = model.load_state_dict(weights, strict=False)
     if unexpected or set(missing) - {"rate_gain", "rate_inv_gain"}:
         raise ValueError(f"{cfg.init}: not a stage1-cont checkpoint of this codec (missing {missing}, "
                          f"unexpected {unexpected})")
-    return model.requires_grad_(False), model_cfg
+    return model.requires_grad_(False), model_cfg, kept
 
 
 def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir: Path) -> None:
     run = Run(run_dir, cfg)
     rates: RatePoints | None = None
     if cfg.gains_only:
-        model, model_cfg = _gains_model(cfg, model_cfg)
-        rates = RatePoints(model, cfg.base_lmbda, cfg.lmbda_step, cfg.gain_step).to(cfg.device)
+        model, model_cfg, kept = _gains_model(cfg, model_cfg)
+        rates = RatePoints(model, cfg.base_lmbda, cfg.lmbda_step, cfg.gain_step, kept).to(cfg.device)
     else:
         model = ContinuousCodec(model_cfg)
         if cfg.init:
