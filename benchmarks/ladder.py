@@ -156,25 +156,15 @@ def choose(args: argparse.Namespace) -> None:
             chain.append((key, m))
     print("\nChain of configurations that improve bpp, PSNR and LPIPS-Alex together (ladder candidates):")
     print(" → ".join(f"({r}, {mk})" for (r, mk), _ in chain))
-    # ratecontrol.PATH: over uniform configurations only (auto is no rung), from the cheapest one, the LONGEST
-    # chain whose bpp and PSNR rise and LPIPS-Alex falls at every step (the greedy chain above stays on the
-    # continuous stream, which has more PSNR at equal bpp, and never reaches the hybrid's LPIPS-Alex), and whose
-    # every step also *contains* the last one (_contains): means on val alone let a step trade rate point for
-    # indices, which another set of images can score the other way (s10 on Kodak: 1:1_4 → -1:none lost 0.06 dB)
-    # Among chains of the same length, the one whose largest step in log bpp is smallest (rungs spread over
-    # the range: below the hybrid's floor too), then the lowest LPIPS-Alex summed over its rungs.
-    uniform = [(k, m) for k, m in pts if k[1] in _LEVEL]
-    best: dict = {}  # configuration → (rungs, −largest log-bpp step, −ΣLPIPS, chain) of the best chain ending there
-    for i, (k, m) in enumerate(uniform):
-        options = [(1, 0.0, -m["lpips"], [k])] if i == 0 else [(-len(uniform), 0.0, 0.0, [k])]
-        for j, m2 in uniform[:i]:
-            if (m2["bpp"] < m["bpp"] and m2["psnr"] < m["psnr"] and m2["lpips"] > m["lpips"]
-                    and _contains(k, j)):
-                n, gap, area, ch = best[j]
-                options.append((n + 1, min(gap, -math.log(m["bpp"] / m2["bpp"])), area - m["lpips"], ch + [k]))
-        best[k] = max(options, key=lambda o: o[:3])
-    path = max(best.values(), key=lambda o: o[:3])[3]
-    print("\nratecontrol.PATH (longest chain over uniform configurations, from the cheapest):")
+    # ratecontrol.PATH: over uniform configurations only (auto is no rung), a chain from the cheapest one to the
+    # most expensive one reachable, each step raising bpp and PSNR and lowering LPIPS-Alex (the greedy chain above
+    # stays on the continuous stream, which has more PSNR at equal bpp, and never reaches the hybrid's LPIPS-Alex)
+    # and *containing* the last rung (_contains: means on val alone let a step trade rate point for indices,
+    # which another set of images can score the other way; s10 on Kodak: 1:1_4 → -1:none lost 0.06 dB). Of those
+    # chains: the smallest largest step in log bpp (the search can fill any budget closely, below the hybrid's
+    # floor too), then the most rungs, then the lowest LPIPS-Alex summed over the rungs.
+    path = _path([(k, m) for k, m in pts if k[1] in _LEVEL])
+    print("\nratecontrol.PATH (uniform configurations, cheapest to best, evenest steps in log bpp):")
     print(_spec(path))
     for r, mk in path:
         m = complete[(r, mk)]
@@ -200,6 +190,33 @@ def _contains(a: tuple[int, str], b: tuple[int, str]) -> bool:
 def _spec(path: list[tuple[int, str]]) -> str:
     """The chain in ``ratecontrol._chain``'s notation."""
     return " ".join(f"c{r}" if mk == "continuous" else f"{r}:{mk}" for r, mk in path)
+
+
+def _path(uniform: list[tuple[tuple[int, str], dict[str, float]]]) -> list[tuple[int, str]]:
+    """``choose``'s PATH from the mean points of the uniform configurations, sorted by bpp."""
+    def step_ok(a: int, b: int) -> bool:
+        (ka, ma), (kb, mb) = uniform[a], uniform[b]
+        return (ma["bpp"] < mb["bpp"] and ma["psnr"] < mb["psnr"] and ma["lpips"] > mb["lpips"]
+                and _contains(kb, ka))
+
+    def gap(a: int, b: int) -> float:
+        return math.log(uniform[b][1]["bpp"] / uniform[a][1]["bpp"])
+
+    def longest(limit: float) -> dict[int, tuple[int, float, list[int]]]:
+        """Per configuration reachable from the cheapest with steps ≤ ``limit``: (rungs, −ΣLPIPS, chain)."""
+        best = {0: (1, -uniform[0][1]["lpips"], [0])}
+        for b in range(1, len(uniform)):
+            options = [(n + 1, area - uniform[b][1]["lpips"], ch + [b]) for a, (n, area, ch) in best.items()
+                       if step_ok(a, b) and gap(a, b) <= limit]
+            if options:
+                best[b] = max(options, key=lambda o: o[:2])
+        return best
+
+    end = max(longest(math.inf))  # the most expensive configuration any chain reaches
+    for limit in sorted({gap(a, b) for a in range(len(uniform)) for b in range(a + 1, len(uniform))}):
+        if end in (best := longest(limit)):
+            return [uniform[i][0] for i in best[end][2]]
+    return [uniform[0][0]]
 
 
 def _spread(path: list[tuple[int, str]], complete: dict, n: int) -> list[tuple[int, str]]:

@@ -19,9 +19,10 @@ symbols already computed (milliseconds), so candidates are judged by their real 
 by an estimate. Which configurations are tried:
 
 1. The rungs of ``PATH`` (uniform configurations: a rate point, one mask for every tile, and the
-   stream), cheapest first, each better than the last in mean bpp, PSNR and LPIPS-Alex on val
-   (``python -m benchmarks.ladder choose``: the chain, built greedily from the cheapest point, of
-   the next-cheapest configuration that improves both metrics). Every rung is coded; the highest
+   stream), cheapest first, each better than the last in mean bpp, PSNR and LPIPS-Alex on val and
+   carrying at least what the last one carries (a rate point as high, every index it sent), so that
+   a rung cannot be worse on other images by trading one for the other (``python -m
+   benchmarks.ladder choose``). Every rung is coded; the highest
    one that fits is kept. The cheapest rungs are the continuous stream alone: a hybrid stream pays
    at least 128 bytes per tile (FORMAT.md), 0.0156 bpp and more, which is too much for ≈ 0.01 bpp.
 2. At that rung's rate point, tiles are upgraded along ``UPGRADES`` from the rung's mask level by
@@ -83,16 +84,14 @@ def _chain(spec: str) -> tuple[Preset, ...]:
 
 
 # The search's rungs, cheapest first (module docstring, step 1), "c-3" = the continuous stream alone at
-# base − 3, "-1:1_4" = hybrid at base − 1 with 1_4 on every tile. Chosen for s9r (eb92eecc) on val
-# (`python -m benchmarks.ladder choose`, benchmarks/RESULTS.md "Quality ladder"): from the cheapest point,
-# the longest chain whose mean bpp and PSNR rise and LPIPS-Alex falls from each rung to the next, with c-2
-# (0.0166 bpp) instead of its two rungs at 0.0274-0.0275 bpp, so that the range below the hybrid floor has
-# a rung (c-1 is off it: the first hybrid rung has less PSNR).
-# PROVISIONAL: chosen on 3 val images (the machine was too busy for more before the session's deadline).
-PATH: tuple[Preset, ...] = _chain("c-3 c-2 -1:all -1:1_16 -1:1_4 0:1_16 0:1_4 1:1_16 1:1_4 -2:none 1:1_2 "
-                                  "-1:none 0:none 1:none 2:none")
-# Quality 1 … len(LADDER): rungs of PATH spread over its range (val means ≈ 0.0105 … 0.0985 bpp).
-LADDER: tuple[Preset, ...] = _chain("c-3 c-2 -1:all -1:1_4 0:1_4 1:1_4 -1:none 0:none 2:none")
+# base − 3, "0:1_4" = hybrid at the base point with 1_4 on every tile. Chosen for s11 on val (29 images,
+# `python -m benchmarks.ladder candidates --every 3` then `choose`, benchmarks/RESULTS.md "Quality ladder"): from
+# the cheapest configuration to the best one, every step raises mean bpp and PSNR, lowers LPIPS-Alex and
+# contains the last rung (a rate point as high, every index it sent), with the evenest steps in log bpp.
+PATH: tuple[Preset, ...] = _chain("c-3 c-2 c-1 0:all 0:1_16 0:1_4 0:1_2 0:none 1:none 2:none 3:none 4:none 5:none")
+# Quality 1 … len(LADDER): both ends of PATH and the rungs nearest an even spacing of log bpp between them
+# (val means 0.0113 … 0.1691 bpp; computed by the same `choose`).
+LADDER: tuple[Preset, ...] = _chain("c-3 c-2 c-1 0:all 0:1_4 0:1_2 1:none 3:none 5:none")
 
 
 class RateError(ValueError):
