@@ -156,22 +156,37 @@ def choose(args: argparse.Namespace) -> None:
             chain.append((key, m))
     print("\nChain of configurations that improve bpp, PSNR and LPIPS-Alex together (ladder candidates):")
     print(" → ".join(f"({r}, {mk})" for (r, mk), _ in chain))
-    # ratecontrol.PATH: over uniform configurations only (auto is no rung), a chain from the cheapest one to the
-    # most expensive one reachable, each step raising bpp and PSNR and lowering LPIPS-Alex (the greedy chain above
-    # stays on the continuous stream, which has more PSNR at equal bpp, and never reaches the hybrid's LPIPS-Alex)
-    # and *containing* the last rung (_contains: means on val alone let a step trade rate point for indices,
-    # which another set of images can score the other way; s10 on Kodak: 1:1_4 → -1:none lost 0.06 dB). Of those
-    # chains: the smallest largest step in log bpp (the search can fill any budget closely, below the hybrid's
-    # floor too), then the most rungs, then the lowest LPIPS-Alex summed over the rungs.
-    path = _path([(k, m) for k, m in pts if k[1] in _LEVEL])
-    print("\nratecontrol.PATH (uniform configurations, cheapest to best, evenest steps in log bpp):")
-    print(_spec(path))
-    for r, mk in path:
-        m = complete[(r, mk)]
-        print(f"  {r:+d} {mk:10s} {m['bpp']:.4f} bpp  {m['psnr']:.2f} dB  LPIPS-Alex {m['lpips']:.4f}")
-    ladder = _spread(path, complete, len(LADDER))
-    print(f"\nratecontrol.LADDER ({len(ladder)} rungs of PATH: its cheapest, its best, and between them the rungs "
-          "nearest to an even spacing of log bpp):")
+    # ratecontrol.PATH is given (--path, default the landed one) and checked here. The search keeps the highest
+    # rung that fits and fills the budget from it by upgrading tiles at its rate point, so PATH needs rungs all
+    # along the range, hybrid ones at a low rate point too (a busy image's hybrid stream at the base point can
+    # exceed the default cap: without them it would fall back to the continuous stream alone, LPIPS-Alex ≈ 0.8).
+    # Every step must raise bpp, lower LPIPS-Alex and *contain* the last rung (_contains: means on val alone let
+    # a step trade rate point for indices, which other images score the other way; s10 on Kodak: 1:1_4 →
+    # -1:none lost 0.06 dB); a step that loses PSNR is shown (continuous → hybrid at one rate point does).
+    path = [(p.rate_offset, "continuous" if p.stream == "continuous" else p.mask)
+            for p in ratecontrol._chain(args.path)]
+    missing = [k for k in path if k not in complete]
+    if missing:
+        raise SystemExit(f"no candidates measured for {missing}")
+    print("\nratecontrol.PATH, checked: Δ from the rung before (bpp ↑, PSNR ↑, LPIPS-Alex ↓, contains it)")
+    print("| rung | bpp | PSNR | LPIPS-Alex | ok |\n|---|---|---|---|---|")
+    for a, b in zip([None] + path, path):
+        m = complete[b]
+        ok = "" if a is None else " ".join(
+            f"{name}{'✔' if good else '✘'}" for name, good in (
+                ("bpp", m["bpp"] > complete[a]["bpp"]), ("PSNR", m["psnr"] > complete[a]["psnr"]),
+                ("LPIPS", m["lpips"] < complete[a]["lpips"]), ("contains", _contains(b, a))))
+        print(f"| {_spec([b])} | {m['bpp']:.4f} | {m['psnr']:.2f} | {m['lpips']:.4f} | {ok} |")
+    # The presets: the rungs of PATH that keep all three rising (each better than the last one kept, and
+    # containing it), then both ends and the rungs nearest an even spacing of log bpp between them.
+    rising = [path[0]]
+    for k in path[1:]:
+        a, b = complete[rising[-1]], complete[k]
+        if b["bpp"] > a["bpp"] and b["psnr"] > a["psnr"] and b["lpips"] < a["lpips"] and _contains(k, rising[-1]):
+            rising.append(k)
+    ladder = _spread(rising, complete, len(LADDER))
+    print(f"\nratecontrol.LADDER ({len(ladder)} of the {len(rising)} rungs of PATH along which bpp, PSNR and "
+          "LPIPS-Alex all rise, spread evenly in log bpp):")
     print(_spec(ladder))
     _levels(rows, complete)
     _orders(rows)
@@ -190,33 +205,6 @@ def _contains(a: tuple[int, str], b: tuple[int, str]) -> bool:
 def _spec(path: list[tuple[int, str]]) -> str:
     """The chain in ``ratecontrol._chain``'s notation."""
     return " ".join(f"c{r}" if mk == "continuous" else f"{r}:{mk}" for r, mk in path)
-
-
-def _path(uniform: list[tuple[tuple[int, str], dict[str, float]]]) -> list[tuple[int, str]]:
-    """``choose``'s PATH from the mean points of the uniform configurations, sorted by bpp."""
-    def step_ok(a: int, b: int) -> bool:
-        (ka, ma), (kb, mb) = uniform[a], uniform[b]
-        return (ma["bpp"] < mb["bpp"] and ma["psnr"] < mb["psnr"] and ma["lpips"] > mb["lpips"]
-                and _contains(kb, ka))
-
-    def gap(a: int, b: int) -> float:
-        return math.log(uniform[b][1]["bpp"] / uniform[a][1]["bpp"])
-
-    def longest(limit: float) -> dict[int, tuple[int, float, list[int]]]:
-        """Per configuration reachable from the cheapest with steps ≤ ``limit``: (rungs, −ΣLPIPS, chain)."""
-        best = {0: (1, -uniform[0][1]["lpips"], [0])}
-        for b in range(1, len(uniform)):
-            options = [(n + 1, area - uniform[b][1]["lpips"], ch + [b]) for a, (n, area, ch) in best.items()
-                       if step_ok(a, b) and gap(a, b) <= limit]
-            if options:
-                best[b] = max(options, key=lambda o: o[:2])
-        return best
-
-    end = max(longest(math.inf))  # the most expensive configuration any chain reaches
-    for limit in sorted({gap(a, b) for a in range(len(uniform)) for b in range(a + 1, len(uniform))}):
-        if end in (best := longest(limit)):
-            return [uniform[i][0] for i in best[end][2]]
-    return [uniform[0][0]]
 
 
 def _spread(path: list[tuple[int, str]], complete: dict, n: int) -> list[tuple[int, str]]:
@@ -443,6 +431,7 @@ def main() -> None:
         p.add_argument("--no-tiles", dest="tiles", action="store_false", help="candidates: no per-tile rows")
         p.add_argument("--lpips", default=None)
         p.add_argument("--csv", type=Path, default=Path("runs/ladder/val.csv"))
+        p.add_argument("--path", default=ratecontrol.PATH_SPEC, help="choose: the search path to check")
         p.add_argument("--out", type=Path, default=None)
         p.add_argument("--label", default=None)
         p.add_argument("--no-decode", action="store_true")

@@ -85,13 +85,16 @@ def _chain(spec: str) -> tuple[Preset, ...]:
 
 # The search's rungs, cheapest first (module docstring, step 1), "c-3" = the continuous stream alone at
 # base − 3, "0:1_4" = hybrid at the base point with 1_4 on every tile. Chosen for s11 on val (29 images,
-# `python -m benchmarks.ladder candidates --every 3` then `choose`, benchmarks/RESULTS.md "Quality ladder"): from
-# the cheapest configuration to the best one, every step raises mean bpp and PSNR, lowers LPIPS-Alex and
-# contains the last rung (a rate point as high, every index it sent), with the evenest steps in log bpp.
-PATH: tuple[Preset, ...] = _chain("c-3 c-2 c-1 0:all 0:1_16 0:1_4 0:1_2 0:none 1:none 2:none 3:none 4:none 5:none")
-# Quality 1 … len(LADDER): both ends of PATH and the rungs nearest an even spacing of log bpp between them
-# (val means 0.0113 … 0.1691 bpp; computed by the same `choose`).
-LADDER: tuple[Preset, ...] = _chain("c-3 c-2 c-1 0:all 0:1_4 0:1_2 1:none 3:none 5:none")
+# `python -m benchmarks.ladder candidates --every 3`; `choose` checks it, benchmarks/RESULTS.md "Quality ladder
+# on s11"): the continuous stream below the hybrid's floor, then hybrid rungs climbing the masks at base − 1
+# (busy images whose base-point stream exceeds a budget still get a hybrid stream) and at the base, then every
+# index at rising rate points. Each step raises mean bpp, lowers LPIPS-Alex and carries at least what the last
+# rung carries; each raises PSNR too except c-1 → -1:all (−0.25 dB for −0.215 LPIPS-Alex).
+PATH_SPEC = "c-3 c-2 c-1 -1:all -1:1_16 -1:1_4 0:1_4 0:1_2 0:none 1:none 2:none 3:none 4:none 5:none"
+PATH: tuple[Preset, ...] = _chain(PATH_SPEC)
+# Quality 1 … len(LADDER): the rungs of PATH along which bpp, PSNR and LPIPS-Alex all rise, both ends and the
+# rungs nearest an even spacing of log bpp between them (`choose` prints it; val means 0.0113 … 0.1691 bpp).
+LADDER: tuple[Preset, ...] = _chain("c-3 c-2 c-1 0:1_4 0:1_2 0:none 1:none 3:none 5:none")
 
 
 class RateError(ValueError):
