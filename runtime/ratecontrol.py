@@ -86,15 +86,17 @@ def _chain(spec: str) -> tuple[Preset, ...]:
 # The search's rungs, cheapest first (module docstring, step 1), "c-3" = the continuous stream alone at
 # base − 3, "0:1_4" = hybrid at the base point with 1_4 on every tile. Chosen for s11 on val (29 images,
 # `python -m benchmarks.ladder candidates --every 3`; `choose` checks it, benchmarks/RESULTS.md "Quality ladder
-# on s11"): the continuous stream below the hybrid's floor, then hybrid rungs climbing the masks at base − 1
-# (busy images whose base-point stream exceeds a budget still get a hybrid stream) and at the base, then every
-# index at rising rate points. Each step raises mean bpp, lowers LPIPS-Alex and carries at least what the last
-# rung carries; each raises PSNR too except c-1 → -1:all (−0.25 dB for −0.215 LPIPS-Alex).
-PATH_SPEC = "c-3 c-2 c-1 -1:all -1:1_16 -1:1_4 0:1_4 0:1_2 0:none 1:none 2:none 3:none 4:none 5:none"
+# on s11"): the continuous stream below the hybrid's floor, the hybrid at base − 1 with no index (busy images
+# whose base-point stream exceeds a budget still get a hybrid stream), then at the base point climbing the masks,
+# then every index at rising rate points. Each step raises mean bpp, lowers LPIPS-Alex and carries at least what
+# the last rung carries; each raises PSNR too except c-1 → -1:all (−0.25 dB for −0.215 LPIPS-Alex). Of the
+# candidates that differ between c-1 and 0:1_4, this one filled `--target-bpp` 0.035 / 0.04 / 0.045 best on the
+# first 24 val images (+0.19 / +0.31 / +0.26 dB and equal or lower LPIPS-Alex than climbing the masks at base − 1).
+PATH_SPEC = "c-3 c-2 c-1 -1:all 0:all 0:1_16 0:1_4 0:1_2 0:none 1:none 2:none 3:none 4:none 5:none"
 PATH: tuple[Preset, ...] = _chain(PATH_SPEC)
 # Quality 1 … len(LADDER): the rungs of PATH along which bpp, PSNR and LPIPS-Alex all rise, both ends and the
 # rungs nearest an even spacing of log bpp between them (`choose` prints it; val means 0.0113 … 0.1691 bpp).
-LADDER: tuple[Preset, ...] = _chain("c-3 c-2 c-1 0:1_4 0:1_2 0:none 1:none 3:none 5:none")
+LADDER: tuple[Preset, ...] = _chain("c-3 c-2 c-1 0:all 0:1_4 0:1_2 1:none 3:none 5:none")
 
 
 class RateError(ValueError):
