@@ -8,6 +8,8 @@
         from those rows: the mean point of every configuration, the chain of configurations whose
         bpp, PSNR and LPIPS-Alex all improve, what each level of the search's upgrade path buys per
         bit, and how well each tile order would fill a budget (simulated from the per-tile rows).
+    python -m benchmarks.ladder fill --path "SPEC|SPEC…" [--targets 0.03,0.035] [--limit 24]
+        how well each candidate search path fills --target-bpp budgets on a folder (default val).
     python -m benchmarks.ladder report [--folder DIR] [--out benchmarks/out] [--no-decode]
         what a user gets: every --quality preset (bpp, PSNR, LPIPS-Alex), the default (no flags),
         --target-bpp 0.03, and --max-bytes at several budgets per image (violations counted, not
@@ -417,10 +419,36 @@ def _plot(rows: list[dict], path: Path, label: str) -> None:
     plt.close(fig)
 
 
+# ------------------------------------------------------------------------------------------ fill
+def fill(args: argparse.Namespace) -> None:
+    """How well each candidate PATH (``--path``, several separated by "|") fills ``--target-bpp`` budgets:
+    mean bpp, PSNR and LPIPS-Alex of the streams the search returns (on val: this chose PATH between rungs)."""
+    folder = args.folder or data_root() / "val"
+    images = load_images(folder, args.limit)
+    codec = Codec.load(args.model, provider="cpu")
+    perceptual = _lpips(args.lpips)
+    print(f"{_context(codec, len(images), folder)}\n")
+    print("| target bpp | PATH | bpp | PSNR | LPIPS-Alex |\n|---|---|---|---|---|")
+    landed = ratecontrol.PATH
+    try:
+        for target in (float(t) for t in args.targets.split(",")):
+            for spec in args.path.split("|"):
+                ratecontrol.PATH = ratecontrol._chain(spec)
+                scores = []
+                for _, rgb in images:
+                    data = codec.compress(rgb, target_bpp=target)
+                    q = metrics.quality(rgb, len(data), codec.decompress(data), perceptual)
+                    scores.append((q["bpp"], q["psnr"], q["lpips"]))
+                bpp, psnr, lp = np.mean(scores, axis=0)
+                print(f"| {target} | {spec.strip()} | {bpp:.4f} | {psnr:.2f} | {lp:.4f} |", flush=True)
+    finally:
+        ratecontrol.PATH = landed
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="command", required=True)
-    for name in ("candidates", "choose", "report"):
+    for name in ("candidates", "choose", "report", "fill"):
         p = sub.add_parser(name)
         p.add_argument("--model", default=None)
         p.add_argument("--folder", type=Path, default=None)
@@ -431,12 +459,14 @@ def main() -> None:
         p.add_argument("--no-tiles", dest="tiles", action="store_false", help="candidates: no per-tile rows")
         p.add_argument("--lpips", default=None)
         p.add_argument("--csv", type=Path, default=Path("runs/ladder/val.csv"))
-        p.add_argument("--path", default=ratecontrol.PATH_SPEC, help="choose: the search path to check")
+        p.add_argument("--path", default=ratecontrol.PATH_SPEC, help="choose: the search path to check; fill: "
+                       "candidate paths separated by '|'")
+        p.add_argument("--targets", default="0.03,0.035,0.04,0.045", help="fill: --target-bpp values")
         p.add_argument("--out", type=Path, default=None)
         p.add_argument("--label", default=None)
         p.add_argument("--no-decode", action="store_true")
     args = ap.parse_args()
-    {"candidates": candidates, "choose": choose, "report": report}[args.command](args)
+    {"candidates": candidates, "choose": choose, "report": report, "fill": fill}[args.command](args)
 
 
 if __name__ == "__main__":
