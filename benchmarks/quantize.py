@@ -1,7 +1,8 @@
 """What the int8 decoders (``hf-export --quantize int8``, export/quantize.py) buy and cost.
 
     python -m benchmarks.quantize --model DIR [--ckpt BUNDLE] [--threads 1,2] [--window 20]
-                                  [--val N] [--kodak N] [--repeat 5] [--out benchmarks/out/quantize.txt]
+                                  [--val N] [--kodak N] [--repeat 5] [--per-graph] [--stream hybrid]
+                                  [--out benchmarks/out/quantize.txt]
 
 1. Decoder cost, counted from the ONNX graph: Conv/ConvTranspose/MatMul/Gemm multiply-accumulates per
    output pixel at the runtime's window size (shape inference with the window's dims).
@@ -15,7 +16,8 @@
 3. End to end on Kodak: decode time of the same streams (``auto``) with the fp32 and the int8 model
    (``Model.precision``), 2 threads or the largest of ``--threads``.
 4. Quality: PSNR and LPIPS-Alex of fp32 and int8 decodes against the original, on ``--val`` val images
-   (the tuning set) and on the decoded Kodak images (reported, never tuned on).
+   (the tuning set) and on the decoded Kodak images (reported, never tuned on); ``--per-graph`` adds a
+   row per int8 variant alone (every other graph fp32). ``--window 0`` skips 1–2 (quality only).
 
 The machine is shared: the 1-minute load average is printed with every measurement."""
 
@@ -261,45 +263,56 @@ def window_section(model: Model, ckpt: Path | None, side: int, threads: list[int
 
 
 # --------------------------------------------------------------------------- 4. end to end
-def codec(model_dir: Path, precision: str, threads: int) -> Codec:
+def codec(model_dir: Path, precision: str, threads: int, only: str | None = None) -> Codec:
+    """``only``: of the model's int8 variants, run only that graph's (the others' entries are dropped
+    from this in-memory manifest, so those graphs run fp32)."""
     model = Model.load(model_dir, provider="cpu", threads=threads)
     model.precision = precision
+    if only is not None:
+        for name in [n for n, g in model.manifest["graphs"].items() if g.get("variant_of") not in (None, only)]:
+            del model.manifest["graphs"][name]
     return Codec(model)
 
 
 def decode_section(model_dir: Path, images: list[tuple[str, np.ndarray]], title: str, threads: int,
-                   lpips: Callable[[np.ndarray, np.ndarray], float] | None, timing: bool) -> str:
-    fp32, int8 = codec(model_dir, "fp32", threads), codec(model_dir, "int8", threads)
-    rows: dict[str, list[float]] = {k: [] for k in ("t32", "t8", "p32", "p8", "l32", "l8", "diff")}
+                   lpips: Callable[[np.ndarray, np.ndarray], float] | None, timing: bool,
+                   per_graph: bool = False, stream: str = "hybrid") -> str:
+    """fp32 and int8 decodes of the same streams (mask auto); ``per_graph`` adds one row per int8
+    variant with every other graph in fp32: what each variant costs on its own."""
+    variants = [g["variant_of"] for g in Model.load(model_dir).manifest["graphs"].values() if "variant_of" in g]
+    codecs = {"fp32": codec(model_dir, "fp32", threads)}
+    if per_graph:
+        codecs.update({f"int8 {g} only": codec(model_dir, "int8", threads, g) for g in variants})
+    codecs["int8"] = codec(model_dir, "int8", threads)
+    rows: dict[str, dict[str, list[float]]] = {k: {"t": [], "p": [], "l": [], "diff": []} for k in codecs}
     bpp = []
     load_start = load_avg()
     for k, (_, rgb) in enumerate(images):
-        data = fp32.compress(rgb)
+        data = codecs["fp32"].compress(rgb, stream=stream)
         bpp.append(8 * len(data) / (rgb.shape[0] * rgb.shape[1]))
-        if k == 0:
-            fp32.decompress(data), int8.decompress(data)  # untimed: opens the sessions
-        a, ta = _timed_result(fp32.decompress, data)
-        b, tb = _timed_result(int8.decompress, data)
-        rows["t32"].append(ta)
-        rows["t8"].append(tb)
-        rows["p32"].append(psnr(rgb, a))
-        rows["p8"].append(psnr(rgb, b))
-        rows["diff"].append(float(np.abs(a.astype(np.int16) - b).mean()))
-        if lpips:
-            rows["l32"].append(lpips(rgb, a))
-            rows["l8"].append(lpips(rgb, b))
-    m = {k: float(np.mean(v)) if v else float("nan") for k, v in rows.items()}
-    lines = [f"### {title}: {len(images)} images, mask auto, mean {np.mean(bpp):.4f} bpp, {threads} threads "
-             f"(load {load_start} at start, {load_avg()} at end)", "",
-             "| decoder | PSNR dB | LPIPS-Alex | decode s/img |", "|---|---|---|---|",
-             f"| fp32 | {m['p32']:.3f} | {m['l32']:.4f} | {m['t32']:.3f} |",
-             f"| int8 | {m['p8']:.3f} | {m['l8']:.4f} | {m['t8']:.3f} |",
-             f"| cost of int8 | {m['p32'] - m['p8']:+.3f} | {m['l8'] - m['l32']:+.4f} | "
-             f"{m['t32'] / m['t8']:.2f}× faster |", "",
-             f"Mean |fp32 − int8| per pixel: {m['diff']:.2f} levels; worst image PSNR cost "
-             f"{max(np.subtract(rows['p32'], rows['p8'])):+.3f} dB."]
-    if not timing:
-        lines[4:7] = [row.rsplit("|", 2)[0] + "| – |" for row in lines[4:7]]
+        ref = None
+        for name, c in codecs.items():
+            if k == 0:
+                c.decompress(data)  # untimed: opens the sessions
+            out, t = _timed_result(c.decompress, data)
+            ref = out if ref is None else ref
+            row = rows[name]
+            row["t"].append(t)
+            row["p"].append(psnr(rgb, out))
+            row["diff"].append(float(np.abs(ref.astype(np.int16) - out).mean()))
+            if lpips:
+                row["l"].append(lpips(rgb, out))
+    m = {name: {k: float(np.mean(v)) if v else float("nan") for k, v in row.items()} for name, row in rows.items()}
+    f = m["fp32"]
+    lines = [f"### {title}: {len(images)} images, {stream} stream, mask auto, mean {np.mean(bpp):.4f} bpp, "
+             f"{threads} threads (load {load_start} at start, {load_avg()} at end)", "",
+             "| decoder | PSNR dB | LPIPS-Alex | decode s/img | PSNR cost | LPIPS cost | worst image PSNR cost | "
+             "mean abs diff to fp32 |", "|---|---|---|---|---|---|---|---|"]
+    for name, v in m.items():
+        worst = max(np.subtract(rows["fp32"]["p"], rows[name]["p"]))
+        t = f"{v['t']:.3f}" if timing else "–"
+        lines.append(f"| {name} | {v['p']:.3f} | {v['l']:.4f} | {t} | {f['p'] - v['p']:+.3f} | "
+                     f"{v['l'] - f['l']:+.4f} | {worst:+.3f} | {v['diff']:.2f} |")
     return "\n".join(lines)
 
 
@@ -342,10 +355,12 @@ def main() -> None:
     ap.add_argument("--val", type=int, default=12, help="val images for the quality table (0: none)")
     ap.add_argument("--kodak", type=int, default=24, help="Kodak images for the end-to-end table (0: none)")
     ap.add_argument("--out", type=Path, default=None, help="also write the report here")
+    ap.add_argument("--per-graph", action="store_true", help="quality rows for each int8 variant on its own")
+    ap.add_argument("--stream", default="hybrid", help="the stream kind the quality tables decode")
     args = ap.parse_args()
 
     man = Model.load(args.model).manifest
-    if not any(g + INT8_SUFFIX in man["graphs"] for g in GRAPHS):
+    if not any("variant_of" in g for g in man["graphs"].values()):
         raise SystemExit(f"{args.model} has no int8 graphs: export it with hf-export --quantize int8")
     from benchmarks.speed import cpu_model
 
@@ -353,17 +368,19 @@ def main() -> None:
              f"1-min load average at start {load_avg()}.", ""]
     model = Model.load(args.model, provider="cpu")
     model.precision = "fp32"
-    side = args.window or _runtime_window(man)
-    parts.append(window_section(model, args.ckpt, side, args.threads, args.repeat))
-    print(parts[-1], flush=True)
+    side = _runtime_window(man) if args.window is None else args.window
+    if side:  # --window 0: quality tables only
+        parts.append(window_section(model, args.ckpt, side, args.threads, args.repeat))
+        print(parts[-1], flush=True)
     lpips = lpips_alex(say=print) if (args.val or args.kodak) else None
     threads = max(args.threads)
     if args.kodak:
         parts += ["", decode_section(args.model, load_images(limit=args.kodak), "Kodak (end to end)", threads,
-                                     lpips, True)]
+                                     lpips, True, args.per_graph, args.stream)]
         print(parts[-1], flush=True)
     if args.val:
-        parts += ["", decode_section(args.model, val_images(args.val), "val", threads, lpips, True)]
+        parts += ["", decode_section(args.model, val_images(args.val), "val", threads, lpips, True, args.per_graph,
+                                     args.stream)]
         print(parts[-1], flush=True)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -3,7 +3,7 @@ ONNX Runtime vs PyTorch eager, classic codecs, image size.
 
     python -m benchmarks.speed [--model DIR] [--limit N] [--threads 1,2] [--parts kodak,eager,sweep,large]
                                [--release runs/release] [--sizes 256,512,1024,2048,4096] [--large 8000x6000]
-                               [--out benchmarks/out]
+                               [--stream hybrid:auto] [--out benchmarks/out]
 
 Why: the totals in ``runtime_stats`` say how slow the codec is, not why. To know what to optimise
 (a graph, the entropy coder, the integer hyper synthesis, the complexity scoring, or the NumPy glue
@@ -58,8 +58,10 @@ from hybridflow.runtime import Codec
 from hybridflow.runtime.complexity import ComplexityModel
 from hybridflow.runtime.entropy import Decoder
 from hybridflow.runtime.fixedpoint import IntegerHyperSynthesis
+from hybridflow.runtime.masking import CHOICES
 from hybridflow.runtime.metrics import psnr
 from hybridflow.runtime.model import INT8_SUFFIX, Model
+from hybridflow.runtime.streams import STREAMS
 from hybridflow.runtime.tiling import TILE
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -563,6 +565,7 @@ PARTS = ("kodak", "eager", "sweep", "large")
 
 
 def main() -> None:
+    global MASK, STREAM  # the stream every timed call of this process makes (--stream)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default=None)
     ap.add_argument("--limit", type=int, default=None)
@@ -573,10 +576,18 @@ def main() -> None:
     ap.add_argument("--sizes", type=int_list, default=[256, 512, 1024, 2048, 4096], help="sweep sizes S (S×S)")
     ap.add_argument("--large", default="8000x6000", help="WxH of the large part")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/out"))
+    ap.add_argument("--stream", default=f"{STREAM}:{MASK}",
+                    help="STREAM:MASK the kodak and eager parts time, e.g. vq:none for the VQ-only decoder")
     args = ap.parse_args()
     parts = [p for p in args.parts.split(",") if p]
     if unknown := set(parts) - set(PARTS):
         ap.error(f"unknown part(s) {', '.join(sorted(unknown))}; choose from {', '.join(PARTS)}")
+    if args.stream != f"{STREAM}:{MASK}":
+        if {"sweep", "large"} & set(parts):
+            ap.error("--stream applies to the kodak and eager parts only (sweep and large use fresh processes)")
+        STREAM, _, MASK = args.stream.partition(":")
+        if STREAM not in STREAMS or MASK not in CHOICES:
+            ap.error(f"--stream {args.stream}: choose STREAM:MASK from {', '.join(STREAMS)} and {', '.join(CHOICES)}")
     args.out.mkdir(parents=True, exist_ok=True)
     images = load_images(limit=args.limit)
     codec = Codec.load(args.model, provider="cpu")

@@ -7,10 +7,14 @@ graph on the CPU provider (``runtime/model.py``; ``HF_PRECISION=fp32`` turns it 
 
 How: onnxruntime's ``quantize_static`` with ``QuantFormat.QDQ``, per-channel int8 weights and uint8
 activations (the u8·s8 kernels that use avx512_vnni), MinMax ranges from a fixed set of training
-crops. The calibration inputs are what the decoder really sees: each crop goes through the model's own
-fp32 graphs as the codec does (vq_encoder → indices; cont_analysis → hyper_analysis → rounded ẑ →
-integer hyper synthesis → rounded ŷ → cont_synthesis → guidance). The graphs keep dynamic spatial
-dims, so calibration does not depend on the runtime's window size.
+crops. The calibration inputs are what each graph really sees at decode: each crop goes through the
+model's own fp32 graphs as the codec does (vq_encoder → indices; cont_analysis → hyper_analysis →
+rounded ẑ → integer hyper synthesis → rounded ŷ at the base rate point → cont_synthesis → guidance;
+for the fusion, the two pictures it merges, each rounded to 8 bits as the runtime hands them over:
+pixel_decoder(indices, guidance) and cont_reconstruct(guidance)). Those pictures come from the fp32
+graphs even where the runtime would run an int8 variant: fp32 results agree across CPUs to float
+noise, which the snapped ranges absorb (below), int8 kernels' roundings need not. The graphs keep
+dynamic spatial dims, so calibration does not depend on the runtime's window size.
 
 Reproducibility: the ranges are measured in float by onnxruntime, whose last bits depend on the CPU.
 Every range is snapped outward to ``RANGE_BITS`` significant bits before the scales are computed
@@ -41,6 +45,10 @@ from onnx import TensorProto, numpy_helper
 from ..runtime.tiling import TILE
 
 QUANTISABLE = ("pixel_decoder", "vq_decoder")
+# Decode-side graphs this module knows how to feed (``decoder_inputs``); QUANTISABLE is what an export
+# quantises by default. cont_reconstruct only where it draws full-resolution pixels (a learned up-sampling,
+# manifest ``reconstruct_pixels`` = 1): older models' is a small low-res graph, not worth a variant.
+FEEDABLE = ("pixel_decoder", "vq_decoder", "cont_reconstruct", "fusion")
 NEVER = ("vq_encoder", "cont_analysis", "hyper_analysis")  # the entropy path stays bit-exact
 SUFFIX = "_int8"
 RANGE_BITS = 4  # significant bits of each snapped calibration range (≤ 6 % wider than measured)
@@ -135,9 +143,18 @@ def fixed_crops(folder: Path, n: int, side: int = CALIBRATION_SIDE, tile: int = 
 
 
 # -------------------------------------------------------------------- decoder inputs of a crop
-def decoder_inputs(model: Any, rgb: np.ndarray) -> dict[str, np.ndarray]:  # noqa: ANN401  (runtime Model)
-    """What the pixel decoder sees for a crop of whole tiles: the full index map and the aligned
-    guidance, computed with the model's fp32 graphs exactly as the codec computes them."""
+def _picture(image: np.ndarray) -> np.ndarray:
+    """A decoder's (1, 3, H, W) output as the runtime passes it on: 8-bit pixels back in [0, 1]."""
+    u8 = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
+    return u8.astype(np.float32) / np.float32(255)
+
+
+def decoder_inputs(model: Any, rgb: np.ndarray, graphs: Sequence[str] = ("pixel_decoder",)  # noqa: ANN401
+                   ) -> dict[str, np.ndarray]:
+    """What the decode-side ``graphs`` see for a crop of whole tiles, computed with the model's fp32
+    graphs exactly as the codec computes them: the full index map and the aligned guidance, and for
+    the ``fusion`` its two input pictures, ``pixels`` and ``continuous`` (hybrid decode at the base
+    rate point, mask none)."""
     m, geo = model.manifest, model.geometry
     tile, px = geo.tile, geo.token_pixels
     h, w = rgb.shape[:2]
@@ -161,6 +178,10 @@ def decoder_inputs(model: Any, rgb: np.ndarray) -> dict[str, np.ndarray]:  # noq
         y_hat = np.clip(np.round(y[0].astype(np.float64) - mean), -t.y_radius, t.y_radius) + mean
         (guidance,) = model.run("cont_synthesis", y_hat=y_hat.astype(np.float32)[None])
         out["guidance"] = np.ascontiguousarray(guidance)
+        if "fusion" in graphs and "fusion" in m["graphs"]:
+            (pixels,) = model.run("pixel_decoder", indices=out["indices"], guidance=out["guidance"])
+            (continuous,) = model.run("cont_reconstruct", guidance=out["guidance"])
+            out["pixels"], out["continuous"] = _picture(pixels), _picture(continuous)
     return out
 
 
@@ -260,6 +281,13 @@ def quality(fp32_path: Path, int8_path: Path, crops: Sequence[np.ndarray],
 
 
 # ---------------------------------------------------------------------------------- export hook
+def applicable(manifest: dict[str, Any], graphs: Sequence[str] = QUANTISABLE) -> list[str]:
+    """Those of ``graphs`` that get an int8 variant in this model: the ones it has, and its
+    cont_reconstruct only where that draws full-resolution pixels (see ``FEEDABLE``)."""
+    return [g for g in graphs if g in manifest["graphs"]
+            and (g != "cont_reconstruct" or int(manifest.get("reconstruct_pixels", 0)) == 1)]
+
+
 def add_int8(directory: Path, manifest: dict[str, Any], calibration: Sequence[np.ndarray],
              check: Sequence[np.ndarray] = (), graphs: Sequence[str] = QUANTISABLE,
              max_psnr_loss: float | None = MAX_PSNR_LOSS) -> dict[str, Any]:
@@ -275,13 +303,16 @@ def add_int8(directory: Path, manifest: dict[str, Any], calibration: Sequence[np
     bad = set(graphs) & set(NEVER)
     if bad:
         raise ValueError(f"refusing to quantise encoder-side graphs {sorted(bad)}: the entropy path must stay exact")
-    todo = [g for g in graphs if g in manifest["graphs"]]
+    unknown = set(graphs) - set(FEEDABLE)
+    if unknown:
+        raise ValueError(f"no calibration inputs for {sorted(unknown)}: int8 variants exist for {', '.join(FEEDABLE)}")
+    todo = applicable(manifest, graphs)
     if not todo or not calibration:
         return {}
     model = Model.load(directory, provider="cpu")
     model.precision = "fp32"
-    cal_inputs = [decoder_inputs(model, c) for c in calibration]
-    check_inputs = [decoder_inputs(model, c) for c in check]
+    cal_inputs = [decoder_inputs(model, c, todo) for c in calibration]
+    check_inputs = [decoder_inputs(model, c, todo) for c in check]
     report: dict[str, Any] = {}
     for graph in todo:
         src = directory / manifest["graphs"][graph]["file"]
@@ -319,9 +350,10 @@ class Int8Request:
     calibration: list[np.ndarray]
     check: list[np.ndarray] = field(default_factory=list)
     max_psnr_loss: float | None = MAX_PSNR_LOSS
+    graphs: tuple[str, ...] = QUANTISABLE
 
     def apply(self, directory: Path, manifest: dict[str, Any]) -> dict[str, Any]:
-        return add_int8(directory, manifest, self.calibration, self.check, max_psnr_loss=self.max_psnr_loss)
+        return add_int8(directory, manifest, self.calibration, self.check, self.graphs, self.max_psnr_loss)
 
 
 MODES = ("int8", "none")
@@ -345,7 +377,7 @@ def summary(report: dict[str, Any]) -> str:
     for graph, e in report.items():
         q = e.get("quality")
         how = (f"{q['crops']} crops: {q['psnr_fp32']:.2f} → {q['psnr_int8']:.2f} dB "
-               f"(−{q['psnr_loss']:.3f}), max pixel diff {q['max_abs_pixel_diff']}") if q else "not checked"
+               f"({-q['psnr_loss']:+.3f}), max pixel diff {q['max_abs_pixel_diff']}") if q else "not checked"
         lines.append(f"  {graph}{SUFFIX}: {'kept' if e['kept'] else 'REJECTED'}; {how}")
     return "\n".join(lines)
 

@@ -43,7 +43,9 @@ def photo() -> np.ndarray:  # module scope (the conftest one is per test)
 
 def test_manifest_lists_int8_variants_and_id_covers_them(int8_model: Path, tiny_model: Path) -> None:
     man = json.loads((int8_model / "manifest.json").read_text())
-    for graph in quantize.QUANTISABLE:
+    fp32 = json.loads((tiny_model / "manifest.json").read_text())
+    assert "pixel_decoder" in quantize.applicable(fp32)
+    for graph in quantize.applicable(fp32):
         entry = man["graphs"][graph + quantize.SUFFIX]
         assert entry["variant_of"] == graph and entry["precision"] == "int8"
         assert (int8_model / entry["file"]).stat().st_size == entry["bytes"]
@@ -52,7 +54,6 @@ def test_manifest_lists_int8_variants_and_id_covers_them(int8_model: Path, tiny_
         assert man["parity"]["int8"][graph]["kept"]
     for graph in quantize.NEVER + ("predictor", "cont_synthesis", "cont_reconstruct"):
         assert graph + quantize.SUFFIX not in man["graphs"]
-    fp32 = json.loads((tiny_model / "manifest.json").read_text())
     assert man["model_id"] != fp32["model_id"]  # same networks, different decoded pixels: another id
 
 
@@ -61,7 +62,7 @@ def test_int8_export_is_reproducible(tiny_bundle: Path, int8_model: Path, tmp_pa
     man = export_bundle(tiny_bundle, tmp_path / "again", parity=False,
                         int8=quantize.Int8Request(crops, crops[:1], max_psnr_loss=None))
     assert man["model_id"] == json.loads((int8_model / "manifest.json").read_text())["model_id"]
-    for graph in quantize.QUANTISABLE:
+    for graph in quantize.applicable(man):
         name = f"{graph}{quantize.SUFFIX}.onnx"
         assert (tmp_path / "again" / name).read_bytes() == (int8_model / name).read_bytes()
 
@@ -163,3 +164,115 @@ def test_cli_request(tmp_path: Path, photo: np.ndarray) -> None:
     req = quantize.request("int8", tmp_path, tmp_path)
     assert len(req.calibration) == 3 and len(req.check) == 3
     assert all(c.shape == (256, 256, 3) for c in req.calibration)  # centred whole tiles of a 300×420 image
+
+
+# ------------------------------------------------- the small decoder graphs: continuous picture, fusion
+SMALL = ("pixel_decoder", "cont_reconstruct", "fusion")
+
+
+def _small_export(bundle: Path, out: Path, photo: np.ndarray) -> dict:
+    crops = _crops(photo)
+    return export_bundle(bundle, out, parity=False,
+                         int8=quantize.Int8Request(crops, crops[:1], max_psnr_loss=None, graphs=SMALL))
+
+
+@pytest.fixture(scope="module")
+def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model with a learned ×4 up-sampling and a fusion, both with non-zero last layers (they
+    start at zero), so their quantised convolutions really change pixels."""
+    import torch
+
+    from hybridflow.models.bundle import save_bundle, tiny_components
+
+    c = tiny_components(with_fusion=True)
+    c.cont.add_upsampler(8)
+    torch.manual_seed(2)
+    torch.nn.init.normal_(c.cont.upsampler.up[-1].weight, std=0.05)
+    path = tmp_path_factory.mktemp("int8-small") / "tiny.pt"
+    save_bundle(path, c)
+    return path
+
+
+@pytest.fixture(scope="module")
+def small_model(small_bundle: Path, tmp_path_factory: pytest.TempPathFactory, photo: np.ndarray) -> Path:
+    out = tmp_path_factory.mktemp("int8-small-model") / "m"
+    _small_export(small_bundle, out, photo)
+    return out
+
+
+def test_small_decoder_graphs_get_int8_variants_the_runtime_uses(small_model: Path) -> None:
+    from hybridflow.runtime.model import Model
+    from hybridflow.runtime.session import CPU
+
+    man = json.loads((small_model / "manifest.json").read_text())
+    assert man["reconstruct_pixels"] == 1  # the learned up-sampling: full-resolution pixels
+    model = Model.load(small_model, provider="cpu")
+    fp32 = Model.load(small_model, provider="cpu")
+    fp32.precision = "fp32"
+    for graph in SMALL:
+        entry = man["graphs"][graph + quantize.SUFFIX]
+        assert entry["variant_of"] == graph and entry["precision"] == "int8"
+        assert entry["inputs"] == man["graphs"][graph]["inputs"]
+        assert (small_model / entry["file"]).stat().st_size == entry["bytes"]
+        q = onnx.load(small_model / entry["file"])
+        assert sum(n.op_type == "QuantizeLinear" for n in q.graph.node) >= 2, graph
+        report = man["parity"]["int8"][graph]
+        assert report["kept"] and report["quantisation"]["calibration_feeds"] == 3
+        assert model._variant(graph, CPU) == small_model / entry["file"]
+        assert fp32._variant(graph, CPU) is None
+    assert "vq_decoder" + quantize.SUFFIX not in man["graphs"]  # not asked for
+
+
+def test_fusion_calibration_feeds_are_the_pictures_it_merges_at_decode(small_model: Path, photo: np.ndarray) -> None:
+    """The fusion's calibration inputs equal the two pictures the runtime hands it when decoding the
+    crop's hybrid stream (mask none, base rate: the same tokens and latent the feeds are built from)."""
+    from hybridflow.runtime import Codec
+    from hybridflow.runtime.model import Model
+
+    model = Model.load(small_model, provider="cpu")
+    model.precision = "fp32"
+    codec = Codec(model)
+    for crop in _crops(photo)[:2]:
+        feeds = quantize.decoder_inputs(model, crop, ("fusion",))
+        pictures = codec.pictures(codec.compress(crop, "none", "hybrid"))
+        for name, picture in (("pixels", "tokens"), ("continuous", "continuous")):
+            got = np.rint(feeds[name][0].transpose(1, 2, 0) * 255).astype(np.int16)
+            assert got.shape == crop.shape
+            assert np.abs(got - pictures[picture]).max() <= 1, name  # windowed vs whole: float noise at most
+            assert (got == pictures[picture]).mean() > 0.999, name
+    assert "pixels" not in quantize.decoder_inputs(model, _crops(photo)[0])  # only computed when needed
+
+
+def test_small_graphs_int8_decode_is_close_to_fp32(small_model: Path, photo: np.ndarray) -> None:
+    from hybridflow.runtime import Codec
+    from hybridflow.runtime.model import Model
+
+    int8 = Codec(Model.load(small_model, provider="cpu"))
+    fp32_model = Model.load(small_model, provider="cpu")
+    fp32_model.precision = "fp32"
+    fp32 = Codec(fp32_model)
+    for stream in ("hybrid", "continuous"):  # continuous: cont_reconstruct alone; hybrid: all three
+        data = int8.compress(photo, "1_4" if stream == "hybrid" else "none", stream)
+        assert data == fp32.compress(photo, "1_4" if stream == "hybrid" else "none", stream)
+        x, y = int8.decompress(data).astype(np.int16), fp32.decompress(data).astype(np.int16)
+        assert x.shape == y.shape == photo.shape
+        assert not np.array_equal(x, y), stream  # the int8 variants really ran
+        assert quantize.psnr(x, y) > 35, stream
+
+
+def test_small_graphs_int8_export_is_reproducible(small_bundle: Path, small_model: Path, tmp_path: Path,
+                                                  photo: np.ndarray) -> None:
+    man = _small_export(small_bundle, tmp_path / "again", photo)
+    assert man["model_id"] == json.loads((small_model / "manifest.json").read_text())["model_id"]
+    for graph in SMALL:
+        name = f"{graph}{quantize.SUFFIX}.onnx"
+        assert (tmp_path / "again" / name).read_bytes() == (small_model / name).read_bytes(), graph
+
+
+def test_only_known_decoder_graphs_are_quantised(int8_model: Path) -> None:
+    man = json.loads((int8_model / "manifest.json").read_text())
+    with pytest.raises(ValueError, match="no calibration inputs"):
+        quantize.add_int8(int8_model, man, [np.zeros((256, 256, 3), np.uint8)], graphs=("predictor",))
+    # a model without a learned up-sampling draws its continuous picture at low resolution: no variant
+    assert "reconstruct_pixels" not in man
+    assert quantize.add_int8(int8_model, man, [np.zeros((256, 256, 3), np.uint8)], graphs=("cont_reconstruct",)) == {}
