@@ -65,8 +65,9 @@ def main_cmd(
     simplify: bool = typer.Option(True, help="run onnxsim on every graph"),
     parity: bool = typer.Option(True, help="measure ONNX vs PyTorch parity and store it in the manifest"),
     data: Path = typer.Option(None, help="folder of real images for parity (default: ../shared/data/val)"),
-    quantize: str = typer.Option("int8", help="int8: add int8 variants of the pixel/VQ decoders, kept if they "
-                                 "cost ≤ 0.05 dB on val crops (export/quantize.py); none: fp32 only"),
+    quantize: str = typer.Option("int8", help="int8: add int8 variants of the decode-side graphs in "
+                                 "quantize.QUANTISABLE, kept if they cost ≤ 0.05 dB on val crops "
+                                 "(export/quantize.py); none: fp32 only"),
     calibration: Path = typer.Option(None, help="training images for int8 calibration (default: ../shared/data/train)"),
 ) -> None:
     from ..models.data import data_root, list_images, read_rgb

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Collection
 from pathlib import Path
 
 import numpy as np
@@ -57,12 +58,13 @@ def to_onnx(spec: GraphSpec, path: Path, simplify: bool = True, fp16_weights: bo
     }
 
 
-def fp16_initialisers(model: onnx.ModelProto, min_elements: int = FP16_MIN_ELEMENTS) -> int:
+def fp16_initialisers(model: onnx.ModelProto, min_elements: int = FP16_MIN_ELEMENTS,
+                      keep: Collection[str] = ()) -> int:
     """Store every float32 initialiser whose values are exactly fp16 in fp16, followed by a Cast to
     float32 under the original name. The weights come from an fp16 bundle, so this halves the files
     without changing one bit of what the graph computes: onnxruntime folds the Casts when it opens
     the session. Tensors that are not exact (e.g. products folded by onnxsim), integer and small
-    tensors stay as they are. Returns how many initialisers were converted."""
+    tensors, and those named in ``keep``, stay as they are. Returns how many initialisers were converted."""
     graph = model.graph
     inputs = {i.name for i in graph.input}
     taken = inputs | {n for node in graph.node for n in node.output} | {t.name for t in graph.initializer}
@@ -71,7 +73,7 @@ def fp16_initialisers(model: onnx.ModelProto, min_elements: int = FP16_MIN_ELEME
         value = numpy_helper.to_array(t)
         with np.errstate(over="ignore"):  # out-of-range values become inf and fail the exactness check
             half = value.astype(np.float16)
-        if (t.data_type != TensorProto.FLOAT or value.size < min_elements or t.name in inputs
+        if (t.data_type != TensorProto.FLOAT or value.size < min_elements or t.name in inputs or t.name in keep
                 or not np.array_equal(half.astype(np.float32), value)):
             kept.append(t)
             continue

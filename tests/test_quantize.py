@@ -276,3 +276,20 @@ def test_only_known_decoder_graphs_are_quantised(int8_model: Path) -> None:
     # a model without a learned up-sampling draws its continuous picture at low resolution: no variant
     assert "reconstruct_pixels" not in man
     assert quantize.add_int8(int8_model, man, [np.zeros((256, 256, 3), np.uint8)], graphs=("cont_reconstruct",)) == {}
+
+
+def test_unquantised_weights_are_stored_in_fp16_without_changing_a_bit(small_model: Path, tmp_path: Path) -> None:
+    """The deconvolutions and output convolutions an int8 variant keeps in float are stored as fp16
+    (+ Cast), as in the fp32 graph: folding them back to float32 gives the very same outputs."""
+    from hybridflow.runtime.session import CPU, open_session
+
+    man = json.loads((small_model / "manifest.json").read_text())
+    assert man["parity"]["int8"]["cont_reconstruct"]["quantisation"]["fp16_initialisers"] > 0
+    path = small_model / "cont_reconstruct_int8.onnx"
+    q = onnx.load(path)
+    assert quantize.fold_fp16_casts(q) > 0
+    onnx.save(q, tmp_path / "folded.onnx")
+    g = np.random.default_rng(3).normal(0, 1, (1, man["guidance_channels"], 6, 7)).astype(np.float32)
+    a = open_session(path, CPU, threads=1).run(None, {"guidance": g})[0]
+    b = open_session(tmp_path / "folded.onnx", CPU, threads=1).run(None, {"guidance": g})[0]
+    assert np.array_equal(a, b)
