@@ -26,6 +26,7 @@ import math
 import platform
 import subprocess
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -174,17 +175,14 @@ def choose(args: argparse.Namespace) -> None:
     print("| rung | bpp | PSNR | LPIPS-Alex | ok |\n|---|---|---|---|---|")
     for a, b in zip([None] + path, path):
         m = complete[b]
-        ok = "" if a is None else " ".join(
-            f"{name}{'✔' if good else '✘'}" for name, good in (
-                ("bpp", m["bpp"] > complete[a]["bpp"]), ("PSNR", m["psnr"] > complete[a]["psnr"]),
-                ("LPIPS", m["lpips"] < complete[a]["lpips"]), ("contains", _contains(b, a))))
+        checks = {} if a is None else _step(complete, a, b)
+        ok = " ".join(f"{name}{'✔' if good else '✘'}" for name, good in checks.items())
         print(f"| {_spec([b])} | {m['bpp']:.4f} | {m['psnr']:.2f} | {m['lpips']:.4f} | {ok} |")
     # The presets: the rungs of PATH that keep all three rising (each better than the last one kept, and
     # containing it), then both ends and the rungs nearest an even spacing of log bpp between them.
     rising = [path[0]]
     for k in path[1:]:
-        a, b = complete[rising[-1]], complete[k]
-        if b["bpp"] > a["bpp"] and b["psnr"] > a["psnr"] and b["lpips"] < a["lpips"] and _contains(k, rising[-1]):
+        if all(_step(complete, rising[-1], k).values()):
             rising.append(k)
     ladder = _spread(rising, complete, len(LADDER))
     print(f"\nratecontrol.LADDER ({len(ladder)} of the {len(rising)} rungs of PATH along which bpp, PSNR and "
@@ -194,14 +192,21 @@ def choose(args: argparse.Namespace) -> None:
     _orders(rows)
 
 
-# A configuration's indices, as a level: the continuous stream alone sends none; a hybrid's masks are nested
-# (each sends every index the one before it sends), so a higher level sends a superset. 1_9 is not nested.
-_LEVEL = {"continuous": -1, **{m: i for i, m in enumerate(ratecontrol.UPGRADES)}}
-
-
 def _contains(a: tuple[int, str], b: tuple[int, str]) -> bool:
-    """Configuration ``a`` carries at least what ``b`` does: a rate point as high and every index ``b`` sends."""
-    return a[0] >= b[0] and _LEVEL[a[1]] >= _LEVEL[b[1]]
+    """Configuration ``a`` carries at least what ``b`` does: a rate point as high and every index ``b`` sends
+    (runtime/masking.py; the continuous stream alone sends none, as mask "all")."""
+    def sent(mask: str) -> np.ndarray:
+        return sent_mask("all" if mask == "continuous" else mask)
+
+    return a[0] >= b[0] and bool((sent(a[1]) >= sent(b[1])).all())
+
+
+def _step(complete: dict, a: tuple[int, str], b: tuple[int, str]) -> dict[str, bool]:
+    """Whether rung ``b`` improves on rung ``a``, check by check: mean bpp up, PSNR up, LPIPS-Alex down, and it
+    contains ``a``."""
+    ma, mb = complete[a], complete[b]
+    return {"bpp": mb["bpp"] > ma["bpp"], "PSNR": mb["psnr"] > ma["psnr"], "LPIPS": mb["lpips"] < ma["lpips"],
+            "contains": _contains(b, a)}
 
 
 def _spec(path: list[tuple[int, str]]) -> str:
@@ -422,27 +427,33 @@ def _plot(rows: list[dict], path: Path, label: str) -> None:
 # ------------------------------------------------------------------------------------------ fill
 def fill(args: argparse.Namespace) -> None:
     """How well each candidate PATH (``--path``, several separated by "|") fills ``--target-bpp`` budgets:
-    mean bpp, PSNR and LPIPS-Alex of the streams the search returns (on val: this chose PATH between rungs)."""
+    mean bpp, PSNR and LPIPS-Alex of the streams the search returns (on val: this chose PATH between rungs).
+    Each image is analysed once; a path only changes which rungs ``ratecontrol.fit`` tries."""
     folder = args.folder or data_root() / "val"
     images = load_images(folder, args.limit)
     codec = Codec.load(args.model, provider="cpu")
     perceptual = _lpips(args.lpips)
     print(f"{_context(codec, len(images), folder)}\n")
     print("| target bpp | PATH | bpp | PSNR | LPIPS-Alex |\n|---|---|---|---|---|")
-    landed = ratecontrol.PATH
-    try:
-        for target in (float(t) for t in args.targets.split(",")):
-            for spec in args.path.split("|"):
-                ratecontrol.PATH = ratecontrol._chain(spec)
-                scores = []
-                for _, rgb in images:
-                    data = codec.compress(rgb, target_bpp=target)
-                    q = metrics.quality(rgb, len(data), codec.decompress(data), perceptual)
-                    scores.append((q["bpp"], q["psnr"], q["lpips"]))
-                bpp, psnr, lp = np.mean(scores, axis=0)
-                print(f"| {target} | {spec.strip()} | {bpp:.4f} | {psnr:.2f} | {lp:.4f} |", flush=True)
-    finally:
-        ratecontrol.PATH = landed
+    analyses = [(rgb, ratecontrol._analyse(codec, rgb, "hybrid", None)) for _, rgb in images]
+    decoded: dict[bytes, np.ndarray] = {}  # paths often choose the same stream
+    for target in (float(t) for t in args.targets.split(",")):
+        for spec in args.path.split("|"):
+            path = ratecontrol._chain(spec)
+            scores = []
+            for rgb, an in analyses:
+                pixels = rgb.shape[0] * rgb.shape[1]
+                budget = ratecontrol.bpp_budget(target, pixels)
+                rungs = ratecontrol._rungs(codec, "hybrid", an.levels, path)
+                best, smallest = ratecontrol.fit(replace(an, rungs=rungs), budget)
+                if best is None:
+                    raise RateError(budget, len(smallest.data), pixels)
+                if best.data not in decoded:
+                    decoded[best.data] = codec.decompress(best.data)
+                q = metrics.quality(rgb, len(best.data), decoded[best.data], perceptual)
+                scores.append((q["bpp"], q["psnr"], q["lpips"]))
+            bpp, psnr, lp = np.mean(scores, axis=0)
+            print(f"| {target} | {spec.strip()} | {bpp:.4f} | {psnr:.2f} | {lp:.4f} |", flush=True)
 
 
 def main() -> None:

@@ -148,9 +148,11 @@ def fixed_crops(folder: Path, n: int, side: int = CALIBRATION_SIDE, tile: int = 
 
 # -------------------------------------------------------------------- decoder inputs of a crop
 def _picture(image: np.ndarray) -> np.ndarray:
-    """A decoder's (1, 3, H, W) output as the runtime passes it on: 8-bit pixels back in [0, 1]."""
-    u8 = (np.clip(image, 0, 1) * 255 + 0.5).astype(np.uint8)
-    return u8.astype(np.float32) / np.float32(255)
+    """A decoder's (1, 3, H, W) output as the runtime passes it on: 8-bit pixels back in [0, 1] (the
+    runtime's own two conversions, so the calibration sees exactly what the fusion is handed)."""
+    from ..runtime.codec import _to_float, _to_u8
+
+    return _to_float(_to_u8(image))
 
 
 def decoder_inputs(model: Any, rgb: np.ndarray, graphs: Sequence[str] = ("pixel_decoder",)  # noqa: ANN401

@@ -50,7 +50,7 @@ from .streams import stream_kind
 from .tiling import TileGrid, pad
 
 if TYPE_CHECKING:  # the CLI imports this module for its options: the codec (onnxruntime) loads later
-    from collections.abc import Callable
+    from collections.abc import Callable, Sequence
 
     from .codec import Codec, Latent, Progress
 
@@ -239,8 +239,9 @@ class _Analysis:
         return codes
 
 
-def _rungs(codec: Codec, stream: str, levels: tuple[int, ...]) -> list[Rung]:
-    """The search's uniform configurations for a ``stream`` request, cheapest first."""
+def _rungs(codec: Codec, stream: str, levels: tuple[int, ...], path: Sequence[Preset] = PATH) -> list[Rung]:
+    """The search's uniform configurations for a ``stream`` request, cheapest first (a hybrid request's:
+    ``path``, resolved for the model; benchmarks/ladder.py compares other paths through it)."""
     count, base = rate_points(codec.model)
     if stream == "continuous":
         rungs = [Rung("continuous", r, -1) for r in range(count)]
@@ -248,7 +249,7 @@ def _rungs(codec: Codec, stream: str, levels: tuple[int, ...]) -> list[Rung]:
         rungs = [Rung("vq", base, code) for code in levels]
     elif codec.model.has("predictor"):
         rungs = []
-        for p in PATH:
+        for p in path:
             s, r, m = resolve(codec.model, p)
             rungs.append(Rung(s, r, -1 if s == "continuous" else schedule_code(m)))
     else:  # every index is sent: the rate points

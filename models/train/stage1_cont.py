@@ -81,7 +81,7 @@ class RatePoints(nn.Module):
         self.log_gain = nn.Parameter(gain.log().clone())
         self.log_inv_gain = nn.Parameter(inv_gain.log().clone())
         self.register_buffer("lmbdas", base_lmbda * lmbda_step**offsets)
-        self.trained = torch.tensor([p for p in range(max(kept, 0), k) if p != base])
+        self.trained = torch.tensor([p for p in range(kept, k) if p != base])
 
     def gains(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.log_gain[points].exp(), self.log_inv_gain[points].exp()
