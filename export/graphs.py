@@ -30,12 +30,15 @@ class VQEncoderGraph(nn.Module):
 
 
 class VQDecoderGraph(nn.Module):
+    """Code vectors (B, code_dim, H, W) → RGB in [0, 1]. Both decoders read code vectors, not indices:
+    the runtime looks sent indices up in the manifest's codebook, the predictor hands over codes."""
+
     def __init__(self, vq: VQAutoencoder):
         super().__init__()
         self.vq = vq
 
-    def forward(self, indices: torch.Tensor) -> torch.Tensor:
-        return ((self.vq.decode(indices) + 1) / 2).clamp(0, 1)
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        return ((self.vq.decoder(codes) + 1) / 2).clamp(0, 1)
 
 
 class ContAnalysisGraph(nn.Module):
@@ -81,12 +84,17 @@ class ContReconstructGraph(nn.Module):
 
 
 class PredictorGraph(nn.Module):
-    def __init__(self, predictor: MaskedTokenPredictor):
+    """Sent indices + guidance → every position's code vector (``MaskedTokenPredictor.codes``)."""
+
+    def __init__(self, predictor: MaskedTokenPredictor, soft: bool, codebook: torch.Tensor):
         super().__init__()
         self.predictor = predictor
+        self.soft = soft
+        # only a predictor trained without its own copy of the codebook needs it handed in
+        self.codebook = None if predictor.cfg.code_dim else nn.Parameter(codebook, requires_grad=False)
 
     def forward(self, indices: torch.Tensor, visible: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        return self.predictor.predict(indices, visible, guidance)
+        return self.predictor.codes(indices, visible, guidance, self.soft, self.codebook)
 
 
 class PixelDecoderGraph(nn.Module):
@@ -94,8 +102,8 @@ class PixelDecoderGraph(nn.Module):
         super().__init__()
         self.decoder = decoder
 
-    def forward(self, indices: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        return ((self.decoder(indices, guidance) + 1) / 2).clamp(0, 1)
+    def forward(self, codes: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        return ((self.decoder(codes, guidance) + 1) / 2).clamp(0, 1)
 
 
 class FusionGraph(nn.Module):
@@ -136,16 +144,16 @@ def graph_specs(c: Components, tile: int = TILE) -> list[GraphSpec]:
     gc = cont_cfg.channels
     gen = torch.Generator().manual_seed(0)
     idx = torch.randint(0, vq_cfg.n_codes, (2, g, g), generator=gen)
+    codes = c.codebook()[idx].permute(0, 3, 1, 2).contiguous()
     guid = torch.randn(2, gc, g, g, generator=gen)
     low = tile // cont_cfg.downscale
     y_side = tile // cont_cfg.latent_stride
     spatial = {0: "batch", 2: "height", 3: "width"}
-    tokens = {0: "batch", 1: "height", 2: "width"}
     specs = [
         GraphSpec("vq_encoder", VQEncoderGraph(c.vq), {"image": torch.rand(2, 3, tile, tile, generator=gen)},
                   ["indices"], {"image": {0: "batch"}, "indices": {0: "batch"}}),
-        GraphSpec("vq_decoder", VQDecoderGraph(c.vq), {"indices": idx}, ["image"],
-                  {"indices": tokens, "image": spatial}),
+        GraphSpec("vq_decoder", VQDecoderGraph(c.vq), {"codes": codes}, ["image"],
+                  {"codes": spatial, "image": spatial}),
         GraphSpec("cont_analysis", ContAnalysisGraph(cont), {"image": torch.rand(2, 3, 2 * low, low, generator=gen)},
                   ["y"], {"image": spatial, "y": spatial}),
         GraphSpec("hyper_analysis", HyperAnalysisGraph(cont),
@@ -159,14 +167,14 @@ def graph_specs(c: Components, tile: int = TILE) -> list[GraphSpec]:
     ]
     if c.predictor is not None:
         vis = torch.rand(2, g, g, generator=gen) < 0.3
-        specs.append(GraphSpec("predictor", PredictorGraph(c.predictor),
-                               {"indices": idx, "visible": vis, "guidance": guid}, ["indices_full"],
+        specs.append(GraphSpec("predictor", PredictorGraph(c.predictor, c.soft_codes, c.codebook()),
+                               {"indices": idx, "visible": vis, "guidance": guid}, ["codes"],
                                {"indices": {0: "batch"}, "visible": {0: "batch"}, "guidance": {0: "batch"},
-                                "indices_full": {0: "batch"}}))
+                                "codes": {0: "batch"}}))
     if c.correction is not None:
         specs.append(GraphSpec("pixel_decoder", PixelDecoderGraph(c.pixel_decoder()),
-                               {"indices": idx, "guidance": guid}, ["image"],
-                               {"indices": tokens, "guidance": spatial, "image": spatial}))
+                               {"codes": codes, "guidance": guid}, ["image"],
+                               {"codes": spatial, "guidance": spatial, "image": spatial}))
     if c.fusion is not None:
         pics = {k: torch.rand(2, 3, tile, tile, generator=gen) for k in ("pixels", "continuous")}
         specs.append(GraphSpec("fusion", FusionGraph(c.fusion), pics, ["image"],
@@ -180,12 +188,13 @@ def real_inputs(c: Components, images: list[np.ndarray]) -> dict[str, dict[str, 
     x = torch.from_numpy(tiles.transpose(0, 3, 1, 2).astype(np.float32) / 255)
     with torch.no_grad():
         idx = c.vq.encode(x * 2 - 1)
+        codes = c.codebook()[idx].permute(0, 3, 1, 2).contiguous()
         low = torch.nn.functional.avg_pool2d(x, c.cont.cfg.downscale)
         y, _ = c.cont.analysis(low)
         g = c.cont.guidance(torch.round(y))
     real = {
         "vq_encoder": {"image": x.numpy()},
-        "vq_decoder": {"indices": idx.numpy()},
+        "vq_decoder": {"codes": codes.numpy()},
         "cont_analysis": {"image": low.numpy()},
         "hyper_analysis": {"y": y.numpy()},
         "cont_synthesis": {"y_hat": torch.round(y).numpy()},
@@ -193,7 +202,7 @@ def real_inputs(c: Components, images: list[np.ndarray]) -> dict[str, dict[str, 
     }
     vis = np.broadcast_to(np.indices(idx.shape[1:]).sum(0) % 2 == 0, idx.shape).copy()
     real["predictor"] = {"indices": idx.numpy(), "visible": vis, "guidance": g.numpy()}
-    real["pixel_decoder"] = {"indices": idx.numpy(), "guidance": g.numpy()}
+    real["pixel_decoder"] = {"codes": codes.numpy(), "guidance": g.numpy()}
     blurred = torch.nn.functional.interpolate(low, scale_factor=float(c.cont.cfg.downscale), mode="bilinear")
     real["fusion"] = {"pixels": x.numpy(), "continuous": blurred.numpy()}
     return real

@@ -23,6 +23,7 @@ from ..runtime.tiling import TILE, Geometry
 Z_RADIUS = 32
 Y_RADIUS = 127
 HYPER_FILE = "hyper_synthesis.npz"
+CODEBOOK_FILE = "codebook.npy"
 
 
 def entropy_tables(c: Components) -> dict[str, Any]:
@@ -57,6 +58,7 @@ def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[s
                          f"({c.vq.cfg.factor} px): the decoders need them aligned")
     hyper = integer_hyper(c)
     hyper.save(out / HYPER_FILE)
+    np.save(out / CODEBOOK_FILE, c.codebook().numpy().astype(np.float32))
     manifest: dict[str, Any] = {
         "format_version": MODEL_FORMAT_VERSION,
         "bitstream_version": FORMAT_VERSION,
@@ -84,6 +86,7 @@ def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[s
         "schedules": list(SCHEDULES),
         "graphs": graphs,
         "hyper_synthesis": HYPER_FILE,
+        "codebook": CODEBOOK_FILE,
         "entropy": entropy_tables(c),
         **rate_points(c),
         "complexity": {
@@ -108,6 +111,7 @@ def model_id(manifest: dict[str, Any], out: Path, hyper: IntegerHyperSynthesis) 
         h.update(w.astype(np.int64).tobytes())
         h.update(b.astype(np.int64).tobytes())
     h.update(str(hyper.act_bits * 100 + hyper.w_bits).encode())
+    h.update(np.load(out / manifest["codebook"]).tobytes())
     static = {k: v for k, v in manifest.items() if k not in ("graphs", "parity", "model_id")}
     h.update(json.dumps(static, sort_keys=True).encode())
     return h.hexdigest()

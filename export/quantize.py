@@ -8,10 +8,11 @@ graph on the CPU provider (``runtime/model.py``; ``HF_PRECISION=fp32`` turns it 
 How: onnxruntime's ``quantize_static`` with ``QuantFormat.QDQ``, per-channel int8 weights and uint8
 activations (the u8·s8 kernels that use avx512_vnni), MinMax ranges from a fixed set of training
 crops. The calibration inputs are what each graph really sees at decode: each crop goes through the
-model's own fp32 graphs as the codec does (vq_encoder → indices; cont_analysis → hyper_analysis →
+model's own fp32 graphs as the codec does (vq_encoder → indices → the manifest's code vectors, every index
+sent; cont_analysis → hyper_analysis →
 rounded ẑ → integer hyper synthesis → rounded ŷ at the base rate point → cont_synthesis → guidance;
 for the fusion, the two pictures it merges, each rounded to 8 bits as the runtime hands them over:
-pixel_decoder(indices, guidance) and cont_reconstruct(guidance)). Those pictures come from the fp32
+pixel_decoder(codes, guidance) and cont_reconstruct(guidance)). Those pictures come from the fp32
 graphs even where the runtime would run an int8 variant: fp32 results agree across CPUs to float
 noise, which the snapped ranges absorb (below), int8 kernels' roundings need not. The graphs keep
 dynamic spatial dims, so calibration does not depend on the runtime's window size.
@@ -158,7 +159,7 @@ def _picture(image: np.ndarray) -> np.ndarray:
 def decoder_inputs(model: Any, rgb: np.ndarray, graphs: Sequence[str] = ("pixel_decoder",)  # noqa: ANN401
                    ) -> dict[str, np.ndarray]:
     """What the decode-side ``graphs`` see for a crop of whole tiles, computed with the model's fp32
-    graphs exactly as the codec computes them: the full index map and the aligned guidance, and for
+    graphs exactly as the codec computes them: the full map of code vectors and the aligned guidance, and for
     the ``fusion`` its two input pictures, ``pixels`` and ``continuous`` (hybrid decode at the base
     rate point, mask none)."""
     m, geo = model.manifest, model.geometry
@@ -171,7 +172,7 @@ def decoder_inputs(model: Any, rgb: np.ndarray, graphs: Sequence[str] = ("pixel_
     g = tile // px
     rows, cols = h // tile, w // tile
     indices = idx.reshape(rows, cols, g, g).transpose(0, 2, 1, 3).reshape(1, rows * g, cols * g)
-    out = {"indices": np.ascontiguousarray(indices, dtype=np.int64)}
+    out = {"codes": np.ascontiguousarray(model.codebook[indices[0]].transpose(2, 0, 1)[None])}
     if "pixel_decoder" in m["graphs"]:
         d = geo.downscale
         low = cv2.resize(rgb, (w // d, h // d), interpolation=cv2.INTER_AREA)
@@ -185,7 +186,7 @@ def decoder_inputs(model: Any, rgb: np.ndarray, graphs: Sequence[str] = ("pixel_
         (guidance,) = model.run("cont_synthesis", y_hat=y_hat.astype(np.float32)[None])
         out["guidance"] = np.ascontiguousarray(guidance)
         if "fusion" in graphs and "fusion" in m["graphs"]:
-            (pixels,) = model.run("pixel_decoder", indices=out["indices"], guidance=out["guidance"])
+            (pixels,) = model.run("pixel_decoder", codes=out["codes"], guidance=out["guidance"])
             (continuous,) = model.run("cont_reconstruct", guidance=out["guidance"])
             out["pixels"], out["continuous"] = _picture(pixels), _picture(continuous)
     return out

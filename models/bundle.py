@@ -37,9 +37,19 @@ class Components:
     name: str
     random_init: bool
     fusion: Fusion | None = None  # merges the pixel decoder's and the continuous picture (models/fusion.py)
+    # masked positions reach the pixel decoder as the predictor's expected code (how the correction
+    # was trained, MaskedTokenPredictor.codes); False: its argmax's code, as before session 12
+    soft_codes: bool = False
 
     def pixel_decoder(self) -> PixelDecoder:
         return PixelDecoder(self.vq, self.correction)
+
+    def codebook(self) -> torch.Tensor:
+        """The code vectors both decoders read, (n_codes, code_dim): the predictor's copy when there is
+        one (so a sent index and a predicted one map through the same numbers), else the VQ model's."""
+        if self.predictor is not None and self.predictor.cfg.code_dim:
+            return self.predictor.codebook.detach().clone()
+        return self.vq.quantizer.normalised_codebook().detach()
 
     def eval(self) -> Components:
         for m in (self.vq, self.cont, self.predictor, self.correction, self.fusion):
@@ -69,6 +79,7 @@ def save_bundle(path: Path, c: Components) -> None:
         **({"fusion": _part(c.fusion, c.fusion.cfg)} if c.fusion is not None else {}),
         complexity=dataclasses.asdict(c.complexity),
         index_counts=np.asarray(c.index_counts, np.int64).tolist(),
+        soft_codes=c.soft_codes,
     )
 
 
@@ -100,7 +111,8 @@ def components_from_payload(ck: dict[str, Any], path: Path | str) -> Components:
         fusion = Fusion(checkpoint.to_config(FusionConfig, ck["fusion"]["config"]))
         fusion.load_state_dict(checkpoint.float_state(ck["fusion"]["state"]))
     return Components(vq, cont, predictor, correction, ComplexityModel(**ck["complexity"]),
-                      np.asarray(ck["index_counts"]), ck["name"], bool(ck["random_init"]), fusion).eval()
+                      np.asarray(ck["index_counts"]), ck["name"], bool(ck["random_init"]), fusion,
+                      bool(ck.get("soft_codes", False))).eval()
 
 
 def tiny_components(seed: int = 0, with_stage23: bool = True, with_fusion: bool = False) -> Components:
@@ -130,4 +142,5 @@ def tiny_components(seed: int = 0, with_stage23: bool = True, with_fusion: bool 
         torch.nn.init.normal_(fusion.out[-1].weight, std=0.05)  # non-zero: the fusion really changes pixels
     rng = np.random.default_rng(seed)
     return Components(vq, cont, predictor, correction, ComplexityModel(),
-                      rng.integers(0, 50, vq_cfg.n_codes), f"tiny-random-{seed}", True, fusion).eval()
+                      rng.integers(0, 50, vq_cfg.n_codes), f"tiny-random-{seed}", True, fusion,
+                      soft_codes=with_stage23).eval()

@@ -35,13 +35,15 @@ class CorrectionNet(nn.Module):
 
 
 class PixelDecoder(nn.Module):
-    """Indices + guidance → RGB in [-1, 1]: the VQ decoder with the correction features added."""
+    """Code vectors + guidance → RGB in [-1, 1]: the VQ decoder with the correction features added.
+    It reads code vectors, not indices, so that masked positions can carry the predictor's expected
+    code (``MaskedTokenPredictor.codes``); a full index map goes in as ``vq.quantizer.lookup(idx)``."""
 
     def __init__(self, vq: VQAutoencoder, correction: CorrectionNet | None):
         super().__init__()
         self.vq = vq
         self.correction = correction
 
-    def forward(self, idx: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    def forward(self, codes: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
         extra = self.correction(g) if self.correction is not None else None
-        return self.vq.decode(idx, extra)
+        return self.vq.decoder(codes, extra)

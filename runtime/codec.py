@@ -361,10 +361,10 @@ class TokenPart:
              fuse: bool = True) -> None:
         """The pixel decoder's picture; for a hybrid stream of a model with a ``fusion`` graph, merged
         with the continuous part's picture (``fuse=False``: the pixel decoder's alone)."""
-        tokens = self._restore_tokens(grid, got.sent, got.guidance)
+        codes = self._restore_codes(grid, got.sent, got.guidance)
         fuse = fuse and header.kind.continuous and self.codec.fusion and self.model.has("fusion")
         phases = _Phases(progress, 3 if fuse else 1)
-        self._decode_pixels(header, grid, tokens, got.guidance, out, phases.next())
+        self._decode_pixels(header, grid, codes, got.guidance, out, phases.next())
         if fuse:
             cont = np.empty_like(out)
             self.codec.continuous.draw(header, grid, got, cont, phases.next())
@@ -397,11 +397,14 @@ class TokenPart:
         return np.stack([guidance[0, :, y // px : y // px + g, x // px : x // px + g]
                          for y, x in (grid.position(t) for t in tiles)])
 
-    def _restore_tokens(self, grid: TileGrid, sent: list[tuple[np.ndarray, np.ndarray]],
-                        guidance: np.ndarray | None) -> np.ndarray:
-        """Pass 1: every tile's full index map (sent indices + predictor), as one token image."""
+    def _restore_codes(self, grid: TileGrid, sent: list[tuple[np.ndarray, np.ndarray]],
+                       guidance: np.ndarray | None) -> np.ndarray:
+        """Pass 1: every token's code vector, as one (code_dim, rows, cols) image: the codebook's where
+        the index was sent, the predictor's where it was masked (its expected code, for a model whose
+        pixel decoder was trained on those; see models/transformer.py ``codes``)."""
         g, px = self.codec.geometry.grid, self.codec.geometry.token_pixels
-        tokens = np.zeros((grid.rows * g, grid.cols * g), np.int64)
+        book = self.model.codebook
+        codes = np.zeros((book.shape[1], grid.rows * g, grid.cols * g), np.float32)
         for chunk in batches(grid.count, self.codec.tile_batch):
             idx = np.zeros((len(chunk), g, g), np.int64)
             visible = np.zeros((len(chunk), g, g), bool)
@@ -411,31 +414,33 @@ class TokenPart:
                 visible[k] = pos
             valid = np.stack([grid.valid_tokens(t, g) for t in chunk])
             if (valid & ~visible).any():
-                (idx,) = self.model.run("predictor", indices=idx, visible=visible,
+                (got,) = self.model.run("predictor", indices=idx, visible=visible,
                                         guidance=self._tile_guidance(guidance, grid, chunk))
+            else:  # every index that touches the picture was sent
+                got = book[idx].transpose(0, 3, 1, 2)
             for k, t in enumerate(chunk):
                 y, x = (v // px for v in grid.position(t))
-                tokens[y : y + g, x : x + g] = idx[k]
-        return tokens
+                codes[:, y : y + g, x : x + g] = got[k]
+        return codes
 
-    def _decode_pixels(self, header: Header, grid: TileGrid, tokens: np.ndarray, guidance: np.ndarray | None,
+    def _decode_pixels(self, header: Header, grid: TileGrid, codes: np.ndarray, guidance: np.ndarray | None,
                        out: np.ndarray, progress: Progress | None) -> None:
-        """Pass 2: the token image (only the tokens that touch the picture) decoded in large windows,
+        """Pass 2: the code image (only the tokens that touch the picture) decoded in large windows,
         each with a margin of at least the decoder's receptive field. With a position-wise decoder
         this equals decoding the whole token image in one call: no seams by construction."""
         px = self.codec.geometry.token_pixels
         rows, cols = -(-grid.height // px), -(-grid.width // px)
-        tok = tokens[:rows, :cols]
+        codes = codes[:, :rows, :cols]
         # the correction network needs the guidance; --stream vq (no guidance) uses the plain VQ decoder
         fused = header.kind.continuous and self.codec.correction and self.model.has("pixel_decoder")
 
         def render(win: Window) -> np.ndarray:
-            idx = np.ascontiguousarray(tok[win.read()])[None]
+            c = np.ascontiguousarray(codes[(slice(None), *win.read())])[None]
             if fused:
                 g = np.ascontiguousarray(guidance[(0, slice(None), *win.read())])[None]
-                (rgb,) = self.model.run("pixel_decoder", indices=idx, guidance=g)
+                (rgb,) = self.model.run("pixel_decoder", codes=c, guidance=g)
             else:
-                (rgb,) = self.model.run("vq_decoder", indices=idx)
+                (rgb,) = self.model.run("vq_decoder", codes=c)
             return _to_u8(rgb)[0]
 
         paint(render, out, rows, cols, px, DECODE_WINDOW, self.codec.decode_margin, progress)

@@ -29,7 +29,9 @@ from .tiling import Geometry
 
 PRECISIONS = ("auto", "fp32", "int8")  # auto: a graph's int8 variant (see below) on the CPU provider
 INT8_SUFFIX = "_int8"
-MODEL_FORMAT_VERSION = 2  # 2: cont_analysis → y only, hyper_analysis y → z
+# 2: cont_analysis → y only, hyper_analysis y → z; 3: the decoders read code vectors (``codebook``), the
+# predictor outputs them
+MODEL_FORMAT_VERSION = 3
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
 # Graph runs at once per Model, whatever the number of calling threads: each run holds its activations,
 # so memory is bounded by these caps, not by the callers (benchmarks/concurrency.py, RESULTS.md).
@@ -128,6 +130,7 @@ class Model:
                 raise ModelError(f"{file}: graph {name!r} of the manifest is missing")
         if "hyper_synthesis" in self.manifest:
             self.hyper  # noqa: B018
+        self.codebook  # noqa: B018
 
     def _check_tables(self, t: EntropyTables) -> None:
         n_codes = int(self.manifest["n_codes"])
@@ -195,6 +198,23 @@ class Model:
             except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
                 raise ModelError(f"{path}: cannot read the integer hyper synthesis ({_one_line(e)})") from None
         return self.__dict__["_hyper"]
+
+    @property
+    def codebook(self) -> np.ndarray:
+        """(n_codes, code_dim) float32: the code vector of each index, what the decoders read where an
+        index was sent (the predictor hands over codes for the rest)."""
+        if "_codebook" not in self.__dict__:
+            path = self.directory / str(self.manifest["codebook"])
+            try:
+                book = np.load(path, allow_pickle=False)
+            except (OSError, EOFError, ValueError) as e:
+                raise ModelError(f"{path}: cannot read the codebook ({_one_line(e)})") from None
+            if book.dtype != np.float32 or book.ndim != 2 or book.shape[0] != int(self.manifest["n_codes"]) \
+                    or not np.isfinite(book).all():
+                raise ModelError(f"{path}: the codebook must be finite float32 (n_codes, code_dim), "
+                                 f"got {book.dtype} {book.shape}")
+            self.__dict__["_codebook"] = book
+        return self.__dict__["_codebook"]
 
     @property
     def geometry(self) -> Geometry:

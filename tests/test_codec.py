@@ -57,7 +57,7 @@ def test_vq_stream_decodes_to_the_vq_autoencoder_output(codec: Codec, photo: np.
     out = codec.decompress(codec.compress(img, mask="none", stream="vq"))
     x = np.ascontiguousarray(pad(img, TileGrid(256, 256)).transpose(2, 0, 1)[None], np.float32) / 255
     (idx,) = codec.model.run("vq_encoder", image=x)
-    (rgb,) = codec.model.run("vq_decoder", indices=idx)
+    (rgb,) = codec.model.run("vq_decoder", codes=codec.model.codebook[idx].transpose(0, 3, 1, 2))
     expected = (np.clip(rgb[0], 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
     assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
 
@@ -362,3 +362,20 @@ def test_sessions_use_the_cpu_arena(codec: Codec) -> None:
     """Issue 21.11: the arena is on (without it a Kodak-size decode spends a third of its CPU time in
     page faults) — which is only safe because every run shrinks it (test above)."""
     assert codec.model.session("predictor").get_session_options().enable_cpu_mem_arena
+
+
+def test_sent_indices_reach_the_decoder_as_the_same_numbers_either_way(codec: Codec) -> None:
+    """A tile whose indices were all sent skips the predictor (the runtime looks its codes up in the
+    manifest's codebook); one with masked tokens takes its codes from the predictor graph. Sent
+    positions must carry identical vectors on both routes, or a tile's look would depend on its
+    neighbours' schedules."""
+    g = codec.geometry.grid
+    rng = np.random.default_rng(0)
+    idx = rng.integers(0, codec.model.codebook.shape[0], (2, g, g))
+    visible = rng.random((2, g, g)) < 0.5
+    guidance = rng.standard_normal((2, int(codec.model.manifest["guidance_channels"]), g, g)).astype(np.float32)
+    (codes,) = codec.model.run("predictor", indices=idx, visible=visible, guidance=guidance)
+    looked_up = codec.model.codebook[idx].transpose(0, 3, 1, 2)
+    mask = np.broadcast_to(visible[:, None], codes.shape)
+    assert np.array_equal(codes[mask], looked_up[mask])
+    assert not np.allclose(codes[~mask], looked_up[~mask])  # masked positions are the predictor's own

@@ -100,3 +100,14 @@ def test_fusion_survives_rebundle(fusion_model: Path, tmp_path: Path) -> None:
     for (k, v), w in zip(c.fusion.state_dict().items(), ref.state_dict().values()):
         assert torch.equal(v, w.half().float()), k
     assert (tmp_path / "fusion.pt") in split_bundle(fusion_model, tmp_path)
+
+
+def test_soft_codes_survive_rebundle_and_split(fusion_model: Path, tmp_path: Path) -> None:
+    """How the correction was trained (expected codes at masked positions) travels with the model:
+    bundle → export → rebuilt bundle → stage checkpoints → ``make_bundle`` reads it back."""
+    from hybridflow.models import checkpoint
+    from hybridflow.models.train.release import open_bundle, split_bundle
+
+    assert open_bundle(fusion_model).soft_codes
+    split_bundle(fusion_model, tmp_path)
+    assert checkpoint.load(tmp_path / "correction.pt")["train_config"]["soft_codes"] is True

@@ -43,6 +43,24 @@ def test_prediction_keeps_sent_tokens_and_depends_on_guidance() -> None:
     assert not torch.equal(a, b)
 
 
+def test_codes_hand_over_sent_vectors_and_the_predicted_ones() -> None:
+    """What the pixel decoder reads: sent positions carry their own code vector either way; masked
+    ones the argmax's code (the index map of ``predict``) or the expectation under the softmax."""
+    model = _model(code_dim=4, guidance_input=True)
+    idx = torch.randint(0, 1024, (2, 16, 16))
+    visible = torch.rand(2, 16, 16) < 0.25
+    g = torch.randn(2, 8, 16, 16)
+    with torch.no_grad():
+        hard = model.codes(idx, visible, g, soft=False).permute(0, 2, 3, 1)
+        soft = model.codes(idx, visible, g, soft=True).permute(0, 2, 3, 1)
+        expected = model(idx, visible, g).softmax(-1).view(2, 16, 16, -1) @ model.codebook
+    assert torch.equal(hard, model.codebook[model.predict(idx, visible, g)])
+    assert torch.equal(soft[visible], model.codebook[idx[visible]])
+    assert torch.allclose(soft[~visible], expected[~visible], atol=1e-6)
+    # an expectation of unit vectors lies inside the unit ball, and differs from any single code
+    assert (soft[~visible].norm(dim=-1) < 0.999).all()
+
+
 def test_old_configuration_has_no_codebook_parameters() -> None:
     """Checkpoints from before the codebook option must still load into the same modules."""
     names = set(_model().state_dict())

@@ -5,9 +5,10 @@ the continuous reconstruction, both 8-bit (``Codec.pictures``). So the training 
 compressing and decoding training crops with an exported model (``--model``, by default the shipped
 one): random crops of ``train`` (up to ``crop_side`` px: real images are larger than one tile, and
 the decoders see across tile borders), each at a random mask schedule (``MASKS``: mostly what
-``auto`` picks). The cache is keyed by the model id. The rest of the model is frozen: streams,
-predictor and decoders do not change; the run's checkpoint is the fusion alone, which
-``hf-train bundle --fusion`` adds to a release.
+``auto`` picks) and, for a model with rate points, half of them at a random one (presets and rate
+control use them all), the rest at the base point. The cache is keyed by the model id. The rest of
+the model is frozen: streams, predictor and decoders do not change; the run's checkpoint is the
+fusion alone, which ``hf-train bundle --fusion`` adds to a release.
 
 Loss: L1 + ``lpips_weight`` · LPIPS-VGG (the perceptual training loss; LPIPS-Alex is only measured).
 Validation: whole ``val`` images through the same runtime, PSNR and LPIPS-Alex of the fused picture
@@ -26,6 +27,7 @@ import torch.nn.functional as F
 from ...runtime import metrics
 from ...runtime.codec import Codec
 from ...runtime.model import Model
+from .. import checkpoint
 from ..data import data_root, list_images, read_rgb
 from ..fusion import Fusion, FusionConfig
 from ..lpips import LPIPS
@@ -40,6 +42,8 @@ Triple = tuple[np.ndarray, np.ndarray, np.ndarray]  # original, pixel decoder's 
 class FusionTrainConfig(RunConfig):
     model: str = field(default="", metadata={"help": "exported model whose decodes are the training data "
                                                      "(default: the shipped one)"})
+    init: str = field(default="", metadata={"help": "fusion checkpoint to start from (e.g. the shipped one, "
+                                                    "from `hf-train unbundle`) instead of zero", "must_exist": True})
     steps: int = field(default=3000, metadata={"help": "steps to train (a resumed run goes on to this one)"})
     batch: int = field(default=8, metadata={"help": "crops per step"})
     crop: int = field(default=192, metadata={"help": "training crop side (even), cut from the cached decodes"})
@@ -54,9 +58,9 @@ class FusionTrainConfig(RunConfig):
     val_images: int = field(default=24, metadata={"help": "whole val images scored"})
 
 
-def decode_pair(codec: Codec, rgb: np.ndarray, mask: str) -> tuple[np.ndarray, np.ndarray]:
+def decode_pair(codec: Codec, rgb: np.ndarray, mask: str, rate: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``rgb`` through a hybrid stream: (pixel decoder's picture, continuous picture), unfused."""
-    pictures = codec.pictures(codec.compress(rgb, mask=mask, stream="hybrid"))
+    pictures = codec.pictures(codec.compress(rgb, mask=mask, stream="hybrid", rate=rate))
     return pictures["tokens"], pictures["continuous"]
 
 
@@ -65,13 +69,14 @@ def train_triples(codec: Codec, n: int, side: int, seed: int) -> list[Triple]:
     model, the file list and ``seed``."""
     files = list_images(data_root() / "train")
     rng = random.Random(seed)
+    rates = [None] * codec.model.rate_points + list(range(codec.model.rate_points))
     out = []
     for i in range(n):
         rgb = read_rgb(rng.choice(files))
         h, w = min(rgb.shape[0], side), min(rgb.shape[1], side)
         y, x = rng.randrange(rgb.shape[0] - h + 1), rng.randrange(rgb.shape[1] - w + 1)
         crop = np.ascontiguousarray(rgb[y : y + h, x : x + w])
-        out.append((crop, *decode_pair(codec, crop, rng.choice(MASKS))))
+        out.append((crop, *decode_pair(codec, crop, rng.choice(MASKS), rng.choice(rates))))
         if i % 50 == 0:
             print(f"fusion cache: {i}/{n}", flush=True)
     return out
@@ -144,7 +149,10 @@ def train(run_dir: Path, cfg: FusionTrainConfig, cache_dir: Path) -> None:
     if not val_cache.exists():
         save_cache(val_cache, val_triples(codec, cfg.val_images))
     val = load_cache(val_cache)
-    fusion = Fusion(FusionConfig(cfg.channels, cfg.blocks)).to(cfg.device)
+    if cfg.init:
+        fusion = checkpoint.load_model(Path(cfg.init), Fusion, FusionConfig).train().to(cfg.device)
+    else:
+        fusion = Fusion(FusionConfig(cfg.channels, cfg.blocks)).to(cfg.device)
     opt = torch.optim.Adam(fusion.parameters(), lr=cfg.lr)
     run.resume(model=fusion, opt=opt)
     lpips_vgg = LPIPS("vgg").to(cfg.device)

@@ -72,17 +72,20 @@ def make_bundle(out: Path, vq_ckpt: Path, cont_ckpt: Path, predictor_ckpt: Path 
     predictor = None
     if predictor_ckpt:
         predictor = checkpoint.load_model(predictor_ckpt, MaskedTokenPredictor, TransformerConfig)
-    correction = None
+    correction, soft_codes = None, False
     if correction_ckpt:
         correction = CorrectionNet(vq.cfg, cont.cfg.channels)
-        correction.load_state_dict(checkpoint.load(correction_ckpt)["model"])
+        ck = checkpoint.load(correction_ckpt)
+        correction.load_state_dict(ck["model"])
+        soft_codes = bool((ck.get("train_config") or {}).get("soft_codes", False))  # how it was trained
     tiles = training_tiles(cache_dir, n_tiles)
     counts = index_counts(vq, tiles)
     share = (sparse_share(auto_saving, counts, continuous_bits(cont, tiles), TILE // vq.cfg.factor)
              if auto_saving > 0 else None)
     complexity = ComplexityModel.fit(list(tiles), sparse_share=share)
     fusion = checkpoint.load_model(fusion_ckpt, Fusion, FusionConfig) if fusion_ckpt else None
-    c = Components(vq, cont, predictor, correction, complexity, counts, name, random_init=False, fusion=fusion)
+    c = Components(vq, cont, predictor, correction, complexity, counts, name, random_init=False, fusion=fusion,
+                   soft_codes=soft_codes)
     save_bundle(out, c)
     return c
 
@@ -119,6 +122,8 @@ def split_bundle(bundle: Path, out: Path) -> list[Path]:
     for kind, (model, cfg) in parts.items():
         path = Path(out) / f"{kind}.pt"
         extra = {"config": cfg} if cfg is not None else {}
+        if kind == "correction":  # what make_bundle reads back: the codes the correction was trained on
+            extra["train_config"] = {"soft_codes": c.soft_codes}
         checkpoint.save(path, model=model.state_dict(), kind=kind, step=0, from_bundle=str(bundle), **extra)
         written.append(path)
     return written

@@ -1,8 +1,10 @@
 """Stage 3: the correction network, with VQ autoencoder, continuous codec and predictor frozen.
 
 Each step draws cached training tiles, masks their token maps with one of the codec's schedules,
-lets the frozen predictor restore them (so the correction learns to fix prediction errors too),
-crops a random window of ``crop_tokens``² tokens (and the matching pixels and guidance) and trains
+lets the frozen predictor restore them (so the correction learns to fix prediction errors too) —
+since session 12 as the expected code vector at masked positions (``soft_codes``: the one-pass
+prediction is right for about one masked token in eight, and the argmax's code drew confident wrong
+content), crops a random window of ``crop_tokens``² tokens (and the matching pixels and guidance) and trains
 L1 + w·(1 − MS-SSIM + FFT-amplitude) [+ w_t·texture energy] through the VQ decoder with the
 correction features added.
 
@@ -80,6 +82,8 @@ class Stage3TrainConfig(RunConfig):
     decoder_norm: str = field(default="keep", metadata={"help": "'channel': convert both decoders to position-wise "
                                                                 "normalisation first ('keep': the VQ model's)",
                                                         "choices": ("keep", *NORMS)})
+    soft_codes: bool = field(default=True, metadata={"help": "masked positions carry the predictor's expected "
+                                                            "code, not its argmax's (MaskedTokenPredictor.codes)"})
     val_every: int = field(default=0, metadata={"help": "score the fused decoder on val tiles every N steps "
                                                         "(0: never)"})
     val_tiles: int = field(default=24, metadata={"help": "val tiles scored"})
@@ -95,17 +99,18 @@ def with_decoder_norm(vq: VQAutoencoder, kind: str) -> VQAutoencoder:
 
 
 @torch.no_grad()
-def validate(decoder: PixelDecoder, predictor: MaskedTokenPredictor, tiles: np.ndarray, tokens: torch.Tensor,
-             guidance: torch.Tensor, lpips_alex: LPIPS) -> dict[str, float]:
+def validate(decoder: PixelDecoder, predictor: MaskedTokenPredictor, soft: bool, tiles: np.ndarray,
+             tokens: torch.Tensor, guidance: torch.Tensor, lpips_alex: LPIPS) -> dict[str, float]:
     """Fused decoder on whole val tiles at schedule 1_4: mean PSNR and LPIPS-Alex (never trained on)."""
     decoder.eval()
     device = next(decoder.parameters()).device
     tokens, guidance = tokens.to(device), guidance.to(device)
+    book = decoder.vq.quantizer.normalised_codebook()
     vis = torch.from_numpy(np.broadcast_to(sent_mask("1_4", tokens.shape[-1]), tokens.shape).copy()).to(device)
     psnr, lp = [], []
     for s in range(0, len(tiles), 8):
-        idx = predictor.predict(tokens[s : s + 8], vis[s : s + 8], guidance[s : s + 8])
-        out = decoder(idx, guidance[s : s + 8]).clamp(-1, 1)
+        codes = predictor.codes(tokens[s : s + 8], vis[s : s + 8], guidance[s : s + 8], soft, book)
+        out = decoder(codes, guidance[s : s + 8]).clamp(-1, 1)
         target = to_tensor(tiles[s : s + 8], device)
         lp += lpips_alex(out, target).tolist()
         rec = ((out + 1) * 127.5).round().permute(0, 2, 3, 1).cpu().numpy().astype(np.uint8)
@@ -164,13 +169,14 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
         name = "none" if plain else cfg.schedules[rng.integers(len(cfg.schedules))]
         vis = torch.from_numpy(np.broadcast_to(sent_mask(name, grid), idx.shape).copy()).to(cfg.device)
         with torch.no_grad():
-            idx = predictor.predict(idx, vis, g) if name != "none" else idx
+            codes = (predictor.codes(idx, vis, g, cfg.soft_codes, vq.quantizer.normalised_codebook())
+                     if name != "none" else vq.quantizer.lookup(idx))
         oy, ox = (int(v) for v in rng.integers(0, grid - ct + 1, 2))
         y0, x0 = oy * token, ox * token
         target = to_tensor(tiles[pick][:, y0 : y0 + px, x0 : x0 + px], cfg.device)
-        crop_idx, crop_g = idx[:, oy : oy + ct, ox : ox + ct], g[:, :, oy : oy + ct, ox : ox + ct]
+        crop_codes, crop_g = codes[:, :, oy : oy + ct, ox : ox + ct], g[:, :, oy : oy + ct, ox : ox + ct]
         with autocast(cfg):
-            out = vq.decode(crop_idx) if plain else decoder(crop_idx, crop_g)
+            out = vq.decoder(crop_codes) if plain else decoder(crop_codes, crop_g)
         out = out.float()
         l1 = (out - target).abs().mean()
         perc = perceptual_loss(out, target) if cfg.perceptual_weight else torch.zeros(())
@@ -209,7 +215,7 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
                  vq_ckpt=str(vq_ckpt), cont_ckpt=str(cont_ckpt), predictor_ckpt=str(predictor_ckpt), **extra)
 
     def validate_now() -> Numbers:
-        return validate(decoder, predictor, *val)
+        return validate(decoder, predictor, cfg.soft_codes, *val)
 
     if val is not None and run.state.step == 0 and run.deadline.share_left() > 0.5:
         run.state.log(validate_now())  # the starting point of the val curve
