@@ -427,7 +427,7 @@ class TokenPart:
                        out: np.ndarray, progress: Progress | None) -> None:
         """Pass 2: the code image (only the tokens that touch the picture) decoded in large windows,
         each with a margin of at least the decoder's receptive field. With a position-wise decoder
-        this equals decoding the whole token image in one call: no seams by construction."""
+        this equals decoding the whole code image in one call: no seams by construction."""
         px = self.codec.geometry.token_pixels
         rows, cols = -(-grid.height // px), -(-grid.width // px)
         codes = codes[:, :rows, :cols]
