@@ -111,3 +111,28 @@ def test_soft_codes_survive_rebundle_and_split(fusion_model: Path, tmp_path: Pat
     assert open_bundle(fusion_model).soft_codes
     split_bundle(fusion_model, tmp_path)
     assert checkpoint.load(tmp_path / "correction.pt")["train_config"]["soft_codes"] is True
+
+
+@pytest.mark.parametrize("share", [0.0, 1.0])
+def test_fusion_training_crops_take_the_rate_points_asked_for(fusion_model: Path, synthetic_data: Path,
+                                                             monkeypatch: pytest.MonkeyPatch, share: float) -> None:
+    """``rate_share`` 0: every crop at the base point (rate None); 1: every crop at a drawn point."""
+    from hybridflow.models.train import fusion as fusion_train
+    from hybridflow.runtime.codec import Codec
+    from hybridflow.runtime.model import Model
+
+    monkeypatch.setenv("HF_DATA", str(synthetic_data))
+    asked: list[int | None] = []
+
+    def fake_pair(codec: Codec, rgb: np.ndarray, mask: str, rate: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        asked.append(rate)
+        return rgb, rgb
+
+    monkeypatch.setattr(fusion_train, "decode_pair", fake_pair)
+    codec = Codec(Model.load(fusion_model), fusion=False)
+    fusion_train.train_triples(codec, 12, 64, seed=0, rate_share=share)
+    if share == 0.0:
+        assert asked == [None] * 12
+    else:
+        assert all(r is not None and 0 <= r < codec.model.rate_points for r in asked)
+        assert len(set(asked)) > 1

@@ -5,8 +5,8 @@ the continuous reconstruction, both 8-bit (``Codec.pictures``). So the training 
 compressing and decoding training crops with an exported model (``--model``, by default the shipped
 one): random crops of ``train`` (up to ``crop_side`` px: real images are larger than one tile, and
 the decoders see across tile borders), each at a random mask schedule (``MASKS``: mostly what
-``auto`` picks) and, for a model with rate points, half of them at a random one (presets and rate
-control use them all), the rest at the base point. The cache is keyed by the model id. The rest of
+``auto`` picks) and, for a model with rate points, a share ``rate_share`` of them at a random one
+(presets and rate control use them all), the rest at the base point. The cache is keyed by the model id. The rest of
 the model is frozen: streams, predictor and decoders do not change; the run's checkpoint is the
 fusion alone, which ``hf-train bundle --fusion`` adds to a release.
 
@@ -48,6 +48,8 @@ class FusionTrainConfig(RunConfig):
     batch: int = field(default=8, metadata={"help": "crops per step"})
     crop: int = field(default=192, metadata={"help": "training crop side (even), cut from the cached decodes"})
     crops: int = field(default=700, metadata={"help": "training images compressed and decoded for the cache"})
+    rate_share: float = field(default=0.5, metadata={"help": "share of those coded at a random rate point (the "
+                                                            "rest at the base point, the default)"})
     crop_side: int = field(default=384, metadata={"help": "largest side of those (smaller images: whole)"})
     channels: int = field(default=32, metadata={"help": "fusion features at half resolution (FusionConfig)"})
     blocks: int = field(default=4, metadata={"help": "residual blocks at half resolution (FusionConfig)"})
@@ -64,19 +66,20 @@ def decode_pair(codec: Codec, rgb: np.ndarray, mask: str, rate: int | None = Non
     return pictures["tokens"], pictures["continuous"]
 
 
-def train_triples(codec: Codec, n: int, side: int, seed: int) -> list[Triple]:
-    """``n`` random training crops with their two decodes (``codec`` unfused). Deterministic given the
-    model, the file list and ``seed``."""
+def train_triples(codec: Codec, n: int, side: int, seed: int, rate_share: float = 0.5) -> list[Triple]:
+    """``n`` random training crops with their two decodes (``codec`` unfused), a share ``rate_share`` at a
+    random rate point. Deterministic given the model, the file list, ``seed`` and ``rate_share``."""
     files = list_images(data_root() / "train")
     rng = random.Random(seed)
-    rates = [None] * codec.model.rate_points + list(range(codec.model.rate_points))
     out = []
     for i in range(n):
         rgb = read_rgb(rng.choice(files))
         h, w = min(rgb.shape[0], side), min(rgb.shape[1], side)
         y, x = rng.randrange(rgb.shape[0] - h + 1), rng.randrange(rgb.shape[1] - w + 1)
         crop = np.ascontiguousarray(rgb[y : y + h, x : x + w])
-        out.append((crop, *decode_pair(codec, crop, rng.choice(MASKS), rng.choice(rates))))
+        mask = rng.choice(MASKS)
+        rate = rng.randrange(codec.model.rate_points) if rng.random() < rate_share else None
+        out.append((crop, *decode_pair(codec, crop, mask, rate)))
         if i % 50 == 0:
             print(f"fusion cache: {i}/{n}", flush=True)
     return out
@@ -141,9 +144,9 @@ def train(run_dir: Path, cfg: FusionTrainConfig, cache_dir: Path) -> None:
     model_dir = Path(cfg.model) if cfg.model else None
     codec = Codec(Model.load(model_dir, threads=None), fusion=False)
     key = codec.model.manifest["model_id"][:10]
-    cache = cache_dir / f"fusion_{key}_{cfg.crops}_{cfg.crop_side}_{cfg.seed}.npz"
+    cache = cache_dir / f"fusion_{key}_{cfg.crops}_{cfg.crop_side}_{cfg.seed}_r{cfg.rate_share:g}.npz"
     if not cache.exists():
-        save_cache(cache, train_triples(codec, cfg.crops, cfg.crop_side, cfg.seed))
+        save_cache(cache, train_triples(codec, cfg.crops, cfg.crop_side, cfg.seed, cfg.rate_share))
     data = [t for t in load_cache(cache) if min(t[0].shape[:2]) >= cfg.crop]
     val_cache = cache_dir / f"fusion_val_{key}_{cfg.val_images}.npz"
     if not val_cache.exists():
