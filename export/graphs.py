@@ -144,7 +144,7 @@ def graph_specs(c: Components, tile: int = TILE) -> list[GraphSpec]:
     gc = cont_cfg.channels
     gen = torch.Generator().manual_seed(0)
     idx = torch.randint(0, vq_cfg.n_codes, (2, g, g), generator=gen)
-    codes = c.codebook()[idx].permute(0, 3, 1, 2).contiguous()
+    codes = c.codes(idx)
     guid = torch.randn(2, gc, g, g, generator=gen)
     low = tile // cont_cfg.downscale
     y_side = tile // cont_cfg.latent_stride
@@ -188,7 +188,7 @@ def real_inputs(c: Components, images: list[np.ndarray]) -> dict[str, dict[str, 
     x = torch.from_numpy(tiles.transpose(0, 3, 1, 2).astype(np.float32) / 255)
     with torch.no_grad():
         idx = c.vq.encode(x * 2 - 1)
-        codes = c.codebook()[idx].permute(0, 3, 1, 2).contiguous()
+        codes = c.codes(idx)
         low = torch.nn.functional.avg_pool2d(x, c.cont.cfg.downscale)
         y, _ = c.cont.analysis(low)
         g = c.cont.guidance(torch.round(y))

@@ -172,7 +172,7 @@ def decoder_inputs(model: Any, rgb: np.ndarray, graphs: Sequence[str] = ("pixel_
     g = tile // px
     rows, cols = h // tile, w // tile
     indices = idx.reshape(rows, cols, g, g).transpose(0, 2, 1, 3).reshape(1, rows * g, cols * g)
-    out = {"codes": np.ascontiguousarray(model.codebook[indices[0]].transpose(2, 0, 1)[None])}
+    out = {"codes": np.ascontiguousarray(model.codes(indices))}
     if "pixel_decoder" in m["graphs"]:
         d = geo.downscale
         low = cv2.resize(rgb, (w // d, h // d), interpolation=cv2.INTER_AREA)

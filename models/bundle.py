@@ -51,6 +51,10 @@ class Components:
             return self.predictor.codebook.detach().clone()
         return self.vq.quantizer.normalised_codebook().detach()
 
+    def codes(self, idx: torch.Tensor) -> torch.Tensor:
+        """Indices (B, H, W) → their code vectors (B, code_dim, H, W), as the runtime hands them over."""
+        return self.codebook()[idx].permute(0, 3, 1, 2).contiguous()
+
     def eval(self) -> Components:
         for m in (self.vq, self.cont, self.predictor, self.correction, self.fusion):
             if m is not None:

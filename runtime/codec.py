@@ -417,7 +417,7 @@ class TokenPart:
                 (got,) = self.model.run("predictor", indices=idx, visible=visible,
                                         guidance=self._tile_guidance(guidance, grid, chunk))
             else:  # every index that touches the picture was sent
-                got = book[idx].transpose(0, 3, 1, 2)
+                got = self.model.codes(idx)
             for k, t in enumerate(chunk):
                 y, x = (v // px for v in grid.position(t))
                 codes[:, y : y + g, x : x + g] = got[k]

@@ -204,7 +204,9 @@ class Model:
         """(n_codes, code_dim) float32: the code vector of each index, what the decoders read where an
         index was sent (the predictor hands over codes for the rest)."""
         if "_codebook" not in self.__dict__:
-            path = self.directory / str(self.manifest["codebook"])
+            if not isinstance(self.manifest.get("codebook"), str):
+                raise ModelError(f"{self.directory / 'manifest.json'}: invalid manifest (no codebook file named)")
+            path = self.directory / self.manifest["codebook"]
             try:
                 book = np.load(path, allow_pickle=False)
             except (OSError, EOFError, ValueError) as e:
@@ -215,6 +217,10 @@ class Model:
                                  f"got {book.dtype} {book.shape}")
             self.__dict__["_codebook"] = book
         return self.__dict__["_codebook"]
+
+    def codes(self, indices: np.ndarray) -> np.ndarray:
+        """Indices (…, H, W) → their code vectors (…, code_dim, H, W), the decoders' input layout."""
+        return np.moveaxis(self.codebook[indices], -1, -3)
 
     @property
     def geometry(self) -> Geometry:

@@ -197,6 +197,8 @@ def _broken_model(tiny_model: Path, tmp_path: Path, how: str) -> Path:
         (bad / man["graphs"]["vq_encoder"]["file"]).write_bytes(b"\x08\x07garbage")
     elif how == "npz":
         (bad / man["hyper_synthesis"]).write_bytes(b"PK\x03\x04 not a zip")
+    elif how == "no-codebook":
+        del man["codebook"]
     elif how == "codebook":
         np.save(bad / man["codebook"], np.zeros((3, 2), np.float32))  # readable, but the wrong shape
     (bad / "manifest.json").write_text(json.dumps(man))
@@ -205,7 +207,7 @@ def _broken_model(tiny_model: Path, tmp_path: Path, how: str) -> Path:
 
 @pytest.mark.parametrize(("how", "names"), [("key", "manifest.json"), ("type", "manifest.json"),
                                              ("onnx", "vq_encoder.onnx"), ("npz", ".npz"),
-                                             ("codebook", "codebook.npy")])
+                                             ("codebook", "codebook.npy"), ("no-codebook", "manifest.json")])
 def test_a_broken_model_is_one_line_naming_the_file(tiny_model: Path, png: Path, tmp_path: Path, how: str,
                                                      names: str) -> None:
     """Issue 21.4: KeyError/AttributeError/BadZipFile and onnxruntime's exceptions ended in tracebacks."""

@@ -57,7 +57,7 @@ def test_vq_stream_decodes_to_the_vq_autoencoder_output(codec: Codec, photo: np.
     out = codec.decompress(codec.compress(img, mask="none", stream="vq"))
     x = np.ascontiguousarray(pad(img, TileGrid(256, 256)).transpose(2, 0, 1)[None], np.float32) / 255
     (idx,) = codec.model.run("vq_encoder", image=x)
-    (rgb,) = codec.model.run("vq_decoder", codes=codec.model.codebook[idx].transpose(0, 3, 1, 2))
+    (rgb,) = codec.model.run("vq_decoder", codes=codec.model.codes(idx))
     expected = (np.clip(rgb[0], 0, 1) * 255 + 0.5).astype(np.uint8).transpose(1, 2, 0)
     assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1
 
@@ -375,7 +375,7 @@ def test_sent_indices_reach_the_decoder_as_the_same_numbers_either_way(codec: Co
     visible = rng.random((2, g, g)) < 0.5
     guidance = rng.standard_normal((2, int(codec.model.manifest["guidance_channels"]), g, g)).astype(np.float32)
     (codes,) = codec.model.run("predictor", indices=idx, visible=visible, guidance=guidance)
-    looked_up = codec.model.codebook[idx].transpose(0, 3, 1, 2)
+    looked_up = codec.model.codes(idx)
     mask = np.broadcast_to(visible[:, None], codes.shape)
     assert np.array_equal(codes[mask], looked_up[mask])
     assert not np.allclose(codes[~mask], looked_up[~mask])  # masked positions are the predictor's own
