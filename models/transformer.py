@@ -164,16 +164,25 @@ class MaskedTokenPredictor(nn.Module):
         return torch.where(visible, idx, pred)
 
     def codes(self, idx: torch.Tensor, visible: torch.Tensor, guidance: torch.Tensor | None,
-              soft: bool, codebook: torch.Tensor | None = None) -> torch.Tensor:
+              soft: bool, codebook: torch.Tensor | None = None, compact: bool = False) -> torch.Tensor:
         """What the pixel decoder reads, (B, code_dim, 16, 16): the sent tokens' code vectors, and at
         masked positions either the argmax's code (``soft`` False: the index map of ``predict``) or
         the expected code under the predicted distribution. One-pass prediction is right for only
         ≈ 1 masked token in 8; the argmax then draws confident, wrong content, where the expectation
         hedges between the likely codes (val, 1_4, before any retraining: +0.25 dB). The code vectors
-        are the predictor's own copy of the codebook, or ``codebook`` for one trained without it."""
+        are the predictor's own copy of the codebook, or ``codebook`` for one trained without it
+        (``compact``: as ``encode``)."""
+        logits = self.logits(self.hidden(idx, visible, guidance, compact))
+        return self.code_image(logits, idx, visible, soft, codebook)
+
+    def code_image(self, logits: torch.Tensor, idx: torch.Tensor, visible: torch.Tensor, soft: bool,
+                   codebook: torch.Tensor | None = None) -> torch.Tensor:
+        """``codes`` from logits already computed (B, 256, n_codes). Stage 3 keeps the logits for a
+        cross-entropy anchor when it fine-tunes the predictor through the pixel decoder: the
+        expectation is differentiable in them."""
         book = self.codebook if self.cfg.code_dim else codebook
         if book is None:
             raise ValueError("this predictor was trained without the VQ codebook (code_dim 0): pass the codebook")
-        logits = self.forward(idx, visible, guidance).view(*idx.shape, -1)
+        logits = logits.view(*idx.shape, -1)
         picked = logits.softmax(-1) @ book if soft else book[logits.argmax(-1)]
         return torch.where(visible[..., None], book[idx], picked).permute(0, 3, 1, 2)

@@ -53,8 +53,10 @@ def test_a_stage_stops_on_its_wall_clock_budget(synthetic_data: Path, tmp_path: 
 
 def test_toy_burst_on_cpu_bundles_and_exports(synthetic_data: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
     from hybridflow.export.cli import export_bundle
-    from hybridflow.models import lpips
+    from hybridflow.models import checkpoint, lpips
     from hybridflow.models.train.burst import OUT_FILES, BurstConfig, run
     from hybridflow.models.train.release import make_bundle
 
@@ -67,7 +69,8 @@ def test_toy_burst_on_cpu_bundles_and_exports(synthetic_data: Path, tmp_path: Pa
     out = tmp_path / "out"
     cfg = BurstConfig(out=str(out), data=str(pack), minutes=10.0, device="cpu", work=str(tmp_path / "work"), toy=True,
                       steps=2, tiles=8, vq_batch=2, cont_batch=2, stage2_batch=4, stage3_batch=2, val_every=10**6,
-                      bf16=False)  # (bf16 on a CPU pays oneDNN set-up per shape: slow for toy networks)
+                      bf16=False, stage3_predictor=True)  # (bf16 on a CPU pays oneDNN set-up per shape: slow for toy
+    # networks; stage 3 also fine-tunes the predictor, whose stage-3 weights must be the ones that come out)
     log = run(cfg)
     assert sorted(p.name for p in out.iterdir()) == sorted(OUT_FILES)
     assert all(p.stat().st_size <= 16 << 20 for p in out.iterdir())
@@ -76,6 +79,11 @@ def test_toy_burst_on_cpu_bundles_and_exports(synthetic_data: Path, tmp_path: Pa
         assert stage["steps"] == 2 and stage["images_per_s"] > 0, name
         assert stage["validation"], name  # every stage validates when it stops
     assert json.loads((out / "burst_log.json").read_text())["stages"] == log["stages"]
+    shipped, stage2_end, stage3_end = (checkpoint.load(p)["model"] for p in (
+        out / "predictor.pt", tmp_path / "work" / "stage2" / "last.pt", tmp_path / "work" / "stage3" / "predictor.pt"))
+    assert all(torch.equal(v, stage3_end[k].half() if v.is_floating_point() else stage3_end[k])
+               for k, v in shipped.items())
+    assert not torch.equal(stage2_end["head.weight"], stage3_end["head.weight"])  # stage 3 moved it
     c = make_bundle(tmp_path / "b.pt", out / "vq.pt", out / "cont.pt", out / "predictor.pt", out / "correction.pt",
                     "toy-burst", tmp_path / "cache", n_tiles=8)
     assert c.predictor is not None and c.correction is not None

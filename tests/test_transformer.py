@@ -61,6 +61,24 @@ def test_codes_hand_over_sent_vectors_and_the_predicted_ones() -> None:
     assert (soft[~visible].norm(dim=-1) < 0.999).all()
 
 
+def test_expected_codes_carry_gradient_to_the_predictor_only_at_masked_positions() -> None:
+    """Stage 3 can fine-tune the predictor through the pixel decoder because the expectation is
+    differentiable in the logits; the argmax's codes and the sent ones carry no gradient."""
+    model = _model(code_dim=4, guidance_input=True)
+    idx = torch.randint(0, 1024, (2, 16, 16))
+    visible = torch.rand(2, 16, 16) < 0.25
+    g = torch.randn(2, 8, 16, 16)
+    logits = model.logits(model.hidden(idx, visible, g, compact=True))
+    soft = model.code_image(logits, idx, visible, soft=True)
+    with torch.no_grad():
+        assert torch.allclose(soft, model.codes(idx, visible, g, soft=True), atol=1e-5)  # compact path, same codes
+    (grad,) = torch.autograd.grad(soft.pow(2).sum(), logits)
+    per_position = grad.abs().sum(-1).view(2, 16, 16)
+    assert (per_position[visible] == 0).all() and (per_position[~visible] > 0).all()
+    hard = model.code_image(model.logits(model.hidden(idx, visible, g)), idx, visible, soft=False)
+    assert not hard.requires_grad
+
+
 def test_old_configuration_has_no_codebook_parameters() -> None:
     """Checkpoints from before the codebook option must still load into the same modules."""
     names = set(_model().state_dict())

@@ -55,6 +55,8 @@ class BurstConfig:
     lpips_weight: float = field(default=1.0, metadata={"help": "stage 3: LPIPS-VGG weight (taps: the pack's VGG "
                                                                "blocks)"})
     stage3_vq_decoder: bool = field(default=True, metadata={"help": "stage 3 fine-tunes the VQ decoder too"})
+    stage3_predictor: bool = field(default=True, metadata={"help": "stage 3 fine-tunes the predictor too, "
+                                                                   "through its expected codes (session 13)"})
     plain_share: float = field(default=0.25, metadata={"help": "stage 3: share of steps on the plain VQ decoder"})
     val_every: int = field(default=500, metadata={"help": "steps between validations (each stage also validates "
                                                           "when it stops)"})
@@ -193,15 +195,19 @@ def run(cfg: BurstConfig) -> dict[str, Any]:
                                   threads=threads, minutes=_stage_minutes(cfg, t0, 1.0),
                                   init=str(start.get("correction", "")), lpips_weight=cfg.lpips_weight,
                                   lpips_layers=vgg_blocks, train_vq_decoder=cfg.stage3_vq_decoder,
-                                  plain_share=cfg.plain_share if cfg.stage3_vq_decoder else 0.0)
+                                  plain_share=cfg.plain_share if cfg.stage3_vq_decoder else 0.0,
+                                  train_predictor=cfg.stage3_predictor)
     stage3.train(work / "stage3", s3, vq_ckpt, cont_ckpt, work / "stage2" / "last.pt", cache)
     log["stages"]["stage3"] = _summary(work / "stage3", cfg.stage3_batch, time.time() - t)
 
     if (work / "stage3" / "vq.pt").exists():  # stage 3 fine-tuned the VQ decoder: that is the VQ model now
         vq_ckpt = work / "stage3" / "vq.pt"
+    predictor_ckpt = work / "stage3" / "predictor.pt"  # stage 3 fine-tuned the predictor too
+    if not predictor_ckpt.exists():
+        predictor_ckpt = work / "stage2" / "last.pt"
     sizes = {"vq.pt": _export_fp16(vq_ckpt, out / "vq.pt", "vq"),
              "cont.pt": _export_fp16(cont_ckpt, out / "cont.pt", "cont"),
-             "predictor.pt": _export_fp16(work / "stage2" / "last.pt", out / "predictor.pt", "predictor"),
+             "predictor.pt": _export_fp16(predictor_ckpt, out / "predictor.pt", "predictor"),
              "correction.pt": _export_fp16(work / "stage3" / "last.pt", out / "correction.pt", "correction")}
     too_big = [f for f, n in sizes.items() if n > 16 * MIB]
     if too_big:

@@ -1,4 +1,4 @@
-"""Stage 3: the correction network, with VQ autoencoder, continuous codec and predictor frozen.
+"""Stage 3: the correction network, with VQ encoder, continuous codec and (by default) predictor frozen.
 
 Each step draws cached training tiles, masks their token maps with one of the codec's schedules,
 lets the frozen predictor restore them (so the correction learns to fix prediction errors too) —
@@ -19,17 +19,26 @@ decoder and the correction together, with LPIPS-VGG (``lpips_weight``, models/lp
 optionally converting both decoders to position-wise normalisation first (``decoder_norm="channel"``,
 seamless by construction, see layers.ChannelNorm). A share of the steps (``plain_share``) trains the VQ
 decoder alone on full token maps, so the VQ-only stream keeps decoding well. ``bf16`` runs the forward
-pass under bfloat16 autocast (avx512_bf16 on this CPU; CUDA too). Every ``val_every`` steps the fused
-decoder is scored on ``val`` tiles (PSNR, LPIPS-Alex at schedule 1_4): the curve that decides."""
+pass under bfloat16 autocast (avx512_bf16 on this CPU; CUDA too).
+
+Since session 13 the predictor can learn here too (``train_predictor``): the expected code is
+differentiable in its logits, so the pixel loss reaches it, and it learns which *codes decode alike*
+where cross-entropy only rewards the right index (a small ``ce_weight`` keeps it a distribution over
+codes). On val this helped the old pixel decoder on its own (models/TRAINING.md, session 13).
+
+Every ``val_every`` steps the fused decoder is scored on ``val`` tiles (PSNR, LPIPS-Alex at schedule
+1_4): the curve that decides."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ...runtime import metrics
 from ...runtime.masking import sent_mask
@@ -84,6 +93,11 @@ class Stage3TrainConfig(RunConfig):
                                                         "choices": ("keep", *NORMS)})
     soft_codes: bool = field(default=True, metadata={"help": "masked positions carry the predictor's expected "
                                                             "code, not its argmax's (MaskedTokenPredictor.codes)"})
+    train_predictor: bool = field(default=False, metadata={"help": "fine-tune the predictor too, through the "
+                                                                  "expected codes (needs --soft-codes)"})
+    predictor_lr: float = field(default=3e-5, metadata={"help": "its Adam learning rate (decays with --lr-decay)"})
+    ce_weight: float = field(default=0.02, metadata={"help": "weight of a cross-entropy anchor on the masked "
+                                                             "tokens while the predictor trains"})
     val_every: int = field(default=0, metadata={"help": "score the fused decoder on val tiles every N steps "
                                                         "(0: never)"})
     val_tiles: int = field(default=24, metadata={"help": "val tiles scored"})
@@ -145,8 +159,15 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
     if cfg.train_vq_decoder:
         vq.decoder.requires_grad_(True)
         trained += list(vq.decoder.parameters())
+    groups = [{"params": trained, "lr": cfg.lr}]
+    if cfg.train_predictor:
+        if not cfg.soft_codes:
+            raise ValueError("--train-predictor needs --soft-codes: the argmax passes no gradient")
+        predictor.requires_grad_(True)
+        groups.append({"params": list(predictor.parameters()), "lr": cfg.predictor_lr})
+    base_lrs = [g["lr"] for g in groups]  # (what --lr-decay scales; resumed groups keep their saved LR)
     gan = cfg.disc_weight > 0
-    opt = torch.optim.Adam(trained, lr=cfg.lr, betas=(0.5, 0.9) if gan else (0.9, 0.999))
+    opt = torch.optim.Adam(groups, betas=(0.5, 0.9) if gan else (0.9, 0.999))
     disc = PatchDiscriminator().to(cfg.device)
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     if gan and cfg.disc_init:
@@ -157,6 +178,7 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
         val_tiles = np.stack(val_crops(cfg.val_tiles))
         val = (val_tiles, *tile_cache.tokens_and_guidance(vq, cont, val_tiles), LPIPS("alex").to(cfg.device))
     run.resume(**({"model": correction, "opt": opt} | ({"vq_decoder": vq.decoder} if cfg.train_vq_decoder else {})
+                  | ({"predictor": predictor} if cfg.train_predictor else {})
                   | ({"disc": disc, "opt_d": opt_d} if gan else {})))
     grid, token = tokens.shape[-1], vq.cfg.factor  # tokens per tile side, pixels per token
     ct, px = cfg.crop_tokens, cfg.crop_tokens * token
@@ -168,9 +190,19 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
         plain = cfg.train_vq_decoder and rng.random() < cfg.plain_share
         name = "none" if plain else cfg.schedules[rng.integers(len(cfg.schedules))]
         vis = torch.from_numpy(np.broadcast_to(sent_mask(name, grid), idx.shape).copy()).to(cfg.device)
-        with torch.no_grad():
-            codes = (predictor.codes(idx, vis, g, cfg.soft_codes, vq.quantizer.normalised_codebook())
-                     if name != "none" else vq.quantizer.lookup(idx))
+        ce = torch.zeros(())
+        if name == "none":
+            codes = vq.quantizer.lookup(idx)
+        else:
+            # autocast only while it trains: frozen, it gives the decoder the codes the runtime's fp32 graph gives
+            with torch.set_grad_enabled(cfg.train_predictor), (autocast(cfg) if cfg.train_predictor
+                                                                     else contextlib.nullcontext()):
+                logits = predictor.logits(predictor.hidden(idx, vis, g, compact=True))
+                codes = predictor.code_image(logits, idx, vis, cfg.soft_codes, vq.quantizer.normalised_codebook())
+            if cfg.train_predictor:
+                masked = ~vis.reshape(len(idx), -1)
+                ce = F.cross_entropy(logits[masked].float(), idx.reshape(len(idx), -1)[masked])
+            codes = codes.float()
         oy, ox = (int(v) for v in rng.integers(0, grid - ct + 1, 2))
         y0, x0 = oy * token, ox * token
         target = to_tensor(tiles[pick][:, y0 : y0 + px, x0 : x0 + px], cfg.device)
@@ -186,6 +218,8 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
                 lp = lpips_vgg(out, target).mean().float()
         tex = texture_energy_loss(out, target, cfg.texture_match) if cfg.texture_weight else torch.zeros(())
         loss = l1 + cfg.lpips_weight * lp + cfg.perceptual_weight * perc + cfg.texture_weight * tex
+        if cfg.train_predictor:
+            loss = loss + cfg.ce_weight * ce
         w_gan = 0.0
         if gan:
             g_loss = -disc(out).mean()
@@ -193,16 +227,16 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
             loss = loss + w_gan * g_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        for group in opt.param_groups:
-            group["lr"] = cfg.lr * ((1 - run.state.step / cfg.steps) if cfg.lr_decay else 1.0)
+        for group, base in zip(opt.param_groups, base_lrs):
+            group["lr"] = base * ((1 - run.state.step / cfg.steps) if cfg.lr_decay else 1.0)
         opt.step()
         if gan:
             d_loss = hinge_d_loss(disc(target), disc(out.detach()))
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()
-        return {"l1": l1.item(), "lpips_vgg": lp.item(), "perc": perc.item(), "texture": tex.item(), "schedule": name,
-                "w_gan": float(w_gan), "d_loss": d_loss.item() if gan else 0.0}
+        return {"l1": l1.item(), "lpips_vgg": lp.item(), "ce": ce.item(), "perc": perc.item(), "texture": tex.item(),
+                "schedule": name, "w_gan": float(w_gan), "d_loss": d_loss.item() if gan else 0.0}
 
     def save() -> None:
         extra = {"disc": disc.state_dict(), "opt_d": opt_d.state_dict()} if gan else {}
@@ -211,6 +245,11 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
             # the fine-tuned VQ model as a stage1-vq checkpoint, for `hf-train bundle --vq`
             checkpoint.save(run_dir / "vq.pt", model=vq.state_dict(), config=vq.cfg, kind="vq",
                             step=run.state.step, from_ckpt=str(vq_ckpt))
+        if cfg.train_predictor:
+            extra["predictor"] = predictor.state_dict()
+            # the fine-tuned predictor as a stage2 checkpoint, for `hf-train bundle --predictor`
+            checkpoint.save(run_dir / "predictor.pt", model=predictor.state_dict(), config=predictor.cfg,
+                            kind="predictor", step=run.state.step, from_ckpt=str(predictor_ckpt))
         run.save(model=correction.state_dict(), opt=opt.state_dict(), train_config=cfg, kind="correction",
                  vq_ckpt=str(vq_ckpt), cont_ckpt=str(cont_ckpt), predictor_ckpt=str(predictor_ckpt), **extra)
 
