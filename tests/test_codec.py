@@ -379,3 +379,23 @@ def test_sent_indices_reach_the_decoder_as_the_same_numbers_either_way(codec: Co
     mask = np.broadcast_to(visible[:, None], codes.shape)
     assert np.array_equal(codes[mask], looked_up[mask])
     assert not np.allclose(codes[~mask], looked_up[~mask])  # masked positions are the predictor's own
+
+
+def test_freed_memory_is_trimmed_once_the_model_is_idle(codec: Codec, photo: np.ndarray,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """malloc_trim walks the heap (ms per call): a whole compress triggers it once, after the last
+    graph run has been idle for TRIM_AFTER_IDLE_S, not once per graph run."""
+    from hybridflow.runtime import model as model_module
+
+    calls = []
+    monkeypatch.setattr(model_module, "TRIM_AFTER_IDLE_S", 1.0)
+    monkeypatch.setattr(model_module, "release_free_memory", lambda: calls.append(time.monotonic()))
+    start = time.monotonic()
+    codec.compress(photo, mask="1_4")
+    codec.compress(photo, mask="1_4")  # several graph runs each, back to back
+    assert calls == [] or calls[0] - start >= 1.0
+    deadline = time.monotonic() + 5
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.2)
+    assert len(calls) <= 2 and calls  # trimmed once idle (at most once per compress here), not per graph run
