@@ -164,16 +164,14 @@ class MaskedTokenPredictor(nn.Module):
         return torch.where(visible, idx, pred)
 
     def codes(self, idx: torch.Tensor, visible: torch.Tensor, guidance: torch.Tensor | None,
-              soft: bool, codebook: torch.Tensor | None = None, compact: bool = False) -> torch.Tensor:
+              soft: bool, codebook: torch.Tensor | None = None) -> torch.Tensor:
         """What the pixel decoder reads, (B, code_dim, 16, 16): the sent tokens' code vectors, and at
         masked positions either the argmax's code (``soft`` False: the index map of ``predict``) or
         the expected code under the predicted distribution. One-pass prediction is right for only
         ≈ 1 masked token in 8; the argmax then draws confident, wrong content, where the expectation
         hedges between the likely codes (val, 1_4, before any retraining: +0.25 dB). The code vectors
-        are the predictor's own copy of the codebook, or ``codebook`` for one trained without it
-        (``compact``: as ``encode``)."""
-        logits = self.logits(self.hidden(idx, visible, guidance, compact))
-        return self.code_image(logits, idx, visible, soft, codebook)
+        are the predictor's own copy of the codebook, or ``codebook`` for one trained without it."""
+        return self.code_image(self.forward(idx, visible, guidance), idx, visible, soft, codebook)
 
     def code_image(self, logits: torch.Tensor, idx: torch.Tensor, visible: torch.Tensor, soft: bool,
                    codebook: torch.Tensor | None = None) -> torch.Tensor:

@@ -66,7 +66,7 @@ def decode_pair(codec: Codec, rgb: np.ndarray, mask: str, rate: int | None = Non
     return pictures["tokens"], pictures["continuous"]
 
 
-def train_triples(codec: Codec, n: int, side: int, seed: int, rate_share: float = 0.5) -> list[Triple]:
+def train_triples(codec: Codec, n: int, side: int, seed: int, rate_share: float) -> list[Triple]:
     """``n`` random training crops with their two decodes (``codec`` unfused), a share ``rate_share`` at a
     random rate point. Deterministic given the model, the file list, ``seed`` and ``rate_share``."""
     files = list_images(data_root() / "train")

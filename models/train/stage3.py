@@ -217,9 +217,7 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
             with autocast(cfg):
                 lp = lpips_vgg(out, target).mean().float()
         tex = texture_energy_loss(out, target, cfg.texture_match) if cfg.texture_weight else torch.zeros(())
-        loss = l1 + cfg.lpips_weight * lp + cfg.perceptual_weight * perc + cfg.texture_weight * tex
-        if cfg.train_predictor:
-            loss = loss + cfg.ce_weight * ce
+        loss = l1 + cfg.lpips_weight * lp + cfg.perceptual_weight * perc + cfg.texture_weight * tex + cfg.ce_weight * ce
         w_gan = 0.0
         if gan:
             g_loss = -disc(out).mean()
