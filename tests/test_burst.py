@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from .test_pack import make_pack
@@ -89,3 +90,50 @@ def test_toy_burst_on_cpu_bundles_and_exports(synthetic_data: Path, tmp_path: Pa
     assert c.predictor is not None and c.correction is not None
     man = export_bundle(tmp_path / "b.pt", tmp_path / "model", parity=False)
     assert set(man["graphs"]) >= {"predictor", "pixel_decoder"}
+
+
+def test_stage3_trains_through_the_fusion(synthetic_data: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """``hf-train stage3 --fusion``: the loss is taken on the fused picture, so the fusion learns too and
+    comes out as a fusion checkpoint that ``hf-train bundle --fusion`` takes; validation scores the fused
+    picture (a different number from the pixel decoder's alone)."""
+    import torch
+
+    from hybridflow.models import checkpoint, lpips
+    from hybridflow.models.bundle import tiny_components
+    from hybridflow.models.correction import CorrectionNet, PixelDecoder
+    from hybridflow.models.data import val_crops
+    from hybridflow.models.train import stage3, tile_cache
+
+    if not (lpips.available("vgg") and lpips.available("alex")):
+        pytest.skip("no LPIPS weights in ../shared/weights/lpips")
+    monkeypatch.setenv(lpips.ENV, str(lpips.weights_dir()))  # (found beside the data otherwise)
+    monkeypatch.setenv("HF_DATA", str(synthetic_data))
+    c = tiny_components(with_fusion=True)
+    files = {"vq": (c.vq, "vq"), "cont": (c.cont, "cont"), "predictor": (c.predictor, "predictor"),
+             "fusion": (c.fusion, "fusion")}
+    for name, (model, kind) in files.items():
+        checkpoint.save(tmp_path / f"{name}.pt", model=model.state_dict(), config=model.cfg, kind=kind)
+    cfg = stage3.Stage3TrainConfig(steps=3, batch=2, tiles=4, lr=1e-3, fusion=str(tmp_path / "fusion.pt"),
+                                   fusion_lr=1e-2, lpips_weight=1.0, lpips_layers=1, perceptual_weight=0,
+                                   schedules=("1_4",), val_every=3, val_tiles=2)
+    stage3.train(tmp_path / "run", cfg, tmp_path / "vq.pt", tmp_path / "cont.pt", tmp_path / "predictor.pt",
+                 tmp_path / "cache")
+
+    fused = checkpoint.load(tmp_path / "run" / "fusion.pt")
+    assert fused["kind"] == "fusion" and fused["step"] == 3
+    moved = [k for k, v in c.fusion.state_dict().items() if not torch.equal(v, fused["model"][k])]
+    assert "out.2.weight" in moved
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    val = [r for r in records if "val_psnr" in r]
+    assert [r["step"] for r in val] == [0, 3]
+
+    # step 0's score is the fused picture's, not the pixel decoder's alone
+    vq, cont = tile_cache.load_frozen(tmp_path / "vq.pt", tmp_path / "cont.pt")
+    tiles = np.stack(val_crops(2))
+    correction = CorrectionNet(vq.cfg, cont.cfg.channels)
+    correction.init_from(vq.decoder)  # where a run without --init starts
+    decoder = PixelDecoder(vq, correction).eval()
+    alone = stage3.validate(decoder, c.predictor, True, tiles, *tile_cache.tokens_and_guidance(vq, cont, tiles),
+                            lpips.LPIPS("alex"))
+    assert abs(alone["val_psnr"] - val[0]["val_psnr"]) > 1e-3

@@ -111,3 +111,42 @@ def test_runtime_runs_the_learned_upsampling(upsampling, photo: np.ndarray) -> N
                    .clamp(0, 1) * 255).round()[0].permute(1, 2, 0).numpy()
     assert np.abs(out - learned).max() <= 2
     assert np.abs(out - bicubic).mean() > 1
+
+
+def test_encoder_only_training_leaves_the_decoder_side_alone(synthetic_data, tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """``stage1-cont --encoder-only``: the analysis, hyper networks and prior learn for the full-resolution
+    picture, while the synthesis and the learned up-sampling (what the guidance and every later stage
+    depend on) stay bit-identical; validation reports the full-resolution PSNR; a codec without a learned
+    up-sampling is refused."""
+    import json
+
+    from hybridflow.models import checkpoint
+    from hybridflow.models.train import stage1_cont
+
+    monkeypatch.setenv("HF_DATA", str(synthetic_data))
+    torch.manual_seed(0)
+    cfg = ContConfig(channels=16, latent=16, hyper=8)
+    plain = ContinuousCodec(cfg)
+    checkpoint.save(tmp_path / "plain.pt", model=plain.state_dict(), config=cfg, kind="cont")
+    train_cfg = stage1_cont.ContTrainConfig(steps=4, batch=2, crop=64, val_every=2, lr=1e-3,
+                                            init=str(tmp_path / "plain.pt"), encoder_only=True)
+    with pytest.raises(ValueError, match="learned up-sampling"):
+        stage1_cont.train(tmp_path / "refused", train_cfg, ContConfig(), tmp_path / "cache")
+
+    plain.add_upsampler(8)
+    _randomise_last_layer(plain)
+    checkpoint.save(tmp_path / "cont.pt", model=plain.state_dict(), config=plain.cfg, kind="cont")
+    train_cfg.init = str(tmp_path / "cont.pt")
+    stage1_cont.train(tmp_path / "run", train_cfg, ContConfig(), tmp_path / "cache")
+
+    before = plain.state_dict()
+    after = checkpoint.load(tmp_path / "run" / "last.pt")["model"]
+    decoder_side = ("g_s_head.", "g_s_tail.", "upsampler.")
+    for name, value in before.items():
+        if name.startswith(decoder_side):
+            assert torch.equal(value, after[name]), name
+    moved = [n for n, v in before.items() if not n.startswith(decoder_side) and not torch.equal(v, after[n])]
+    assert any(n.startswith("g_a.") for n in moved) and any(n.startswith("h_s.") for n in moved)
+    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    val = [r for r in records if "val_psnr_full" in r]
+    assert val[0]["step"] == 0 and len(val) >= 2  # the starting point of the curve, then the run's

@@ -65,8 +65,9 @@ def reserve_s(minutes: float) -> float:
     return min(20.0, 6.0 * minutes)
 
 
-def autocast(cfg: RunConfig) -> contextlib.AbstractContextManager:
-    return torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16)
+def autocast(cfg: RunConfig, enabled: bool = True) -> contextlib.AbstractContextManager:
+    """bf16 autocast when the run asks for it (``cfg.bf16``) and the caller does (``enabled``)."""
+    return torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16, enabled=cfg.bf16 and enabled)
 
 
 @dataclass

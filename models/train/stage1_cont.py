@@ -9,7 +9,14 @@ network of ``init`` stays frozen and only the gain vectors of ``rate_points`` po
 with its own fixed λ_k = base_lmbda · lmbda_step^(k − base_rate). Each batch is split evenly over the
 points other than the base (whose gains stay exactly 1). An ``init`` with fewer points around the same
 base is *extended*: its points keep their gains exactly (streams coded at them keep their meaning and
-the ladder built on them stays valid) and only the added points, above its top, are learnt."""
+the ladder built on them stays valid) and only the added points, above its top, are learnt.
+
+``encoder_only`` (session 14) fine-tunes the encoder side of ``init``'s codec — analysis, hyper
+networks and prior — for the picture the runtime actually shows: full-resolution crops, distortion
+measured after the frozen synthesis and learned ×4 up-sampling (the low-res MSE the codec was first
+trained on is only a proxy for it). The decoder side does not move, so the guidance that the
+predictor, the pixel decoder and the fusion read keeps its meaning; streams change, so the other rate
+points' gains are re-learnt afterwards (``--gains-only --init RUN/last.pt``)."""
 
 from __future__ import annotations
 
@@ -56,6 +63,8 @@ class ContTrainConfig(RunConfig):
                                                             "points (a fresh start; --init's own gains if it has "
                                                             "the same points)"})
     gain_lr: float = field(default=0.01, metadata={"help": "gains-only: Adam learning rate of the log-gains"})
+    encoder_only: bool = field(default=False, metadata={"help": "train only the encoder side of --init's codec "
+                                                                "for its full-resolution picture (see above)"})
 
 
 class RatePoints(nn.Module):
@@ -107,20 +116,28 @@ def bpp_full(out: dict[str, torch.Tensor], lowres_pixels: int, downscale_by: int
 
 @torch.no_grad()
 def validate(model: ContinuousCodec, images: list[np.ndarray], rate: int | None = None) -> dict[str, float]:
-    """Mean bpp (likelihoods) and low-res PSNR at rate point ``rate`` (None: the base point)."""
+    """Mean bpp (likelihoods) and low-res PSNR at rate point ``rate`` (None: the base point); with a
+    learned up-sampling also the full-resolution PSNR (what continuous-only decoding shows)."""
     model.eval()
     device = next(model.parameters()).device
     gains = None if rate is None else model.rate_gains(rate)
-    bpps, psnrs = [], []
+    bpps, psnrs, full = [], [], []
     for img in images:
         lr = downscale(img, model.cfg.downscale)
         x = (to_tensor(lr[None], device) + 1) / 2
         out = model(x, gains)
         bpps.append(bpp_full(out, lr.shape[0] * lr.shape[1], model.cfg.downscale).item())
-        rec = (out["x_hat"].clamp(0, 1) * 255).round().byte()[0].permute(1, 2, 0).cpu().numpy()
-        psnrs.append(metrics.psnr(lr, rec))
+        psnrs.append(metrics.psnr(lr, to_u8(out["x_hat"])))
+        if model.upsampler is not None:
+            full.append(metrics.psnr(img, to_u8(model.full_resolution(out["g"]))))
     model.train()
-    return {"val_bpp": float(np.mean(bpps)), "val_psnr_lowres": float(np.mean(psnrs))}
+    return {"val_bpp": float(np.mean(bpps)), "val_psnr_lowres": float(np.mean(psnrs))} | (
+        {"val_psnr_full": float(np.mean(full))} if full else {})
+
+
+def to_u8(x: torch.Tensor) -> np.ndarray:
+    """One image in [0, 1] (1, 3, H, W) → H×W×3 uint8, rounded as the runtime rounds."""
+    return (x.clamp(0, 1) * 255).round().byte()[0].permute(1, 2, 0).cpu().numpy()
 
 
 def validate_points(model: ContinuousCodec, images: list[np.ndarray]) -> dict[str, list[float]]:
@@ -158,42 +175,70 @@ def _gains_model(cfg: ContTrainConfig, model_cfg: ContConfig) -> tuple[Continuou
     return model.requires_grad_(False), model_cfg, kept
 
 
+def _encoder_model(cfg: ContTrainConfig) -> tuple[ContinuousCodec, ContConfig]:
+    """--init's codec (its own config: the command line's model fields are ignored) with the decoder
+    side — synthesis and learned up-sampling — frozen."""
+    if not cfg.init:
+        raise ValueError("--encoder-only fine-tunes an existing codec: give --init")
+    model = checkpoint.load_model(Path(cfg.init), ContinuousCodec, ContConfig)
+    if model.upsampler is None:
+        raise ValueError(f"{cfg.init}: --encoder-only needs a codec with a learned up-sampling (hf-train upsampler)")
+    for part in (model.g_s_head, model.g_s_tail, model.upsampler):
+        part.requires_grad_(False)
+    return model, model.cfg
+
+
 def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir: Path) -> None:
     run = Run(run_dir, cfg)
     rates: RatePoints | None = None
     if cfg.gains_only:
         model, model_cfg, kept = _gains_model(cfg, model_cfg)
         rates = RatePoints(model, cfg.base_lmbda, cfg.lmbda_step, cfg.gain_step, kept).to(cfg.device)
+    elif cfg.encoder_only:
+        model, model_cfg = _encoder_model(cfg)
     else:
         model = ContinuousCodec(model_cfg)
         if cfg.init:
             model.load_state_dict(checkpoint.load(Path(cfg.init))["model"])
     model.to(cfg.device)
-    trained = rates if rates is not None else model
-    opt = torch.optim.Adam(trained.parameters(), lr=cfg.gain_lr if rates is not None else cfg.lr)
+    trained = list(rates.parameters()) if rates is not None else [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(trained, lr=cfg.gain_lr if rates is not None else cfg.lr)
     log_lmbda = math.log(cfg.lmbda)
     if ck := run.resume(model=model, opt=opt, **({"rates": rates} if rates is not None else {})):
         log_lmbda = ck["log_lmbda"]
-    data = ImageCache(data_root() / "train", cache_dir, downscale_by=model_cfg.downscale)
+    ds = model_cfg.downscale
+    data = ImageCache(data_root() / "train", cache_dir, downscale_by=1 if cfg.encoder_only else ds)
     images = val_crops(16, whole_tiles_only=True)
 
     def step() -> Numbers:
         nonlocal log_lmbda
-        x = (to_tensor(data.random_crops(run.rng, cfg.batch, cfg.crop), cfg.device) + 1) / 2
+        if cfg.encoder_only:  # full-resolution crops, down-sampled as the runtime does
+            full = data.random_crops(run.rng, cfg.batch, cfg.crop * ds)
+            x = (to_tensor(np.stack([downscale(c, ds) for c in full]), cfg.device) + 1) / 2
+        else:
+            x = (to_tensor(data.random_crops(run.rng, cfg.batch, cfg.crop), cfg.device) + 1) / 2
         if rates is not None:  # gains only: no rate controller, each point has its fixed λ
             loss, bpps, mses = rates.loss(model, x)
             bpp, mse = bpps.mean(), mses.mean()
+        elif cfg.encoder_only:
+            out = model(x)  # fp32: likelihoods are differences of CDFs
+            with autocast(cfg):
+                rec = model.full_resolution(out["g"])
+            bpp = bpp_full(out, cfg.batch * cfg.crop**2, ds)
+            mse = F.mse_loss(rec.float(), (to_tensor(full, cfg.device) + 1) / 2)
+            loss = bpp + math.exp(log_lmbda) * mse
         else:
             with autocast(cfg):  # (burst keeps this stage in fp32: likelihoods are differences of CDFs)
                 out = model(x)
-            bpp = bpp_full(out, cfg.batch * cfg.crop**2, model_cfg.downscale)
+            bpp = bpp_full(out, cfg.batch * cfg.crop**2, ds)
             mse = F.mse_loss(out["x_hat"].float(), x)
             loss = bpp + math.exp(log_lmbda) * mse
         opt.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(trained.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
-        numbers = {"bpp": bpp.item(), "psnr_lowres": 10 * math.log10(1 / max(mse.item(), 1e-10))}  # gains: means
+        psnr_key = "psnr_full" if cfg.encoder_only else "psnr_lowres"
+        numbers = {"bpp": bpp.item(), psnr_key: 10 * math.log10(1 / max(mse.item(), 1e-10))}  # gains: means
         if rates is None:
             # Rate controller: too many bits → lower λ, too few → raise it.
             log_lmbda -= cfg.lmbda_rate * float(np.clip((bpp.item() - cfg.target_bpp) / cfg.target_bpp, -1, 1))
@@ -214,4 +259,6 @@ def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir:
         rates.store(model)
         return validate_points(model, images)
 
+    if cfg.init and run.state.step == 0:
+        run.state.log(validation())  # where a run from an existing codec starts
     run.loop("stage1-cont", cfg.steps, step, save, validation, cfg.val_every)

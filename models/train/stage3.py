@@ -26,12 +26,17 @@ differentiable in its logits, so the pixel loss reaches it, and it learns which 
 where cross-entropy only rewards the right index (a small ``ce_weight`` keeps it a distribution over
 codes). On val this helped the old pixel decoder on its own (models/TRAINING.md, session 13).
 
+Since session 14 the loss can be taken where the runtime shows the picture, after the fusion
+(``fusion``: a ``hf-train fusion`` checkpoint, trained here too at ``fusion_lr``): the fusion already
+brings the continuous picture's low frequencies, so the pixel decoder may spend itself on what the
+continuous stream cannot say. The continuous picture is drawn from each whole tile's guidance (frozen
+learned up-sampling, rounded to 8 bits as the runtime passes it) and cropped with the pixels.
+
 Every ``val_every`` steps the fused decoder is scored on ``val`` tiles (PSNR, LPIPS-Alex at schedule
 1_4): the curve that decides."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +51,8 @@ from .. import checkpoint
 from ..correction import CorrectionNet, PixelDecoder
 from ..data import val_crops
 from ..discriminator import PatchDiscriminator
+from ..fusion import Fusion, FusionConfig
+from ..hyperprior import ContinuousCodec
 from ..layers import NORMS
 from ..losses import TEXTURE_MATCHES, adaptive_weight, hinge_d_loss, perceptual_loss, texture_energy_loss
 from ..lpips import LPIPS
@@ -78,6 +85,8 @@ class Stage3TrainConfig(RunConfig):
     disc_init: str = field(default="", metadata={"help": "stage1-vq (or GAN stage-3) checkpoint whose "
                                                          "discriminator starts the GAN", "must_exist": True})
     disc_warmup: int = field(default=100, metadata={"help": "steps over which the GAN weight ramps up from 0"})
+    disc_lr: float = field(default=0.0, metadata={"help": "the discriminator's Adam learning rate (0: --lr); a "
+                                                          "fresh one must learn faster than a fine-tuned decoder"})
     lr_decay: bool = field(default=False, metadata={"help": "LR falls linearly to 0 at --steps: a GAN run ends in "
                                                             "one state"})
     lpips_weight: float = field(default=0.0, metadata={"help": "weight of the LPIPS-VGG term (the perceptual "
@@ -98,6 +107,11 @@ class Stage3TrainConfig(RunConfig):
     predictor_lr: float = field(default=3e-5, metadata={"help": "its Adam learning rate (decays with --lr-decay)"})
     ce_weight: float = field(default=0.02, metadata={"help": "weight of a cross-entropy anchor on the masked "
                                                              "tokens while the predictor trains"})
+    fusion: str = field(default="", metadata={"help": "fusion checkpoint (hf-train fusion): the loss is taken on "
+                                                     "the fused picture and the fusion learns too (see above)",
+                                             "must_exist": True})
+    fusion_lr: float = field(default=3e-5, metadata={"help": "the fusion's Adam learning rate (decays with "
+                                                             "--lr-decay)"})
     val_every: int = field(default=0, metadata={"help": "score the fused decoder on val tiles every N steps "
                                                         "(0: never)"})
     val_tiles: int = field(default=24, metadata={"help": "val tiles scored"})
@@ -112,10 +126,19 @@ def with_decoder_norm(vq: VQAutoencoder, kind: str) -> VQAutoencoder:
     return new.eval()
 
 
+def continuous_picture(cont: ContinuousCodec, g: torch.Tensor) -> torch.Tensor:
+    """Whole tiles' guidance → the continuous stream's full-resolution picture in [−1, 1], on the 8-bit
+    grid the runtime hands to the fusion."""
+    with torch.no_grad():
+        return (cont.full_resolution(g).clamp(0, 1) * 255).round() / 127.5 - 1
+
+
 @torch.no_grad()
 def validate(decoder: PixelDecoder, predictor: MaskedTokenPredictor, soft: bool, tiles: np.ndarray,
-             tokens: torch.Tensor, guidance: torch.Tensor, lpips_alex: LPIPS) -> dict[str, float]:
-    """Fused decoder on whole val tiles at schedule 1_4: mean PSNR and LPIPS-Alex (never trained on)."""
+             tokens: torch.Tensor, guidance: torch.Tensor, lpips_alex: LPIPS,
+             fused: tuple[Fusion, ContinuousCodec] | None = None) -> dict[str, float]:
+    """Fused decoder on whole val tiles at schedule 1_4 (then the fusion with the continuous picture, if
+    ``fused``): mean PSNR and LPIPS-Alex (never trained on)."""
     decoder.eval()
     device = next(decoder.parameters()).device
     tokens, guidance = tokens.to(device), guidance.to(device)
@@ -125,6 +148,9 @@ def validate(decoder: PixelDecoder, predictor: MaskedTokenPredictor, soft: bool,
     for s in range(0, len(tiles), 8):
         codes = predictor.codes(tokens[s : s + 8], vis[s : s + 8], guidance[s : s + 8], soft, book)
         out = decoder(codes, guidance[s : s + 8]).clamp(-1, 1)
+        if fused is not None:
+            fusion, cont = fused
+            out = fusion(out, continuous_picture(cont, guidance[s : s + 8])).clamp(-1, 1)
         target = to_tensor(tiles[s : s + 8], device)
         lp += lpips_alex(out, target).tolist()
         rec = ((out + 1) * 127.5).round().permute(0, 2, 3, 1).cpu().numpy().astype(np.uint8)
@@ -165,11 +191,15 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
             raise ValueError("--train-predictor needs --soft-codes: the argmax passes no gradient")
         predictor.requires_grad_(True)
         groups.append({"params": list(predictor.parameters()), "lr": cfg.predictor_lr})
+    fusion = None
+    if cfg.fusion:
+        fusion = checkpoint.load_model(Path(cfg.fusion), Fusion, FusionConfig).to(cfg.device).train()
+        groups.append({"params": list(fusion.parameters()), "lr": cfg.fusion_lr})
     base_lrs = [g["lr"] for g in groups]  # (what --lr-decay scales; resumed groups keep their saved LR)
     gan = cfg.disc_weight > 0
     opt = torch.optim.Adam(groups, betas=(0.5, 0.9) if gan else (0.9, 0.999))
     disc = PatchDiscriminator().to(cfg.device)
-    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
+    opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.disc_lr or cfg.lr, betas=(0.5, 0.9))
     if gan and cfg.disc_init:
         disc.load_state_dict(checkpoint.load(Path(cfg.disc_init))["disc"])
     lpips_vgg = LPIPS("vgg", layers=cfg.lpips_layers).to(cfg.device) if cfg.lpips_weight else None
@@ -179,6 +209,7 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
         val = (val_tiles, *tile_cache.tokens_and_guidance(vq, cont, val_tiles), LPIPS("alex").to(cfg.device))
     run.resume(**({"model": correction, "opt": opt} | ({"vq_decoder": vq.decoder} if cfg.train_vq_decoder else {})
                   | ({"predictor": predictor} if cfg.train_predictor else {})
+                  | ({"fusion": fusion} if fusion is not None else {})
                   | ({"disc": disc, "opt_d": opt_d} if gan else {})))
     grid, token = tokens.shape[-1], vq.cfg.factor  # tokens per tile side, pixels per token
     ct, px = cfg.crop_tokens, cfg.crop_tokens * token
@@ -195,8 +226,7 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
             codes = vq.quantizer.lookup(idx)
         else:
             # autocast only while it trains: frozen, it gives the decoder the codes the runtime's fp32 graph gives
-            with torch.set_grad_enabled(cfg.train_predictor), (autocast(cfg) if cfg.train_predictor
-                                                                     else contextlib.nullcontext()):
+            with torch.set_grad_enabled(cfg.train_predictor), autocast(cfg, enabled=cfg.train_predictor):
                 logits = predictor.logits(predictor.hidden(idx, vis, g, compact=True))
                 codes = predictor.code_image(logits, idx, vis, cfg.soft_codes, vq.quantizer.normalised_codebook())
             if cfg.train_predictor:
@@ -209,6 +239,10 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
         crop_codes, crop_g = codes[:, :, oy : oy + ct, ox : ox + ct], g[:, :, oy : oy + ct, ox : ox + ct]
         with autocast(cfg):
             out = vq.decoder(crop_codes) if plain else decoder(crop_codes, crop_g)
+        if fusion is not None and not plain:  # the picture the runtime shows: fused with the continuous one
+            cont_pic = continuous_picture(cont, g)[:, :, y0 : y0 + px, x0 : x0 + px]
+            with autocast(cfg):
+                out = fusion(out.clamp(-1, 1), cont_pic)
         out = out.float()
         l1 = (out - target).abs().mean()
         perc = perceptual_loss(out, target) if cfg.perceptual_weight else torch.zeros(())
@@ -243,6 +277,11 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
             # the fine-tuned VQ model as a stage1-vq checkpoint, for `hf-train bundle --vq`
             checkpoint.save(run_dir / "vq.pt", model=vq.state_dict(), config=vq.cfg, kind="vq",
                             step=run.state.step, from_ckpt=str(vq_ckpt))
+        if fusion is not None:
+            extra["fusion"] = fusion.state_dict()
+            # the fine-tuned fusion as a fusion checkpoint, for `hf-train bundle --fusion`
+            checkpoint.save(run_dir / "fusion.pt", model=fusion.state_dict(), config=fusion.cfg, kind="fusion",
+                            step=run.state.step, from_ckpt=cfg.fusion)
         if cfg.train_predictor:
             extra["predictor"] = predictor.state_dict()
             # the fine-tuned predictor as a stage2 checkpoint, for `hf-train bundle --predictor`
@@ -252,7 +291,8 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
                  vq_ckpt=str(vq_ckpt), cont_ckpt=str(cont_ckpt), predictor_ckpt=str(predictor_ckpt), **extra)
 
     def validate_now() -> Numbers:
-        return validate(decoder, predictor, cfg.soft_codes, *val)
+        return validate(decoder, predictor, cfg.soft_codes, *val,
+                        fused=(fusion, cont) if fusion is not None else None)
 
     if val is not None and run.state.step == 0 and run.deadline.share_left() > 0.5:
         run.state.log(validate_now())  # the starting point of the val curve
