@@ -32,7 +32,8 @@ def rss_mb() -> float:
     return float("nan")
 
 
-ARENAS = ("off", "kept", "shrunk")  # onnxruntime's CPU arena: none, kept for the session's life, shrunk per run
+# onnxruntime's CPU arena: none, kept for the session's life, shrunk once the Model is idle (runtime/model.py)
+ARENAS = ("off", "kept", "shrunk")
 
 
 def child(model: str | None, calls: int, size: tuple[int, int], arena: str, cap: int, windows: int) -> dict:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from . import session as session_module
 from .complexity import ComplexityModel
 from .entropy import EntropyTables
 from .fixedpoint import IntegerHyperSynthesis
@@ -66,8 +67,11 @@ def _malloc_trim() -> Any:
 
 
 # malloc_trim walks the whole heap (≈ 2–3 ms here): run after every graph run it was ≈ 20 ms of a 0.26 s
-# Kodak encode. So an idle process trims once it has stayed idle this long, off the request path.
+# Kodak encode; shrinking onnxruntime's arenas after every run cost a Kodak decode 0.18 s of page faults.
+# So an idle process gives memory back once it has stayed idle this long, off the request path.
 TRIM_AFTER_IDLE_S = 0.5
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+              "tensor(bool)": np.bool_}
 
 
 def release_free_memory() -> None:
@@ -95,6 +99,7 @@ class Model:
     _windows: int = field(default=0, repr=False)
     _threads: dict[bool, tuple[tuple[int, bool, int], ThreadPoolExecutor]] = field(default_factory=dict, repr=False)
     _trim: threading.Timer | None = field(default=None, repr=False)
+    _used: set[str] = field(default_factory=set, repr=False)  # graphs run since memory was last released
 
     @classmethod
     def load(cls, directory: Path | None = None, provider: str = "auto", threads: int | None = None,
@@ -282,6 +287,8 @@ class Model:
             return threads.submit(self._run, session, graph, inputs).result()
 
     def _run(self, session: Any, graph: str, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+        with self._lock:
+            self._used.add(graph)
         try:
             return session.run(None, inputs, run_options())
         except Exception as e:  # a graph that does not fit its manifest fails here, in onnxruntime's types
@@ -306,6 +313,34 @@ class Model:
                 pool = self._threads[window] = (key, ThreadPoolExecutor(size, thread_name_prefix=name))
             return pool[1]
 
+    def release_idle_memory(self) -> list[str]:
+        """Give memory back to the OS once the Model is idle (the ``_slot`` timer calls this): every
+        session that ran since the last call shrinks its onnxruntime arena — by one run on a minimal
+        input with the shrink option, the only way onnxruntime offers — and then the heap is trimmed.
+        Returns the graphs shrunk (a graph whose minimal run fails keeps its arena until the next
+        call: this runs on a timer thread, where raising would only print). Skipped while a run is in
+        flight: that run's end sets a new timer."""
+        with self._busy:
+            if self._running:
+                return []
+        with self._lock:
+            used, self._used = sorted(self._used), set()
+            sessions = [(g, self._sessions[g]) for g in used if g in self._sessions]
+        shrunk = []
+        if session_module.CPU_MEM_ARENA and session_module.SHRINK_ARENA:
+            for graph, session in sessions:
+                # symbolic dimensions: batch 1, spatial 2 (the fusion halves its input)
+                minimal = {i.name: np.zeros([d if isinstance(d, int) else (1 if k == 0 else 2)
+                                             for k, d in enumerate(i.shape)], _ORT_TYPES.get(i.type, np.float32))
+                           for i in session.get_inputs()}
+                try:
+                    session.run(None, minimal, run_options(shrink=True))
+                    shrunk.append(graph)
+                except Exception:  # noqa: BLE001, S112 (see the docstring)
+                    continue
+        release_free_memory()
+        return shrunk
+
     @contextmanager
     def _slot(self, window: bool) -> Iterator[None]:
         """At most ``max_concurrent_runs`` graph runs at once, of which at most
@@ -328,6 +363,6 @@ class Model:
                 if self._running == 0:
                     if self._trim is not None:
                         self._trim.cancel()
-                    self._trim = threading.Timer(TRIM_AFTER_IDLE_S, release_free_memory)
+                    self._trim = threading.Timer(TRIM_AFTER_IDLE_S, self.release_idle_memory)
                     self._trim.daemon = True
                     self._trim.start()

@@ -21,8 +21,9 @@ MAX_THREADS = 4 * (os.cpu_count() or 1)
 # Kodak-size decode took 384 000 page faults, 0.66 s of its 2.3 CPU-s in the kernel, 1.31 s (0.87 s
 # with the arena, shrunk). Kept, never shrunk, each session holds its largest run's memory for its
 # lifetime (session 7: 16 simultaneous decodes held 1.49 GB after the load was gone; one decode leaves
-# 0.53 GB). So: arena on, and every run ends by handing the arena's free regions back (SHRINK_ARENA;
-# that costs a decode ~0.27 s of page faults against a kept arena; benchmarks/concurrency.py).
+# 0.53 GB). Shrunk at the end of every run (sessions 7–13), it cost a Kodak decode 0.18 s of page faults
+# (1.02 → 0.84 s, session 14). So: arena on, kept while the Model is busy, and handed back once it has
+# been idle for a moment (SHRINK_ARENA; runtime/model.py ``Model.release_idle_memory``).
 CPU_MEM_ARENA = True
 SHRINK_ARENA = True
 ARENA_SHRINK_ENTRY = ("memory.enable_memory_arena_shrinkage", "cpu:0")
@@ -98,10 +99,11 @@ def open_session(path: Path, providers: list[str], threads: int | None = None,
     return ort.InferenceSession(str(path), sess_options=opts, providers=providers)
 
 
-def run_options() -> ort.RunOptions:
-    """Options for every ``InferenceSession.run``: with the CPU arena on, shrink it at the end of the run."""
+def run_options(shrink: bool = False) -> ort.RunOptions:
+    """Options for an ``InferenceSession.run``; ``shrink``: the session's CPU arena hands its free
+    regions back when the run ends (onnxruntime has no other way to ask for it)."""
     opts = ort.RunOptions()
     opts.log_severity_level = 3
-    if CPU_MEM_ARENA and SHRINK_ARENA:
+    if shrink:
         opts.add_run_config_entry(*ARENA_SHRINK_ENTRY)
     return opts

@@ -35,10 +35,13 @@ def test_default_model_is_the_export_of_its_derived_bundle(tmp_path: Path) -> No
         assert (tmp_path / "m" / graph["file"]).read_bytes() == (DEFAULT_MODEL_DIR / graph["file"]).read_bytes(), name
 
 
-def test_end_to_end_on_a_kodak_image() -> None:
+def test_end_to_end_on_a_kodak_image(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hybridflow.runtime import model as model_module
+
     path = data_root() / "kodak" / "kodim23.png"
     if not path.exists():
         pytest.skip(f"{path} missing (set HF_DATA)")
+    monkeypatch.setattr(model_module, "TRIM_AFTER_IDLE_S", 600.0)  # released below by the test, not the timer
     rgb, _ = read_image(path)
     codec = Codec.load()
     results = {}
@@ -61,6 +64,9 @@ def test_end_to_end_on_a_kodak_image() -> None:
         ladder.append((len(data), metrics.psnr(rgb, codec.decompress(data))))
     assert ladder[codec.model.base_rate][0] == len(codec.compress(rgb, stream="continuous"))
     assert all(a[0] < b[0] and a[1] < b[1] for a, b in zip(ladder, ladder[1:])), ladder
+    # an idle model shrinks every arena it used: the minimal shrink run must work for each shipped graph
+    used = set(codec.model._used)
+    assert set(codec.model.release_idle_memory()) == used
 
 
 def test_below_the_hybrid_floor_the_search_falls_back_to_the_continuous_stream() -> None:
