@@ -388,7 +388,8 @@ class TokenPart:
             (rgb,) = self.model.run("fusion", pixels=_to_float(a[None]), continuous=_to_float(b[None]))
             return _to_u8(rgb)[0, :h, :w]
 
-        paint(render, out, rows, cols, px, DECODE_WINDOW, int(self.model.manifest["fusion_margin"]), progress)
+        if paint(render, out, rows, cols, px, DECODE_WINDOW, int(self.model.manifest["fusion_margin"]), progress) > 1:
+            self.model.shrink("fusion")  # a large picture: its arena is not kept for the next one
 
     def _tile_guidance(self, guidance: np.ndarray | None, grid: TileGrid, tiles: range) -> np.ndarray:
         g, px = self.codec.geometry.grid, self.codec.geometry.token_pixels
@@ -443,7 +444,8 @@ class TokenPart:
                 (rgb,) = self.model.run("vq_decoder", codes=c)
             return _to_u8(rgb)[0]
 
-        paint(render, out, rows, cols, px, DECODE_WINDOW, self.codec.decode_margin, progress)
+        if paint(render, out, rows, cols, px, DECODE_WINDOW, self.codec.decode_margin, progress) > 1:
+            self.model.shrink("pixel_decoder" if fused else "vq_decoder")  # before the next pass grows its own
 
 
 class ContinuousPart:
@@ -531,4 +533,5 @@ class ContinuousPart:
             ry, rx = win.read(per_cell)
             return cv2.resize(_to_u8(img)[0], (rx.stop - rx.start, ry.stop - ry.start), interpolation=cv2.INTER_CUBIC)
 
-        paint(render, out, *guidance.shape[2:], per_cell, size, margin, progress)
+        if paint(render, out, *guidance.shape[2:], per_cell, size, margin, progress) > 1:
+            self.model.shrink("cont_reconstruct")  # before the next pass grows its own

@@ -81,6 +81,23 @@ def release_free_memory() -> None:
         trim(0)
 
 
+def _shrink_arena(session: Any) -> bool:
+    """One run of ``session`` on a minimal input with the arena-shrink option: onnxruntime offers no
+    other way to hand an arena's free regions back. False where the arena is off or the run fails
+    (the caller may be a timer thread, where raising would only print)."""
+    if not (session_module.CPU_MEM_ARENA and session_module.SHRINK_ARENA):
+        return False
+    # symbolic dimensions: batch 1, spatial 2 (the fusion halves its input)
+    minimal = {i.name: np.zeros([d if isinstance(d, int) else (1 if k == 0 else 2) for k, d in enumerate(i.shape)],
+                                _ORT_TYPES.get(i.type, np.float32))
+               for i in session.get_inputs()}
+    try:
+        session.run(None, minimal, run_options(shrink=True))
+    except Exception:  # noqa: BLE001
+        return False
+    return True
+
+
 @dataclass
 class Model:
     directory: Path
@@ -317,29 +334,26 @@ class Model:
         """Give memory back to the OS once the Model is idle (the ``_slot`` timer calls this): every
         session that ran since the last call shrinks its onnxruntime arena — by one run on a minimal
         input with the shrink option, the only way onnxruntime offers — and then the heap is trimmed.
-        Returns the graphs shrunk (a graph whose minimal run fails keeps its arena until the next
-        call: this runs on a timer thread, where raising would only print). Skipped while a run is in
-        flight: that run's end sets a new timer."""
+        Returns the graphs shrunk. Skipped while a run is in flight: that run's end sets a new timer."""
         with self._busy:
             if self._running:
                 return []
         with self._lock:
             used, self._used = sorted(self._used), set()
             sessions = [(g, self._sessions[g]) for g in used if g in self._sessions]
-        shrunk = []
-        if session_module.CPU_MEM_ARENA and session_module.SHRINK_ARENA:
-            for graph, session in sessions:
-                # symbolic dimensions: batch 1, spatial 2 (the fusion halves its input)
-                minimal = {i.name: np.zeros([d if isinstance(d, int) else (1 if k == 0 else 2)
-                                             for k, d in enumerate(i.shape)], _ORT_TYPES.get(i.type, np.float32))
-                           for i in session.get_inputs()}
-                try:
-                    session.run(None, minimal, run_options(shrink=True))
-                    shrunk.append(graph)
-                except Exception:  # noqa: BLE001, S112 (see the docstring)
-                    continue
+        shrunk = [graph for graph, session in sessions if _shrink_arena(session)]
         release_free_memory()
         return shrunk
+
+    def shrink(self, graph: str) -> bool:
+        """Hand ``graph``'s onnxruntime arena back now, not when the Model is next idle. The codec calls
+        this after a pass over several windows of a large picture, so that one pass's arena (hundreds of
+        MB for the pixel decoder) is not kept through the next and peak memory stays one pass's; a
+        picture of one window keeps its arenas for the next call until the Model is idle."""
+        with self._lock:
+            session = self._sessions.get(graph)
+            self._used.discard(graph)
+        return session is not None and _shrink_arena(session)
 
     @contextmanager
     def _slot(self, window: bool) -> Iterator[None]:

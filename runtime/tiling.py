@@ -175,16 +175,17 @@ def windows(h: int, w: int, window: int, margin: int) -> list[Window]:
 
 
 def paint(render: Callable[[Window], np.ndarray], out: np.ndarray, h: int, w: int, per_cell: int,
-          window: int, margin: int, progress: Callable[[int, int], None] | None = None) -> None:
+          window: int, margin: int, progress: Callable[[int, int], None] | None = None) -> int:
     """Draw the picture ``out`` (H, W, …) from an h×w cell grid window by window: ``render(win)`` is
     the picture of the cells ``win.read()`` (``per_cell`` pixels per cell), of which the window's
     centre is kept. The one loop of every decoder that draws pixels (pixel decoder, continuous
-    reconstruction); ``progress(done, total)`` after each window."""
+    reconstruction); ``progress(done, total)`` after each window. Returns the number of windows."""
     wins = windows(h, w, window, margin)
     for k, win in enumerate(wins):
         win.paste(out, render(win), per_cell)
         if progress:
             progress(k + 1, len(wins))
+    return len(wins)
 
 
 def windowed(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, in_per_cell: int, out_per_cell: int,
