@@ -116,6 +116,15 @@ def check_image(rgb: np.ndarray) -> None:
 Progress = Callable[[int, int], None]
 
 
+def _paint_pass(model: Model, graph: str, render: Callable[[Window], np.ndarray], out: np.ndarray, h: int, w: int,
+                per_cell: int, window: int, margin: int, progress: Progress | None) -> None:
+    """``tiling.paint`` for one decoding pass whose windows ``graph`` renders. A pass over several
+    windows (a large picture) hands the graph's arena back when it ends (``Model.shrink``), so the
+    passes' arenas do not stack up; a one-window picture keeps it for the next call."""
+    if paint(render, out, h, w, per_cell, window, margin, progress) > 1:
+        model.shrink(graph)
+
+
 class _Phases:
     """One ``progress`` over a decode drawn in several passes, each window by window: pass k of n
     reports its (done, total) as (k·total + done, n·total), so a bar fills once, not n times."""
@@ -388,8 +397,8 @@ class TokenPart:
             (rgb,) = self.model.run("fusion", pixels=_to_float(a[None]), continuous=_to_float(b[None]))
             return _to_u8(rgb)[0, :h, :w]
 
-        if paint(render, out, rows, cols, px, DECODE_WINDOW, int(self.model.manifest["fusion_margin"]), progress) > 1:
-            self.model.shrink("fusion")  # a large picture: its arena is not kept for the next one
+        _paint_pass(self.model, "fusion", render, out, rows, cols, px, DECODE_WINDOW,
+                    int(self.model.manifest["fusion_margin"]), progress)
 
     def _tile_guidance(self, guidance: np.ndarray | None, grid: TileGrid, tiles: range) -> np.ndarray:
         g, px = self.codec.geometry.grid, self.codec.geometry.token_pixels
@@ -444,8 +453,8 @@ class TokenPart:
                 (rgb,) = self.model.run("vq_decoder", codes=c)
             return _to_u8(rgb)[0]
 
-        if paint(render, out, rows, cols, px, DECODE_WINDOW, self.codec.decode_margin, progress) > 1:
-            self.model.shrink("pixel_decoder" if fused else "vq_decoder")  # before the next pass grows its own
+        _paint_pass(self.model, "pixel_decoder" if fused else "vq_decoder", render, out, rows, cols, px,
+                    DECODE_WINDOW, self.codec.decode_margin, progress)
 
 
 class ContinuousPart:
@@ -533,5 +542,4 @@ class ContinuousPart:
             ry, rx = win.read(per_cell)
             return cv2.resize(_to_u8(img)[0], (rx.stop - rx.start, ry.stop - ry.start), interpolation=cv2.INTER_CUBIC)
 
-        if paint(render, out, *guidance.shape[2:], per_cell, size, margin, progress) > 1:
-            self.model.shrink("cont_reconstruct")  # before the next pass grows its own
+        _paint_pass(self.model, "cont_reconstruct", render, out, *guidance.shape[2:], per_cell, size, margin, progress)

@@ -20,12 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from . import session as session_module
 from .complexity import ComplexityModel
 from .entropy import EntropyTables
 from .fixedpoint import IntegerHyperSynthesis
 from .rates import RatePoint, from_manifest
-from .session import CPU, check_provider, check_threads, open_session, providers_for, run_options
+from .session import CPU, check_provider, check_threads, open_session, providers_for, run_options, shrink_arena
 from .tiling import Geometry
 
 PRECISIONS = ("auto", "fp32", "int8")  # auto: a graph's int8 variant (see below) on the CPU provider
@@ -70,8 +69,6 @@ def _malloc_trim() -> Any:
 # Kodak encode; shrinking onnxruntime's arenas after every run cost a Kodak decode 0.18 s of page faults.
 # So an idle process gives memory back once it has stayed idle this long, off the request path.
 TRIM_AFTER_IDLE_S = 0.5
-_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
-              "tensor(bool)": np.bool_}
 
 
 def release_free_memory() -> None:
@@ -79,23 +76,6 @@ def release_free_memory() -> None:
     trim = _malloc_trim()
     if trim is not None:
         trim(0)
-
-
-def _shrink_arena(session: Any) -> bool:
-    """One run of ``session`` on a minimal input with the arena-shrink option: onnxruntime offers no
-    other way to hand an arena's free regions back. False where the arena is off or the run fails
-    (the caller may be a timer thread, where raising would only print)."""
-    if not (session_module.CPU_MEM_ARENA and session_module.SHRINK_ARENA):
-        return False
-    # symbolic dimensions: batch 1, spatial 2 (the fusion halves its input)
-    minimal = {i.name: np.zeros([d if isinstance(d, int) else (1 if k == 0 else 2) for k, d in enumerate(i.shape)],
-                                _ORT_TYPES.get(i.type, np.float32))
-               for i in session.get_inputs()}
-    try:
-        session.run(None, minimal, run_options(shrink=True))
-    except Exception:  # noqa: BLE001
-        return False
-    return True
 
 
 @dataclass
@@ -341,7 +321,7 @@ class Model:
         with self._lock:
             used, self._used = sorted(self._used), set()
             sessions = [(g, self._sessions[g]) for g in used if g in self._sessions]
-        shrunk = [graph for graph, session in sessions if _shrink_arena(session)]
+        shrunk = [graph for graph, session in sessions if shrink_arena(session)]
         release_free_memory()
         return shrunk
 
@@ -353,7 +333,7 @@ class Model:
         with self._lock:
             session = self._sessions.get(graph)
             self._used.discard(graph)
-        return session is not None and _shrink_arena(session)
+        return session is not None and shrink_arena(session)
 
     @contextmanager
     def _slot(self, window: bool) -> Iterator[None]:

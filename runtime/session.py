@@ -9,7 +9,9 @@ from __future__ import annotations
 import os
 from functools import cache
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnxruntime as ort
 
 PROVIDERS = ("auto", "cpu", "cuda")
@@ -27,6 +29,8 @@ MAX_THREADS = 4 * (os.cpu_count() or 1)
 CPU_MEM_ARENA = True
 SHRINK_ARENA = True
 ARENA_SHRINK_ENTRY = ("memory.enable_memory_arena_shrinkage", "cpu:0")
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int64)": np.int64,
+              "tensor(bool)": np.bool_}
 
 
 def check_provider(choice: str) -> str:
@@ -107,3 +111,20 @@ def run_options(shrink: bool = False) -> ort.RunOptions:
     if shrink:
         opts.add_run_config_entry(*ARENA_SHRINK_ENTRY)
     return opts
+
+
+def shrink_arena(session: Any) -> bool:
+    """One run of ``session`` on a minimal input with the arena-shrink option: onnxruntime offers no
+    other way to hand an arena's free regions back. False where the arena is off or the run fails
+    (the caller may be a timer thread, where raising would only print)."""
+    if not (CPU_MEM_ARENA and SHRINK_ARENA):
+        return False
+    # symbolic dimensions: batch 1, spatial 2 (the fusion halves its input)
+    minimal = {i.name: np.zeros([d if isinstance(d, int) else (1 if k == 0 else 2) for k, d in enumerate(i.shape)],
+                                _ORT_TYPES.get(i.type, np.float32))
+               for i in session.get_inputs()}
+    try:
+        session.run(None, minimal, run_options(shrink=True))
+    except Exception:  # noqa: BLE001
+        return False
+    return True

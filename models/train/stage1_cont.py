@@ -220,18 +220,18 @@ def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir:
         if rates is not None:  # gains only: no rate controller, each point has its fixed λ
             loss, bpps, mses = rates.loss(model, x)
             bpp, mse = bpps.mean(), mses.mean()
-        elif cfg.encoder_only:
-            out = model(x)  # fp32: likelihoods are differences of CDFs
-            with autocast(cfg):
-                rec = model.full_resolution(out["g"])
-            bpp = bpp_full(out, cfg.batch * cfg.crop**2, ds)
-            mse = F.mse_loss(rec.float(), (to_tensor(full, cfg.device) + 1) / 2)
-            loss = bpp + math.exp(log_lmbda) * mse
         else:
-            with autocast(cfg):  # (burst keeps this stage in fp32: likelihoods are differences of CDFs)
-                out = model(x)
+            if cfg.encoder_only:  # distortion of the full-resolution picture
+                out = model(x)  # fp32: likelihoods are differences of CDFs
+                with autocast(cfg):
+                    rec = model.full_resolution(out["g"])
+                target = (to_tensor(full, cfg.device) + 1) / 2
+            else:
+                with autocast(cfg):  # (burst keeps this stage in fp32: likelihoods are differences of CDFs)
+                    out = model(x)
+                rec, target = out["x_hat"], x
             bpp = bpp_full(out, cfg.batch * cfg.crop**2, ds)
-            mse = F.mse_loss(out["x_hat"].float(), x)
+            mse = F.mse_loss(rec.float(), target)
             loss = bpp + math.exp(log_lmbda) * mse
         opt.zero_grad(set_to_none=True)
         loss.backward()
