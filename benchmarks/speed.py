@@ -354,8 +354,8 @@ def eager_codec(release: Path, model_dir: Path) -> Codec:
     vq = checkpoint.load_model(release / "vq.pt", VQAutoencoder, VQConfig)
     cont = checkpoint.load_model(release / "cont.pt", ContinuousCodec, ContConfig)
     predictor = checkpoint.load_model(release / "predictor.pt", MaskedTokenPredictor, TransformerConfig)
-    correction = CorrectionNet(vq.cfg, cont.cfg.channels)
-    correction.load_state_dict(checkpoint.load(release / "correction.pt")["model"])
+    state = checkpoint.load(release / "correction.pt")["model"]
+    correction = CorrectionNet.from_state(vq.cfg, cont.cfg.channels, state)
     parts = Components(vq, cont, predictor, correction, None, None, "eager", False).eval()  # type: ignore[arg-type]
     return Codec(TorchModel.from_specs(model_dir, graph_specs(parts)))
 

@@ -50,9 +50,8 @@ def components_from_checkpoints(folder: Path):  # noqa: ANN201  (models.bundle.C
     if (folder / "predictor.pt").exists():
         predictor = checkpoint.load_model(folder / "predictor.pt", MaskedTokenPredictor, TransformerConfig).float()
     if (folder / "correction.pt").exists():
-        correction = CorrectionNet(vq.cfg, cont.cfg.channels)
-        correction.load_state_dict(checkpoint.load(folder / "correction.pt")["model"])
-        correction = correction.float().eval()
+        correction = CorrectionNet.from_state(vq.cfg, cont.cfg.channels,
+                                              checkpoint.load(folder / "correction.pt")["model"]).float().eval()
     counts = np.ones(vq.cfg.n_codes, np.int64)
     return Components(vq, cont, predictor, correction, ComplexityModel(), counts, folder.name, False).eval()
 

@@ -108,8 +108,8 @@ def components_from_payload(ck: dict[str, Any], path: Path | str) -> Components:
         predictor = MaskedTokenPredictor(checkpoint.to_config(TransformerConfig, ck["predictor"]["config"]))
         predictor.load_state_dict(checkpoint.float_state(ck["predictor"]["state"]))
     if ck.get("correction"):
-        correction = CorrectionNet(vq_cfg, cont_cfg.channels)
-        correction.load_state_dict(checkpoint.float_state(ck["correction"]["state"]))
+        state = checkpoint.float_state(ck["correction"]["state"])
+        correction = CorrectionNet.from_state(vq_cfg, cont_cfg.channels, state)
     fusion = None
     if ck.get("fusion"):
         fusion = Fusion(checkpoint.to_config(FusionConfig, ck["fusion"]["config"]))
@@ -119,7 +119,8 @@ def components_from_payload(ck: dict[str, Any], path: Path | str) -> Components:
                       bool(ck.get("soft_codes", False))).eval()
 
 
-def tiny_components(seed: int = 0, with_stage23: bool = True, with_fusion: bool = False) -> Components:
+def tiny_components(seed: int = 0, with_stage23: bool = True, with_fusion: bool = False,
+                    correction_stages: int | None = None) -> Components:
     """A tiny randomly initialised model for tests of export and runtime (never for real numbers)."""
     torch.manual_seed(seed)
     vq_cfg = VQConfig(channels=(8, 8, 16, 16), bottleneck=16, code_dim=8, decoder_norm="channel")
@@ -136,7 +137,7 @@ def tiny_components(seed: int = 0, with_stage23: bool = True, with_fusion: bool 
         predictor = MaskedTokenPredictor(TransformerConfig(guidance_channels=16, dim=32, heads=2, enc_layers=1,
                                                            dec_layers=1, code_dim=8, guidance_input=True))
         predictor.set_codebook(vq.quantizer.normalised_codebook().detach())
-        correction = CorrectionNet(vq_cfg, cont_cfg.channels)
+        correction = CorrectionNet(vq_cfg, cont_cfg.channels, correction_stages)
         correction.init_from(vq.decoder)
         for p in correction.proj:  # non-zero so the correction path is really exercised in tests
             torch.nn.init.normal_(p.weight, std=0.01)

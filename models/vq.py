@@ -98,7 +98,7 @@ class Decoder(nn.Module):
         h = self.mid(self.conv_in(z))
         for i, up in enumerate(self.ups):
             h = up(h)
-            if extra is not None:
+            if extra is not None and i < len(extra):  # a correction may feed only the first stages
                 h = h + extra[i]
         return self.conv_out(F.silu(self.norm_out(h)))
 

@@ -117,11 +117,11 @@ Progress = Callable[[int, int], None]
 
 
 def _paint_pass(model: Model, graph: str, render: Callable[[Window], np.ndarray], out: np.ndarray, h: int, w: int,
-                per_cell: int, window: int, margin: int, progress: Progress | None) -> None:
+                per_cell: int, window: int, margin: int, progress: Progress | None, in_place: bool = False) -> None:
     """``tiling.paint`` for one decoding pass whose windows ``graph`` renders. A pass over several
     windows (a large picture) hands the graph's arena back when it ends (``Model.shrink``), so the
     passes' arenas do not stack up; a one-window picture keeps it for the next call."""
-    if paint(render, out, h, w, per_cell, window, margin, progress) > 1:
+    if paint(render, out, h, w, per_cell, window, margin, progress, in_place) > 1:
         model.shrink(graph)
 
 
@@ -384,13 +384,13 @@ class TokenPart:
         reconstruction ``cont``, in place, in windows with a margin of the fusion's receptive field
         (manifest ``fusion_margin``, in tokens). The graph works at half resolution, so a window of
         odd size (only at the picture's bottom or right edge) is edge-padded by one pixel — as a
-        whole-picture call pads it: windowed equals whole."""
+        whole-picture call pads it: windowed equals whole. Windows read the unfused pixels around them
+        (``paint``'s ``in_place``: results are written a band late, no copy of the picture)."""
         px = self.codec.geometry.token_pixels
         rows, cols = -(-out.shape[0] // px), -(-out.shape[1] // px)
-        pixels = out.copy()  # windows read unfused pixels around what earlier windows already wrote
 
         def render(win: Window) -> np.ndarray:
-            a, b = pixels[win.read(px)], cont[win.read(px)]
+            a, b = out[win.read(px)], cont[win.read(px)]
             h, w = a.shape[:2]
             even = ((0, h % 2), (0, w % 2), (0, 0))
             a, b = np.pad(a, even, mode="edge"), np.pad(b, even, mode="edge")
@@ -398,7 +398,7 @@ class TokenPart:
             return _to_u8(rgb)[0, :h, :w]
 
         _paint_pass(self.model, "fusion", render, out, rows, cols, px, DECODE_WINDOW,
-                    int(self.model.manifest["fusion_margin"]), progress)
+                    int(self.model.manifest["fusion_margin"]), progress, in_place=True)
 
     def _tile_guidance(self, guidance: np.ndarray | None, grid: TileGrid, tiles: range) -> np.ndarray:
         g, px = self.codec.geometry.grid, self.codec.geometry.token_pixels

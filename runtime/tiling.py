@@ -175,16 +175,36 @@ def windows(h: int, w: int, window: int, margin: int) -> list[Window]:
 
 
 def paint(render: Callable[[Window], np.ndarray], out: np.ndarray, h: int, w: int, per_cell: int,
-          window: int, margin: int, progress: Callable[[int, int], None] | None = None) -> int:
+          window: int, margin: int, progress: Callable[[int, int], None] | None = None,
+          in_place: bool = False) -> int:
     """Draw the picture ``out`` (H, W, …) from an h×w cell grid window by window: ``render(win)`` is
     the picture of the cells ``win.read()`` (``per_cell`` pixels per cell), of which the window's
     centre is kept. The one loop of every decoder that draws pixels (pixel decoder, continuous
-    reconstruction); ``progress(done, total)`` after each window. Returns the number of windows."""
+    reconstruction, fusion); ``progress(done, total)`` after each window. Returns the number of windows.
+
+    ``in_place``: ``render`` reads ``out`` itself (the fusion refines the picture already there), so every
+    window must see it as it was before this pass. Rather than a copy of the whole picture (144 MB at
+    48 MP), results wait one band (row of windows) before they are written: a window reads at most
+    ``margin`` ≤ ``window`` cells into the band above, which is then still waiting, and none into older
+    bands, which are written by then. So at most two bands' results are held."""
+    if in_place and margin > window:
+        raise ValueError(f"in-place painting needs margin ≤ window, got {margin} > {window}")
     wins = windows(h, w, window, margin)
+    waiting: list[tuple[Window, np.ndarray]] = []  # in_place: (window, its result), oldest band first
     for k, win in enumerate(wins):
-        win.paste(out, render(win), per_cell)
+        result = render(win)
+        if in_place:
+            # bands older than the one just above this window are read by no window still to come
+            while waiting and waiting[0][0].inner[0] < win.inner[0] - window:
+                done, kept = waiting.pop(0)
+                done.paste(out, kept, per_cell)
+            waiting.append((win, result))
+        else:
+            win.paste(out, result, per_cell)
         if progress:
             progress(k + 1, len(wins))
+    for win, result in waiting:
+        win.paste(out, result, per_cell)
     return len(wins)
 
 

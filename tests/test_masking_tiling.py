@@ -6,7 +6,7 @@ import pytest
 
 from hybridflow.runtime import masking
 from hybridflow.runtime.masking import SCHEDULES, masked_fraction, schedule_code, schedule_name, sent_mask
-from hybridflow.runtime.tiling import TileGrid, pad, tile_stack, windowed
+from hybridflow.runtime.tiling import TileGrid, Window, pad, paint, tile_stack, windowed
 
 
 @pytest.mark.parametrize(("name", "fraction"), [("none", 0.0), ("1_2", 0.5), ("1_4", 0.75), ("1_9", 0.902),
@@ -105,3 +105,28 @@ def test_windowed_equals_whole_call(h: int, w: int) -> None:
     assert down.shape == whole.shape and np.allclose(down, whole)
     up = windowed(lambda t: np.repeat(np.repeat(t, 2, axis=2), 2, axis=3), whole, 1, 2, window=4, margin=1)
     assert np.array_equal(up, np.repeat(np.repeat(whole, 2, axis=2), 2, axis=3))
+
+
+@pytest.mark.parametrize(("h", "w", "window", "margin"), [(7, 9, 2, 2), (10, 5, 3, 1), (4, 11, 4, 0), (9, 9, 1, 1)])
+def test_in_place_painting_reads_the_picture_as_it_was(h: int, w: int, window: int, margin: int) -> None:
+    """``paint(in_place=True)``: windows that read the picture they refine (the fusion) see it unchanged
+    by earlier windows, exactly as windows reading a frozen copy do."""
+    start = np.random.default_rng(h + w).integers(0, 9, (2 * h, 2 * w)).astype(np.int64)
+
+    def render_from(source: np.ndarray):  # noqa: ANN202
+        def render(win: Window) -> np.ndarray:  # every output depends on every pixel the window reads
+            return source[win.read(2)].cumsum(0).cumsum(1) + 1
+        return render
+
+    frozen, refined = start.copy(), start.copy()
+    expected = np.zeros_like(start)
+    n = paint(render_from(frozen), expected, h, w, 2, window, margin)
+    assert paint(render_from(refined), refined, h, w, 2, window, margin, in_place=True) == n
+    assert np.array_equal(refined, expected)
+    assert not np.array_equal(expected, start)
+    if margin > 0 and n > 1:  # without the band's wait, later windows would read refined pixels
+        naive = start.copy()
+        paint(render_from(naive), naive, h, w, 2, window, margin)
+        assert not np.array_equal(naive, expected)
+    with pytest.raises(ValueError, match="margin"):
+        paint(render_from(start), start.copy(), h, w, 2, 1, 2, in_place=True)

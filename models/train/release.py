@@ -74,9 +74,8 @@ def make_bundle(out: Path, vq_ckpt: Path, cont_ckpt: Path, predictor_ckpt: Path 
         predictor = checkpoint.load_model(predictor_ckpt, MaskedTokenPredictor, TransformerConfig)
     correction, soft_codes = None, False
     if correction_ckpt:
-        correction = CorrectionNet(vq.cfg, cont.cfg.channels)
         ck = checkpoint.load(correction_ckpt)
-        correction.load_state_dict(ck["model"])
+        correction = CorrectionNet.from_state(vq.cfg, cont.cfg.channels, ck["model"])
         soft_codes = bool((ck.get("train_config") or {}).get("soft_codes", False))  # how it was trained
     tiles = training_tiles(cache_dir, n_tiles)
     counts = index_counts(vq, tiles)

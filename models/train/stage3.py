@@ -93,6 +93,9 @@ class Stage3TrainConfig(RunConfig):
                                                                "training loss; LPIPS-Alex is only measured)"})
     lpips_layers: int = field(default=5, metadata={"help": "VGG taps of that term (a training pack carries only "
                                                            "the first blocks' weights)"})
+    correction_stages: int = field(default=0, metadata={"help": "up-sampling stages the correction feeds, coarsest "
+                                                                "first (0: all; fewer decode faster, see "
+                                                                "models/correction.py)"})
     train_vq_decoder: bool = field(default=False, metadata={"help": "fine-tune the VQ decoder together with the "
                                                                     "correction"})
     plain_share: float = field(default=0.0, metadata={"help": "share of steps on the plain VQ decoder with full "
@@ -174,10 +177,12 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
     tiles, tokens, guidance = cached.tiles, cached.tokens, cached.guidance
     for p in (*vq.parameters(), *cont.parameters(), *predictor.parameters()):
         p.requires_grad_(False)
-    correction = CorrectionNet(vq.cfg, cont.cfg.channels)
-    if cfg.init:  # e.g. the shipped correction, adapted to a fine-tuned VQ decoder
-        correction.load_state_dict(checkpoint.load(Path(cfg.init))["model"])
+    stages = cfg.correction_stages or None
+    if cfg.init:  # e.g. the shipped correction, adapted to a fine-tuned VQ decoder (or its first stages)
+        correction = CorrectionNet.from_state(vq.cfg, cont.cfg.channels, checkpoint.load(Path(cfg.init))["model"],
+                                              stages)
     else:
+        correction = CorrectionNet(vq.cfg, cont.cfg.channels, stages)
         correction.init_from(vq.decoder)
     correction.to(cfg.device)
     decoder = PixelDecoder(vq, correction)
