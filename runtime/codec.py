@@ -45,7 +45,11 @@ RECON_WINDOW = 64  # guidance cells per side of a continuous-only reconstruction
 RECON_MARGIN = 4
 LATENT_WINDOW = 32  # y cells per side of an analysis/synthesis window (2048 px), so memory stays bounded
 LATENT_MARGIN = 4  # y cells around each window: covers the transforms' receptive field
-DECODE_WINDOW = 48  # tokens per side of a pixel-decoder window (768 px: a Kodak image is one window)
+# tokens per side of a pixel-decoder window (512 px). With the shipped decoder's 6-token margins a window
+# reads 44² tokens, whose activations take 385 MB of arena (48 + 12: 735 MB, which put an 8000×6000 decode
+# at 1.29 GB); a Kodak picture (48×32 tokens, less area) is still one window (tiling.windows)
+DECODE_WINDOW = 32
+FUSION_WINDOW = 48  # tokens per side of a fusion window: small features, so larger windows, less overlap
 DECODE_MARGIN = 2  # tokens around each window for models whose manifest has no "decoder_margin" (≤ s7)
 
 
@@ -397,7 +401,7 @@ class TokenPart:
             (rgb,) = self.model.run("fusion", pixels=_to_float(a[None]), continuous=_to_float(b[None]))
             return _to_u8(rgb)[0, :h, :w]
 
-        _paint_pass(self.model, "fusion", render, out, rows, cols, px, DECODE_WINDOW,
+        _paint_pass(self.model, "fusion", render, out, rows, cols, px, FUSION_WINDOW,
                     int(self.model.manifest["fusion_margin"]), progress, in_place=True)
 
     def _tile_guidance(self, guidance: np.ndarray | None, grid: TileGrid, tiles: range) -> np.ndarray:

@@ -162,8 +162,10 @@ class Window:
 
 def windows(h: int, w: int, window: int, margin: int) -> list[Window]:
     """Cover an h×w cell grid with ``window``² windows, each reading ``margin`` more cells around.
-    A grid that fits in one window with its margins is one window: no overlap work at all."""
-    if h <= window + 2 * margin and w <= window + 2 * margin:
+    A grid no larger in *area* than one window with its margins is one window: no overlap work at all
+    (memory follows a window's area, not its shape: a 48×32-token Kodak picture is one pixel-decoder
+    window of 32 + 2·6 tokens' area)."""
+    if h * w <= (window + 2 * margin) ** 2:
         return [Window((0, h, 0, w), (0, h, 0, w))]
     out = []
     for y0 in range(0, h, window):

@@ -56,9 +56,11 @@ def test_windowed_fusion_equals_whole_picture(fusion_model: Path, photo: np.ndar
         codec.model.manifest["fusion_margin"])  # an integer number of tokens
     img = odd_photo(photo)
     data = codec.compress(img, mask="1_4")
-    monkeypatch.setattr(codec_module, "DECODE_WINDOW", 1000)
+    for name in ("DECODE_WINDOW", "FUSION_WINDOW"):
+        monkeypatch.setattr(codec_module, name, 1000)
     whole = codec.decompress(data).astype(int)
-    monkeypatch.setattr(codec_module, "DECODE_WINDOW", 5)
+    for name in ("DECODE_WINDOW", "FUSION_WINDOW"):
+        monkeypatch.setattr(codec_module, name, 5)
     windows = codec.decompress(data).astype(int)
     assert whole.shape == img.shape
     assert np.abs(whole - windows).max() <= 1
