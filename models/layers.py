@@ -29,9 +29,11 @@ class ChannelNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        mean = x.mean(dim=1, keepdim=True)
-        var = (x - mean).pow(2).mean(dim=1, keepdim=True)
-        return (x - mean) * torch.rsqrt(var + self.eps) * self.weight[:, None, None] + self.bias[:, None, None]
+        # a layer norm over the last axis of the channels-last view: one LayerNormalization node in ONNX
+        # (onnxruntime's fused kernel), where the written-out mean/variance took nine element-wise and
+        # reduction nodes, strided over the channels
+        last = F.layer_norm(x.permute(0, 2, 3, 1), self.weight.shape, self.weight, self.bias, self.eps)
+        return last.permute(0, 3, 1, 2)
 
 
 def norm_layer(channels: int, kind: str = "group") -> nn.Module:
