@@ -33,7 +33,7 @@ def test_untrained_upsampler_is_bicubic() -> None:
         cont.add_upsampler(8)
         learned = cont.full_resolution(g)
     assert learned.shape == bicubic.shape == (2, 3, 96, 80)
-    assert torch.equal(learned, bicubic)
+    assert torch.allclose(learned, bicubic, atol=1e-6)  # (its bicubic is a convolution: float rounding)
 
 
 def test_margin_covers_the_receptive_field() -> None:
@@ -150,3 +150,20 @@ def test_encoder_only_training_leaves_the_decoder_side_alone(synthetic_data, tmp
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     val = [r for r in records if "val_psnr_full" in r]
     assert val[0]["step"] == 0 and len(val) >= 2  # the starting point of the curve, then the run's
+
+
+@pytest.mark.parametrize("scale", [2, 4])
+def test_bicubic_as_a_convolution_equals_interpolate(scale: int) -> None:
+    """The exported bicubic (edge pad, fixed depthwise convolution, pixel shuffle) is PyTorch's bicubic,
+    edges included, on odd and tiny sizes."""
+    import torch
+    import torch.nn.functional as F
+
+    from hybridflow.models.upsampler import BicubicUp
+
+    for shape in [(1, 3, 7, 5), (2, 3, 12, 17), (1, 3, 1, 1), (1, 3, 2, 9)]:
+        x = torch.rand(*shape, generator=torch.Generator().manual_seed(sum(shape)))
+        ref = F.interpolate(x, scale_factor=float(scale), mode="bicubic", align_corners=False)
+        got = BicubicUp(3, scale)(x)
+        assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-6)
+    assert not BicubicUp(3, scale).state_dict()  # a fixed kernel: checkpoints do not change
