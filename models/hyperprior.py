@@ -35,7 +35,7 @@ from torch import nn
 from ..runtime.rates import GAIN_BITS, MAX_POINTS
 from .entropy_models import FactorizedPrior, gaussian_likelihood
 from .layers import GDN
-from .upsampler import ContUpsampler
+from .upsampler import BicubicUp, ContUpsampler
 
 # The transforms' strides, in pixels of the low-res input (the stride-2 layers of ContinuousCodec):
 Y_STRIDE = 16  # g_a: four stride-2 convolutions
@@ -115,6 +115,7 @@ class ContinuousCodec(nn.Module):
         self.g_s_tail = nn.Sequential(deconv(n, n), GDN(n, inverse=True), deconv(n, 3))
         self.prior = FactorizedPrior(cfg.hyper)
         self.upsampler = ContUpsampler(self.g_s_tail, cfg.downscale, cfg.upsampler) if cfg.upsampler else None
+        self.enlarge = BicubicUp(3, cfg.downscale)  # no weights: checkpoints do not change
         if cfg.rate_points > 1:
             # integer buffers: exact in fp16 bundles (half_state leaves integers alone), not trained by
             # the ordinary optimiser; ``--gains-only`` training writes them (stage1_cont.RatePoints)
@@ -176,12 +177,14 @@ class ContinuousCodec(nn.Module):
         """Guidance → the low-res image in [0, 1] (what the rate–distortion training measures)."""
         return self.g_s_tail(g)
 
+    def bicubic(self, g: torch.Tensor) -> torch.Tensor:
+        """Guidance → the low-res image enlarged ×downscale, bicubic: the picture without a learned
+        up-sampling, and the base the learned one adds its residual to."""
+        return self.enlarge(self.reconstruct(g))
+
     def full_resolution(self, g: torch.Tensor) -> torch.Tensor:
         """Guidance → full-resolution image in [0, 1]: the learned up-sampling, else bicubic."""
-        if self.upsampler is not None:
-            return self.upsampler(g)
-        return F.interpolate(self.reconstruct(g), scale_factor=float(self.cfg.downscale), mode="bicubic",
-                             align_corners=False)
+        return self.upsampler(g) if self.upsampler is not None else self.bicubic(g)
 
     def forward(self, x: torch.Tensor, gains: tuple[torch.Tensor, torch.Tensor] | None = None
                 ) -> dict[str, torch.Tensor]:

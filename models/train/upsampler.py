@@ -48,9 +48,7 @@ def validate(cont: ContinuousCodec, tiles: np.ndarray) -> dict[str, float]:
         x = to_tensor(tiles[s : s + 8], device)
         g = guidance(cont, x)
         target = (x + 1) / 2
-        bicubic = F.interpolate(cont.reconstruct(g), scale_factor=float(cont.cfg.downscale), mode="bicubic",
-                                align_corners=False)
-        for key, rec in (("val_psnr", cont.full_resolution(g)), ("val_psnr_bicubic", bicubic)):
+        for key, rec in (("val_psnr", cont.full_resolution(g)), ("val_psnr_bicubic", cont.bicubic(g))):
             q = (rec.clamp(0, 1) * 255).round() / 255
             mse = ((q - target) ** 2).mean(dim=(1, 2, 3))
             out[key] += (-10 * torch.log10(mse)).tolist()
