@@ -15,7 +15,8 @@ windowed decoding equals whole-image decoding."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
@@ -45,6 +46,20 @@ class Fusion(nn.Module):
                                  nn.Conv2d(c // 2, 3, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+
+    @classmethod
+    def from_state(cls, cfg: FusionConfig, state: Mapping[str, torch.Tensor], blocks: int | None = None) -> Fusion:
+        """A fusion with ``state``'s weights, or the first ``blocks`` residual blocks of it: a shallower
+        fusion (fewer multiply-adds per pixel) started from a trained one, which then needs far fewer
+        steps than one started from zero (each block is a residual, so dropping the last ones leaves a
+        nearby function)."""
+        n = cfg.blocks if blocks is None else blocks
+        if not 1 <= n <= cfg.blocks:
+            raise ValueError(f"a fusion of {cfg.blocks} blocks can start one of 1 … {cfg.blocks} blocks, not {n}")
+        net = cls(replace(cfg, blocks=n))
+        own = net.state_dict()
+        net.load_state_dict({k: v for k, v in state.items() if k in own})  # strict: every own weight given
+        return net
 
     def receptive_radius(self) -> int:
         """Full-resolution pixels an output pixel sees each side: 2 for the stride-2 4×4 convolution,

@@ -5,6 +5,7 @@ FORMAT.md. Sessions are opened lazily, so a CLI call that only needs some graphs
 
 from __future__ import annotations
 
+import atexit
 import ctypes
 import json
 import os
@@ -69,6 +70,34 @@ def _malloc_trim() -> Any:
 # Kodak encode; shrinking onnxruntime's arenas after every run cost a Kodak decode 0.18 s of page faults.
 # So an idle process gives memory back once it has stayed idle this long, off the request path.
 TRIM_AFTER_IDLE_S = 0.5
+
+# Every Model's idle-release timer, pending or running. A timer thread is a daemon (an idle process must
+# not wait for it to exit), so without this hook the interpreter could finalise onnxruntime while that thread
+# is inside a run: "terminate called without an active exception", exit status 134 after the work was done
+# (seen once at the end of a benchmark run). atexit hooks run after non-daemon threads are joined and
+# before finalisation: pending timers are cancelled (no delay), a running one is waited for (a few ms).
+_IDLE_TIMERS: set[threading.Timer] = set()
+_IDLE_TIMERS_LOCK = threading.Lock()
+
+
+def _start_idle_timer(release: Any) -> threading.Timer:  # noqa: ANN401  (a bound method)
+    timer = threading.Timer(TRIM_AFTER_IDLE_S, release)
+    timer.daemon = True
+    with _IDLE_TIMERS_LOCK:
+        _IDLE_TIMERS.difference_update([t for t in _IDLE_TIMERS if t.finished.is_set() and not t.is_alive()])
+        _IDLE_TIMERS.add(timer)
+    timer.start()
+    return timer
+
+
+@atexit.register
+def _finish_idle_releases() -> None:
+    with _IDLE_TIMERS_LOCK:
+        timers = list(_IDLE_TIMERS)
+    for timer in timers:
+        timer.cancel()
+        if timer.is_alive():
+            timer.join()
 
 
 def release_free_memory() -> None:
@@ -357,6 +386,4 @@ class Model:
                 if self._running == 0:
                     if self._trim is not None:
                         self._trim.cancel()
-                    self._trim = threading.Timer(TRIM_AFTER_IDLE_S, self.release_idle_memory)
-                    self._trim.daemon = True
-                    self._trim.start()
+                    self._trim = _start_idle_timer(self.release_idle_memory)

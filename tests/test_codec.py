@@ -1,5 +1,8 @@
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -402,6 +405,41 @@ def test_freed_memory_is_trimmed_once_the_model_is_idle(codec: Codec, photo: np.
         time.sleep(0.05)
     time.sleep(1.2)
     assert len(calls) <= 2 and calls  # trimmed once idle (at most once per compress here), not per graph run
+
+
+_EXIT_SCRIPT = """
+import sys, time
+from pathlib import Path
+import numpy as np
+from hybridflow.runtime import Codec
+from hybridflow.runtime import model as m
+
+m.TRIM_AFTER_IDLE_S = float(sys.argv[3])
+marker = Path(sys.argv[2])
+
+def slow_release(self):
+    time.sleep(2.0)  # still releasing when the main thread reaches the end of the script
+    marker.write_text("released")
+
+m.Model.release_idle_memory = slow_release
+codec = Codec.load(Path(sys.argv[1]), provider="cpu")
+codec.compress(np.full((64, 64, 3), 100, np.uint8), mask="1_4")
+time.sleep(0.1)
+"""
+
+
+@pytest.mark.parametrize("idle_s, released", [(0.0, True), (60.0, False)])
+def test_exit_waits_for_a_running_idle_release_and_cancels_a_pending_one(tiny_model: Path, tmp_path: Path,
+                                                                        idle_s: float, released: bool) -> None:
+    """The idle release runs on a daemon timer thread inside onnxruntime; a process that ended while it
+    ran could abort in onnxruntime's teardown (exit 134 after the work was done). At exit a running
+    release is waited for; a pending one is cancelled, so exit is not delayed by the idle time."""
+    script, marker = tmp_path / "exit.py", tmp_path / "marker"
+    script.write_text(_EXIT_SCRIPT)
+    done = subprocess.run([sys.executable, str(script), str(tiny_model), str(marker), str(idle_s)],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert marker.exists() == released
 
 
 def test_an_idle_model_shrinks_the_arenas_of_the_graphs_it_ran(codec: Codec, photo: np.ndarray,

@@ -49,6 +49,28 @@ def test_receptive_radius_bounds_the_reach() -> None:
     assert 4 < reach <= f.receptive_radius()
 
 
+def test_shallower_fusion_keeps_the_first_blocks() -> None:
+    """``Fusion.from_state(..., blocks=n)`` is the deeper fusion without its last blocks: equal to it
+    once those blocks' residual branches are zeroed, different before; more blocks than saved is refused."""
+    from hybridflow.models.fusion import Fusion, FusionConfig
+
+    torch.manual_seed(0)
+    deep = Fusion(FusionConfig(channels=8, blocks=3))
+    for p in deep.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    a, b = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 32, 32)
+    short = Fusion.from_state(deep.cfg, deep.state_dict(), blocks=1)
+    assert short.cfg.blocks == 1 and len(short.body) == 1
+    with torch.no_grad():
+        assert not torch.allclose(short(a, b), deep(a, b), atol=1e-4)
+        for blk in deep.body[1:]:
+            torch.nn.init.zeros_(blk.conv2.weight)
+            torch.nn.init.zeros_(blk.conv2.bias)
+        torch.testing.assert_close(short(a, b), deep(a, b))
+    with pytest.raises(ValueError, match="blocks"):
+        Fusion.from_state(deep.cfg, deep.state_dict(), blocks=4)
+
+
 def test_windowed_fusion_equals_whole_picture(fusion_model: Path, photo: np.ndarray,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     codec = Codec.load(fusion_model, provider="cpu")

@@ -52,7 +52,8 @@ class FusionTrainConfig(RunConfig):
                                                             "rest at the base point, the default)"})
     crop_side: int = field(default=384, metadata={"help": "largest side of those (smaller images: whole)"})
     channels: int = field(default=32, metadata={"help": "fusion features at half resolution (FusionConfig)"})
-    blocks: int = field(default=4, metadata={"help": "residual blocks at half resolution (FusionConfig)"})
+    blocks: int = field(default=4, metadata={"help": "residual blocks at half resolution (FusionConfig); with --init "
+                                                    "at most its count: its first blocks are kept"})
     lr: float = field(default=3e-4, metadata={"help": "Adam learning rate"})
     lr_decay: bool = field(default=True, metadata={"help": "LR falls linearly to 0 at --steps"})
     lpips_weight: float = field(default=1.0, metadata={"help": "weight of the LPIPS-VGG term next to L1"})
@@ -141,6 +142,14 @@ def baseline(val: list[Triple], lpips_alex: LPIPS) -> dict[str, float]:
 
 def train(run_dir: Path, cfg: FusionTrainConfig, cache_dir: Path) -> None:
     run = Run(run_dir, cfg)
+    if cfg.init:
+        ck = checkpoint.load(Path(cfg.init))
+        start = checkpoint.to_config(FusionConfig, ck["config"])
+        if cfg.channels != start.channels:
+            raise ValueError(f"--init {cfg.init} has {start.channels} channels, not --channels {cfg.channels}")
+        fusion = Fusion.from_state(start, ck["model"], cfg.blocks).train().to(cfg.device)
+    else:
+        fusion = Fusion(FusionConfig(cfg.channels, cfg.blocks)).to(cfg.device)
     model_dir = Path(cfg.model) if cfg.model else None
     codec = Codec(Model.load(model_dir, threads=None), fusion=False)
     key = codec.model.manifest["model_id"][:10]
@@ -152,10 +161,6 @@ def train(run_dir: Path, cfg: FusionTrainConfig, cache_dir: Path) -> None:
     if not val_cache.exists():
         save_cache(val_cache, val_triples(codec, cfg.val_images))
     val = load_cache(val_cache)
-    if cfg.init:
-        fusion = checkpoint.load_model(Path(cfg.init), Fusion, FusionConfig).train().to(cfg.device)
-    else:
-        fusion = Fusion(FusionConfig(cfg.channels, cfg.blocks)).to(cfg.device)
     opt = torch.optim.Adam(fusion.parameters(), lr=cfg.lr)
     run.resume(model=fusion, opt=opt)
     lpips_vgg = LPIPS("vgg").to(cfg.device)
