@@ -48,7 +48,8 @@ from ..runtime.tiling import TILE
 # Measured in benchmarks/RESULTS.md, "int8 for the small decoder graphs": not vq_decoder since s11 (the
 # VQ-only stream is the niche configuration, and the tracked tree, ≤ 32 MiB, had no room for its variant
 # next to cont_reconstruct's). The fusion since session 16: with onnxruntime 1.31 and non-spinning sessions
-# its int8 variant is ≈ 20 % faster than fp32 for a largest pixel difference of 1 (session 10 measured no gain)
+# its int8 variant (half-resolution body only, ``full_resolution_convs``) is ≈ 20 % faster than fp32 for a
+# largest pixel difference of 1 (session 10, all convolutions quantised, measured no gain)
 QUANTISABLE = ("pixel_decoder", "cont_reconstruct", "fusion")
 # Decode-side graphs this module knows how to feed (``decoder_inputs``); QUANTISABLE is what an export
 # quantises by default. cont_reconstruct only where it draws full-resolution pixels (a learned up-sampling,
@@ -119,6 +120,36 @@ def output_convs(model: onnx.ModelProto) -> list[str]:
         else:
             todo += list(node.input)
     return sorted(found)
+
+
+def full_resolution_convs(model: onnx.ModelProto, side: int = 64) -> list[str]:
+    """Names of the convolutions that read tensors at the graph's own input resolution (shapes inferred
+    at ``side``² inputs). The fusion keeps these in fp32: Q/DQ pairs around them hold extra full-size
+    copies (peak memory of one 832² fusion window 231 MB in fp32, 386 MB with them quantised, 243 MB
+    without) for no speed (117 vs 118 ms); its half-resolution body is where int8 pays."""
+    fixed = onnx.ModelProto()
+    fixed.CopyFrom(model)
+    for value in fixed.graph.input:
+        for dim in value.type.tensor_type.shape.dim[2:]:
+            dim.dim_value = side
+        if value.type.tensor_type.shape.dim:
+            value.type.tensor_type.shape.dim[0].dim_value = 1
+    inferred = onnx.shape_inference.infer_shapes(fixed)
+    dims = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+            for v in list(inferred.graph.value_info) + list(inferred.graph.input)}
+    found = []
+    for node in inferred.graph.node:
+        if node.op_type == "Conv":
+            shape = dims.get(node.input[0])
+            if not shape or len(shape) != 4 or 0 in shape[2:]:
+                raise ValueError(f"no shape for the input of {node.name} (shape inference failed)")
+            if shape[2:] == [side, side]:
+                found.append(node.name)
+    return sorted(found)
+
+
+# Convolutions kept in fp32, per graph (default: ``output_convs``)
+KEEP_FP32 = {"fusion": full_resolution_convs}
 
 
 def _centre_tiles(rgb: np.ndarray, side: int, tile: int) -> np.ndarray | None:
@@ -333,7 +364,9 @@ def add_int8(directory: Path, manifest: dict[str, Any], calibration: Sequence[np
         name = f"{graph}{SUFFIX}"
         dst = directory / f"{name}.onnx"
         feeds = [graph_feeds(src, i) for i in cal_inputs]
-        entry: dict[str, Any] = {"quantisation": quantise_graph(src, dst, feeds)}
+        keep = KEEP_FP32.get(graph)
+        entry: dict[str, Any] = {"quantisation": quantise_graph(src, dst, feeds,
+                                                                None if keep is None else keep(onnx.load(src)))}
         if check:
             entry["quality"] = quality(src, dst, check, check_inputs)
         loss = entry.get("quality", {}).get("psnr_loss", 0.0)
