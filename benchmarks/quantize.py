@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import onnx
 
+from hybridflow.export.quantize import tensor_shapes, with_shapes
 from hybridflow.runtime import Codec
 from hybridflow.runtime.metrics import lpips_alex, psnr
 from hybridflow.runtime.model import INT8_SUFFIX, Model
@@ -48,17 +49,6 @@ def load_avg() -> str:
 
 
 # --------------------------------------------------------------------------------- 1. MACs
-def _with_shapes(model: onnx.ModelProto, shapes: dict[str, tuple[int, ...]]) -> onnx.ModelProto:
-    """A copy of ``model`` whose inputs have these fixed shapes, after shape inference."""
-    m = onnx.ModelProto()
-    m.CopyFrom(model)
-    for value in m.graph.input:
-        if value.name in shapes:
-            for d, n in zip(value.type.tensor_type.shape.dim, shapes[value.name]):
-                d.dim_value = int(n)
-    return onnx.shape_inference.infer_shapes(m, data_prop=True)
-
-
 def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
     return next((a.i for a in node.attribute if a.name == name), default)
 
@@ -67,9 +57,8 @@ def run_macs(path: Path, input_shapes: dict[str, tuple[int, ...]]) -> tuple[int,
     """Multiply-accumulates of one run on inputs of these shapes, counted over Conv, ConvTranspose,
     MatMul and Gemm nodes (what the CPU's FMA units do; norms, activations, resizes are not counted),
     and the shape of the first output."""
-    model = _with_shapes(onnx.load(path), input_shapes)
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)}
+    model = with_shapes(onnx.load(path), input_shapes)
+    shapes = tensor_shapes(model)
     shapes.update({t.name: list(t.dims) for t in model.graph.initializer})
     total = 0
     for node in model.graph.node:

@@ -95,7 +95,7 @@ def open_session(path: Path, providers: list[str], threads: int | None = None,
     opts.enable_mem_pattern = False
     opts.enable_cpu_mem_arena = CPU_MEM_ARENA
     # onnxruntime's intra-op threads spin after each parallel section, waiting for more work. A decode runs
-    # seven graphs, each its own session with its own threads, one after another on two cores: the threads
+    # five graphs, each its own session with its own threads, one after another on two cores: the threads
     # of the graph that just finished kept spinning while the next graph ran, and took its cores (measured
     # on 8 val images, 2 threads: decode 0.31 → 0.20 s, encode 0.15 → 0.10 s per image without spinning).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
