@@ -11,7 +11,7 @@ import json
 import os
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -80,7 +80,7 @@ _IDLE_TIMERS: set[threading.Timer] = set()
 _IDLE_TIMERS_LOCK = threading.Lock()
 
 
-def _start_idle_timer(release: Any) -> threading.Timer:  # noqa: ANN401  (a bound method)
+def _start_idle_timer(release: Callable[[], object]) -> threading.Timer:
     timer = threading.Timer(TRIM_AFTER_IDLE_S, release)
     timer.daemon = True
     with _IDLE_TIMERS_LOCK:
