@@ -107,7 +107,7 @@ def gemm_runners(threads: int, n: int = GEMM_N) -> dict[str, Callable[[], Any]]:
         path = Path(f"/tmp/hf-gemm-{kind}-{os.getpid()}.onnx")
         onnx.save(model, path)
         try:
-            sess = open_session(path, CPU, threads)
+            sess = open_session(path, CPU, threads, int8_kernels=kind == "int8")
         finally:
             path.unlink()
         feed = ({"a": rng.standard_normal((n, n), np.float32), "b": rng.standard_normal((n, n), np.float32)}
@@ -219,7 +219,8 @@ def window_section(model: Model, ckpt: Path | None, side: int, threads: list[int
             sessions: dict[str, Callable[[], Any]] = {"fp32 ORT": _runner(open_session(path, CPU, t), feed)}
             q = model.manifest["graphs"].get(graph + INT8_SUFFIX)
             if q:
-                sessions["int8 ORT"] = _runner(open_session(model.directory / q["file"], CPU, t), feed)
+                int8 = open_session(model.directory / q["file"], CPU, t, int8_kernels=True)
+                sessions["int8 ORT"] = _runner(int8, feed)
             eager = torch_runner(ckpt, graph, t, feed)
             if eager:
                 sessions["PyTorch eager fp32"] = eager

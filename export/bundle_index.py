@@ -3,7 +3,8 @@
 Nearly every fp16 weight of a bundle is also an initialiser of some exported graph (stored there in
 fp16, see ``convert.fp16_initialisers``), sometimes transposed. At export time ``write`` records, for
 every tensor of the bundle, which initialiser holds the same values and the SHA-256 of its fp16 bytes;
-the few tensors that no graph holds as such (GDN parameters that onnxsim folds into products, the
+the predictor's linear weights are int8 tensors times scales there (int8_weights.py); the few tensors
+that no graph holds as such (GDN parameters that onnxsim folds into products, the
 float hyper synthesis that ships as integers, the entropy prior, the raw codebook) go into a small raw
 file beside it. ``derive`` rebuilds the exact bundle payload from a model directory and checks every
 hash, so a model directory is all a release needs: ``hf-train rebundle DIR --out bundle.pt``."""
@@ -19,6 +20,8 @@ import numpy as np
 import onnx
 import torch
 from onnx import numpy_helper
+
+from .int8_weights import dequantise, stored_int8
 
 INDEX_FILE = "bundle_index.json"
 EXTRA_FILE = "bundle_extra.bin"
@@ -39,17 +42,24 @@ def _fp16_values(t: onnx.TensorProto) -> np.ndarray | None:
     return half if np.array_equal(half.astype(value.dtype), value) else None
 
 
-def _initialiser_pool(model_dir: Path, graph_files: dict[str, str]) -> dict[str, tuple[str, str, bool]]:
-    """SHA-256 of fp16 bytes → (graph, initialiser, transposed); the first occurrence in graph-name order."""
-    pool: dict[str, tuple[str, str, bool]] = {}
+Where = dict[str, Any]  # graph, initializer, transpose; and "scale" for an int8 weight (int8_weights.py)
+
+
+def _initialiser_pool(model_dir: Path, graph_files: dict[str, str]) -> dict[str, Where]:
+    """SHA-256 of fp16 bytes → where those values are; the first occurrence in graph-name order.
+    An int8 weight's values are its int8 tensor times its scales (``int8_weights.dequantise``)."""
+    pool: dict[str, Where] = {}
     for graph in sorted(graph_files):
-        for t in onnx.load(model_dir / graph_files[graph]).graph.initializer:
-            half = _fp16_values(t)
+        model = onnx.load(model_dir / graph_files[graph])
+        values = [(t.name, _fp16_values(t), None) for t in model.graph.initializer]
+        values += [(qname, dequantise(q, scale).astype(np.float16), sname)
+                   for q, scale, qname, sname in stored_int8(model).values()]
+        for name, half, scale in values:
             if half is None:
                 continue
-            pool.setdefault(_sha(half), (graph, t.name, False))
-            if half.ndim == 2:
-                pool.setdefault(_sha(half.T), (graph, t.name, True))
+            for transpose in (False, True) if half.ndim == 2 else (False,):
+                where = {"graph": graph, "initializer": name, "transpose": transpose}
+                pool.setdefault(_sha(half.T if transpose else half), where | ({"scale": scale} if scale else {}))
     return pool
 
 
@@ -64,8 +74,7 @@ def write(payload: dict[str, Any], model_dir: Path, graph_files: dict[str, str])
             a = v.detach().cpu().contiguous().numpy()
             entry: dict[str, Any] = {"dtype": str(a.dtype), "shape": list(a.shape), "sha256": _sha(a)}
             if a.dtype == np.float16 and entry["sha256"] in pool:
-                graph, name, transposed = pool[entry["sha256"]]
-                entry.update(graph=graph, initializer=name, transpose=transposed)
+                entry.update(pool[entry["sha256"]])
             else:
                 entry.update(offset=len(extra), nbytes=a.nbytes)
                 extra.extend(a.tobytes())
@@ -105,7 +114,11 @@ def derive(model_dir: Path) -> dict[str, Any]:
             if e["graph"] not in graphs:
                 loaded = onnx.load(model_dir / graph_files[e["graph"]])
                 graphs[e["graph"]] = {t.name: t for t in loaded.graph.initializer}
-            a = numpy_helper.to_array(graphs[e["graph"]][e["initializer"]]).astype(e["dtype"])
+            inits = graphs[e["graph"]]
+            a = numpy_helper.to_array(inits[e["initializer"]])
+            if "scale" in e:
+                a = dequantise(a, numpy_helper.to_array(inits[e["scale"]]))
+            a = a.astype(e["dtype"])
             a = a.T if e["transpose"] else a
         else:
             a = np.frombuffer(extra[e["offset"] : e["offset"] + e["nbytes"]], dtype=e["dtype"])

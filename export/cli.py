@@ -24,12 +24,12 @@ def export_bundle(ckpt: Path, out: Path, simplify: bool = True, parity: bool = T
     """Export into a temporary folder next to ``out``, then swap it in (never a half-written model).
     ``int8`` adds int8 variants of the decode-side graphs after the fp32 parity checks (export/quantize.py)."""
     from ..models import checkpoint
-    from ..models.bundle import load_bundle
-    from . import bundle_index, convert, manifest
+    from . import bundle_index, convert, int8_weights, manifest
     from .graphs import graph_specs, real_inputs
     from .parity import end_to_end, graph_parity
 
-    c = load_bundle(ckpt)
+    payload = checkpoint.load(ckpt)
+    c = int8_weights.components(payload, ckpt)  # the predictor's linear weights rounded to int8
     specs = graph_specs(c)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -38,7 +38,7 @@ def export_bundle(ckpt: Path, out: Path, simplify: bool = True, parity: bool = T
         graphs = {s.name: convert.to_onnx(s, tmp / f"{s.name}.onnx", simplify) for s in specs}
         man = manifest.build(c, graphs, tmp)
         manifest.write(man, tmp)
-        bundle_index.write(checkpoint.load(ckpt), tmp, {name: g["file"] for name, g in graphs.items()})
+        bundle_index.write(payload, tmp, {name: g["file"] for name, g in graphs.items()})
         if parity:
             real = real_inputs(c, real_images) if real_images else {}
             man["parity"] = {"graphs": graph_parity(tmp, specs, real, timing)}

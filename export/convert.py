@@ -13,6 +13,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from .graphs import GraphSpec
+from .int8_weights import store_int8
 
 OPSET = 17
 FP16_MIN_ELEMENTS = 64  # smaller float constants (scales, epsilons) are not worth a Cast node
@@ -21,7 +22,8 @@ FP16_MIN_ELEMENTS = 64  # smaller float constants (scales, epsilons) are not wor
 def to_onnx(spec: GraphSpec, path: Path, simplify: bool = True, fp16_weights: bool = True) -> dict[str, object]:
     """Export with the TorchScript-based exporter (deterministic bytes, dynamic axes as given), then
     onnxsim; if simplification fails or changes the interface, keep the plain graph and say so.
-    With ``fp16_weights`` the weights are stored in fp16 where that is exact (see ``fp16_initialisers``)."""
+    With ``fp16_weights`` the weights are stored in fp16 where that is exact (see ``fp16_initialisers``);
+    the spec's ``int8_weights`` in int8 (export/int8_weights.py)."""
     buf = io.BytesIO()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -44,6 +46,7 @@ def to_onnx(spec: GraphSpec, path: Path, simplify: bool = True, fp16_weights: bo
             warnings.warn(f"{spec.name}: onnxsim failed ({e}); kept the unsimplified graph", stacklevel=2)
     model.producer_name = "hybridflow-export"
     halved = fp16_initialisers(model) if fp16_weights else 0
+    int8 = store_int8(model, [w.numpy() for w in spec.int8_weights]) if spec.int8_weights else 0
     onnx.checker.check_model(model)
     data = model.SerializeToString()
     Path(path).write_bytes(data)
@@ -53,6 +56,7 @@ def to_onnx(spec: GraphSpec, path: Path, simplify: bool = True, fp16_weights: bo
         "opset": OPSET,
         "simplified": simplified,
         "fp16_initialisers": halved,
+        **({"int8_weights": int8} if int8 else {}),
         "inputs": {i.name: _shape(i) for i in model.graph.input},
         "outputs": {o.name: _shape(o) for o in model.graph.output},
     }

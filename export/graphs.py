@@ -5,7 +5,7 @@ fix those conventions in one place, so the models themselves keep their training
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -18,6 +18,7 @@ from ..models.hyperprior import ContinuousCodec
 from ..models.transformer import MaskedTokenPredictor
 from ..models.vq import VQAutoencoder
 from ..runtime.tiling import TILE
+from .int8_weights import linear_keys
 
 
 class VQEncoderGraph(nn.Module):
@@ -126,6 +127,8 @@ class GraphSpec:
     inputs: dict[str, torch.Tensor]
     outputs: list[str]
     dynamic: dict[str, dict[int, str]]
+    # weights the graph stores as int8 (export/int8_weights.py), already on the int8 grid
+    int8_weights: list[torch.Tensor] = field(default_factory=list)
 
 
 def compare_outputs(ref: np.ndarray, got: np.ndarray) -> dict[str, float]:
@@ -170,7 +173,8 @@ def graph_specs(c: Components, tile: int = TILE) -> list[GraphSpec]:
         specs.append(GraphSpec("predictor", PredictorGraph(c.predictor, c.soft_codes, c.codebook()),
                                {"indices": idx, "visible": vis, "guidance": guid}, ["codes"],
                                {"indices": {0: "batch"}, "visible": {0: "batch"}, "guidance": {0: "batch"},
-                                "codes": {0: "batch"}}))
+                                "codes": {0: "batch"}},
+                               [c.predictor.state_dict()[k] for k in linear_keys(c.predictor)]))
     if c.correction is not None:
         specs.append(GraphSpec("pixel_decoder", PixelDecoderGraph(c.pixel_decoder()),
                                {"codes": codes, "guidance": guid}, ["image"],

@@ -50,11 +50,13 @@ from ..runtime.tiling import TILE
 # next to cont_reconstruct's). The fusion since session 16: with onnxruntime 1.31 and non-spinning sessions
 # its int8 variant (half-resolution body only, ``full_resolution_convs``) is ≈ 20 % faster than fp32 for a
 # largest pixel difference of 1 (session 10, all convolutions quantised, measured no gain)
-QUANTISABLE = ("pixel_decoder", "cont_reconstruct", "fusion")
+# The predictor since session 17: dynamic int8 over its linear layers (export/int8_weights.py), not static QDQ.
+QUANTISABLE = ("pixel_decoder", "cont_reconstruct", "fusion", "predictor")
 # Decode-side graphs this module knows how to feed (``decoder_inputs``); QUANTISABLE is what an export
 # quantises by default. cont_reconstruct only where it draws full-resolution pixels (a learned up-sampling,
 # manifest ``reconstruct_pixels`` = 1): older models' is a small low-res graph, not worth a variant.
-FEEDABLE = ("pixel_decoder", "vq_decoder", "cont_reconstruct", "fusion")
+FEEDABLE = ("pixel_decoder", "vq_decoder", "cont_reconstruct", "fusion", "predictor")
+PREDICTOR_CHECK_MASK = "1_4"  # the schedule at which the predictor's int8 variant is checked
 NEVER = ("vq_encoder", "cont_analysis", "hyper_analysis")  # the entropy path stays bit-exact
 SUFFIX = "_int8"
 RANGE_BITS = 4  # significant bits of each snapped calibration range (≤ 6 % wider than measured)
@@ -200,9 +202,9 @@ def _picture(image: np.ndarray) -> np.ndarray:
 def decoder_inputs(model: Any, rgb: np.ndarray, graphs: Sequence[str] = ("pixel_decoder",)  # noqa: ANN401
                    ) -> dict[str, np.ndarray]:
     """What the decode-side ``graphs`` see for a crop of whole tiles, computed with the model's fp32
-    graphs exactly as the codec computes them: the full map of code vectors and the aligned guidance, and for
-    the ``fusion`` its two input pictures, ``pixels`` and ``continuous`` (hybrid decode at the base
-    rate point, mask none)."""
+    graphs exactly as the codec computes them: the full index map (the predictor's check picks its
+    sent tokens from it), its code vectors and the aligned guidance, and for the ``fusion`` its two
+    input pictures, ``pixels`` and ``continuous`` (hybrid decode at the base rate point, mask none)."""
     m, geo = model.manifest, model.geometry
     tile, px = geo.tile, geo.token_pixels
     h, w = rgb.shape[:2]
@@ -213,7 +215,7 @@ def decoder_inputs(model: Any, rgb: np.ndarray, graphs: Sequence[str] = ("pixel_
     g = tile // px
     rows, cols = h // tile, w // tile
     indices = idx.reshape(rows, cols, g, g).transpose(0, 2, 1, 3).reshape(1, rows * g, cols * g)
-    out = {"codes": np.ascontiguousarray(model.codes(indices))}
+    out = {"indices": indices, "codes": np.ascontiguousarray(model.codes(indices))}
     if "pixel_decoder" in m["graphs"]:
         d = geo.downscale
         low = cv2.resize(rgb, (w // d, h // d), interpolation=cv2.INTER_AREA)
@@ -322,7 +324,7 @@ def quality(fp32_path: Path, int8_path: Path, crops: Sequence[np.ndarray],
     from ..runtime.session import CPU, open_session
 
     fp32 = open_session(fp32_path, CPU, threads=None)
-    int8 = open_session(int8_path, CPU, threads=None)
+    int8 = open_session(int8_path, CPU, threads=None, int8_kernels=True)
     names = [i.name for i in fp32.get_inputs()]
     p32, p8, diff = [], [], 0
     for rgb, inp in zip(crops, inputs):
@@ -332,6 +334,37 @@ def quality(fp32_path: Path, int8_path: Path, crops: Sequence[np.ndarray],
         p8.append(psnr(b, rgb))
         diff = max(diff, int(np.abs(a.astype(np.int16) - b).max()))
     return {"crops": len(crops), "psnr_fp32": float(np.mean(p32)), "psnr_int8": float(np.mean(p8)),
+            "psnr_loss": float(np.mean(p32) - np.mean(p8)), "max_abs_pixel_diff": diff}
+
+
+def predictor_quality(model: Any, int8_path: Path, crops: Sequence[np.ndarray],  # noqa: ANN401
+                      inputs: Sequence[dict[str, np.ndarray]], mask: str = PREDICTOR_CHECK_MASK) -> dict[str, Any]:
+    """``quality`` for the predictor, whose output is code vectors, not pixels: each crop's tiles with
+    the indices of ``mask`` sent go through the fp32 and the int8 predictor, and both code maps through
+    the fp32 pixel decoder; PSNR of each picture against the crop."""
+    from ..runtime.masking import sent_mask
+    from ..runtime.session import CPU, open_session
+
+    int8 = open_session(int8_path, CPU, threads=None, int8_kernels=True)
+    g = model.geometry.tile // model.geometry.token_pixels
+    p32, p8, diff = [], [], 0
+    for rgb, inp in zip(crops, inputs):
+        _, gh, gw = inp["indices"].shape
+        tiles = [(y, x) for y in range(0, gh, g) for x in range(0, gw, g)]
+        feed = {"indices": np.stack([inp["indices"][0, y : y + g, x : x + g] for y, x in tiles]),
+                "visible": np.broadcast_to(sent_mask(mask, g), (len(tiles), g, g)).copy(),
+                "guidance": np.stack([inp["guidance"][0, :, y : y + g, x : x + g] for y, x in tiles])}
+        pictures = []
+        for codes in (model.run("predictor", **feed)[0], int8.run(None, feed)[0]):
+            image = np.zeros((1, codes.shape[1], gh, gw), np.float32)
+            for (y, x), c in zip(tiles, codes):
+                image[0, :, y : y + g, x : x + g] = c
+            (picture,) = model.run("pixel_decoder", codes=image, guidance=inp["guidance"])
+            pictures.append(_to_u8(picture[0]))
+        p32.append(psnr(pictures[0], rgb))
+        p8.append(psnr(pictures[1], rgb))
+        diff = max(diff, int(np.abs(pictures[0].astype(np.int16) - pictures[1]).max()))
+    return {"crops": len(crops), "mask": mask, "psnr_fp32": float(np.mean(p32)), "psnr_int8": float(np.mean(p8)),
             "psnr_loss": float(np.mean(p32) - np.mean(p8)), "max_abs_pixel_diff": diff}
 
 
@@ -352,6 +385,7 @@ def add_int8(directory: Path, manifest: dict[str, Any], calibration: Sequence[np
     recomputes the model id, and returns the report (also stored as ``manifest["parity"]["int8"]``)."""
     from ..runtime.fixedpoint import IntegerHyperSynthesis
     from ..runtime.model import Model
+    from . import int8_weights
     from . import manifest as manifest_mod
 
     directory = Path(directory)
@@ -373,12 +407,17 @@ def add_int8(directory: Path, manifest: dict[str, Any], calibration: Sequence[np
         src = directory / manifest["graphs"][graph]["file"]
         name = f"{graph}{SUFFIX}"
         dst = directory / f"{name}.onnx"
-        feeds = [graph_feeds(src, i) for i in cal_inputs]
-        keep = KEEP_FP32.get(graph)
-        entry: dict[str, Any] = {"quantisation": quantise_graph(src, dst, feeds,
-                                                                None if keep is None else keep(onnx.load(src)))}
-        if check:
-            entry["quality"] = quality(src, dst, check, check_inputs)
+        entry: dict[str, Any]
+        if graph == "predictor":  # dynamic: no calibration
+            entry = {"quantisation": int8_weights.dynamic_variant(src, dst)}
+            if check:
+                entry["quality"] = predictor_quality(model, dst, check, check_inputs)
+        else:
+            feeds = [graph_feeds(src, i) for i in cal_inputs]
+            keep = KEEP_FP32.get(graph)
+            entry = {"quantisation": quantise_graph(src, dst, feeds, None if keep is None else keep(onnx.load(src)))}
+            if check:
+                entry["quality"] = quality(src, dst, check, check_inputs)
         loss = entry.get("quality", {}).get("psnr_loss", 0.0)
         kept = max_psnr_loss is None or loss <= max_psnr_loss
         entry["kept"] = kept
@@ -386,7 +425,8 @@ def add_int8(directory: Path, manifest: dict[str, Any], calibration: Sequence[np
             manifest["graphs"][name] = {
                 "file": dst.name, "bytes": dst.stat().st_size, "opset": manifest["graphs"][graph]["opset"],
                 "variant_of": graph, "precision": "int8",
-                "scheme": "static QDQ: per-channel s8 weights, u8 activations, MinMax ranges snapped to "
+                "scheme": int8_weights.SCHEME if graph == "predictor" else
+                          "static QDQ: per-channel s8 weights, u8 activations, MinMax ranges snapped to "
                           f"{RANGE_BITS} significant bits",
                 "inputs": manifest["graphs"][graph]["inputs"], "outputs": manifest["graphs"][graph]["outputs"],
             }

@@ -277,9 +277,11 @@ class Model:
                     raise ModelError(f"model {self.name} has no {graph!r} graph")
                 path = self.directory / self.manifest["graphs"][graph]["file"]
                 providers = providers_for(self.provider, path)
-                path = self._variant(graph, providers) or path
+                variant = self._variant(graph, providers)
+                path = variant or path
                 try:
-                    self._sessions[graph] = open_session(path, providers, self.threads, self.optimise)
+                    self._sessions[graph] = open_session(path, providers, self.threads, self.optimise,
+                                                         int8_kernels=variant is not None)
                 except Exception as e:  # onnxruntime raises its own types (InvalidProtobuf, NoSuchFile, Fail …)
                     raise ModelError(f"{path}: cannot load graph {graph!r} ({_one_line(e)})") from None
             return self._sessions[graph]

@@ -84,10 +84,12 @@ def test_fp16_initialisers_change_no_output(tmp_path: Path) -> None:
 
     from hybridflow.export.convert import to_onnx
     from hybridflow.export.graphs import graph_specs
-    from hybridflow.models.bundle import load_bundle, save_bundle, tiny_components
+    from hybridflow.export.int8_weights import components
+    from hybridflow.models import checkpoint
+    from hybridflow.models.bundle import save_bundle, tiny_components
 
     save_bundle(tmp_path / "b.pt", tiny_components(seed=3))  # through the bundle: fp16-exact weights
-    specs = {s.name: s for s in graph_specs(load_bundle(tmp_path / "b.pt"))}
+    specs = {s.name: s for s in graph_specs(components(checkpoint.load(tmp_path / "b.pt"), "b.pt"))}
     for name in ("vq_decoder", "cont_analysis", "predictor"):
         full = to_onnx(specs[name], tmp_path / f"{name}32.onnx", fp16_weights=False)
         half = to_onnx(specs[name], tmp_path / f"{name}16.onnx")
@@ -102,14 +104,18 @@ def test_fp16_initialisers_change_no_output(tmp_path: Path) -> None:
 
 def test_bundle_is_rebuilt_from_the_export_bit_for_bit(tiny_bundle: Path, tiny_model: Path, tmp_path: Path) -> None:
     from hybridflow.export.bundle_index import EXTRA_FILE, derive
+    from hybridflow.export.int8_weights import components
     from hybridflow.models import checkpoint
 
     derived = derive(tiny_model)
-    assert _equal_payloads(derived, checkpoint.load(tiny_bundle))
+    exported = checkpoint.load(tiny_bundle)
+    components(exported, tiny_bundle)  # what the export wrote: the predictor's linear weights on the int8 grid
+    assert _equal_payloads(derived, exported)
+    assert not _equal_payloads(derived, checkpoint.load(tiny_bundle))  # (which the random ones were not)
     checkpoint.save(tmp_path / "rebuilt.pt", **derived)
     man = export_bundle(tmp_path / "rebuilt.pt", tmp_path / "again", parity=False)
     assert man["model_id"] == json.loads((tiny_model / "manifest.json").read_text())["model_id"]
-    for f in ("bundle_index.json", EXTRA_FILE):  # re-export leaves the derivation files byte-identical
+    for f in ("bundle_index.json", EXTRA_FILE, "predictor.onnx"):  # re-export: byte-identical files
         assert (tmp_path / "again" / f).read_bytes() == (tiny_model / f).read_bytes()
 
 

@@ -50,9 +50,11 @@ def test_manifest_lists_int8_variants_and_id_covers_them(int8_model: Path, tiny_
         assert entry["variant_of"] == graph and entry["precision"] == "int8"
         assert (int8_model / entry["file"]).stat().st_size == entry["bytes"]
         q = onnx.load(int8_model / entry["file"])
-        assert any(n.op_type == "QuantizeLinear" for n in q.graph.node)
+        int8_op = "MatMulInteger" if graph == "predictor" else "QuantizeLinear"  # dynamic / static
+        assert any(n.op_type == int8_op for n in q.graph.node), graph
         assert man["parity"]["int8"][graph]["kept"]
-    for graph in quantize.NEVER + ("predictor", "cont_synthesis", "cont_reconstruct"):
+    assert "predictor" in quantize.applicable(fp32)
+    for graph in quantize.NEVER + ("cont_synthesis", "cont_reconstruct"):
         assert graph + quantize.SUFFIX not in man["graphs"]
     assert man["model_id"] != fp32["model_id"]  # same networks, different decoded pixels: another id
 
@@ -285,7 +287,7 @@ def test_small_graphs_int8_export_is_reproducible(small_bundle: Path, small_mode
 def test_only_known_decoder_graphs_are_quantised(int8_model: Path) -> None:
     man = json.loads((int8_model / "manifest.json").read_text())
     with pytest.raises(ValueError, match="no calibration inputs"):
-        quantize.add_int8(int8_model, man, [np.zeros((256, 256, 3), np.uint8)], graphs=("predictor",))
+        quantize.add_int8(int8_model, man, [np.zeros((256, 256, 3), np.uint8)], graphs=("cont_synthesis",))
     # a model without a learned up-sampling draws its continuous picture at low resolution: no variant
     assert "reconstruct_pixels" not in man
     assert quantize.add_int8(int8_model, man, [np.zeros((256, 256, 3), np.uint8)], graphs=("cont_reconstruct",)) == {}
@@ -306,3 +308,70 @@ def test_unquantised_weights_are_stored_in_fp16_without_changing_a_bit(small_mod
     a = open_session(path, CPU, threads=1).run(None, {"guidance": g})[0]
     b = open_session(tmp_path / "folded.onnx", CPU, threads=1).run(None, {"guidance": g})[0]
     assert np.array_equal(a, b)
+
+
+# ----------------------------------------------------------------- the predictor's int8 weights
+def test_int8_rounding_is_exact_in_fp16_and_idempotent() -> None:
+    """Power-of-two scales per output channel: every rounded weight is an fp16 value (so the fp16
+    bundle holds exactly what the graphs compute with), and rounding again changes nothing (so a
+    rebuilt bundle exports to the same bytes)."""
+    from hybridflow.export.int8_weights import MIN_SCALE, dequantise, round_columns
+
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((48, 40)).astype(np.float32) * np.logspace(-9, 1, 40, dtype=np.float32)
+    w = w.astype(np.float16).astype(np.float32)
+    w[:, 3] = 0
+    q, scale = round_columns(w, axis=1)
+    assert q.dtype == np.int8 and int(np.abs(q.astype(int)).max()) <= 127 and scale.shape == (40,)
+    assert np.array_equal(np.exp2(np.round(np.log2(scale))), scale)  # powers of two
+    r = dequantise(q, scale)
+    assert np.array_equal(r.astype(np.float16).astype(np.float32), r)
+    assert np.all(np.abs(r - w) <= scale / 2)
+    wide = scale > MIN_SCALE  # columns not at fp16's smallest step use at least 7 of the 8 bits
+    assert np.all(np.abs(q.astype(int)).max(0)[wide] >= 64) and wide.sum() > 20
+    q2, scale2 = round_columns(r, axis=1)
+    assert np.array_equal(q2, q) and np.array_equal(scale2, scale)
+    assert np.array_equal(round_columns(w.T, axis=0)[0], q.T)  # the axis is the output channel's
+
+
+def test_predictor_linear_layers_are_int8_in_both_graphs(int8_model: Path, tiny_bundle: Path) -> None:
+    """The fp32 predictor stores every linear weight as int8 + scales (half of fp16's bytes); its int8
+    variant multiplies by the very same int8 values and scales; the codebook products stay float."""
+    from onnx import numpy_helper
+
+    from hybridflow.export.int8_weights import components, linear_keys, stored_int8
+    from hybridflow.models import checkpoint
+
+    linear = linear_keys(components(checkpoint.load(tiny_bundle), tiny_bundle).predictor)
+    man = json.loads((int8_model / "manifest.json").read_text())
+    stored = stored_int8(onnx.load(int8_model / "predictor.onnx"))
+    assert len(stored) == len(linear) == man["graphs"]["predictor"]["int8_weights"]
+    q8 = onnx.load(int8_model / "predictor_int8.onnx")
+    inits = {t.name: numpy_helper.to_array(t) for t in q8.graph.initializer}
+    for name, (q, scale, _, _) in stored.items():
+        assert np.array_equal(inits[f"{name}_quantized"], q) and np.array_equal(inits[f"{name}_scale"], scale)
+    ops = [n.op_type for n in q8.graph.node]
+    assert ops.count("MatMulInteger") == len(stored)
+    report = man["parity"]["int8"]["predictor"]["quantisation"]
+    assert report["int8_products"] == len(stored) and report["float_products"] >= 2  # ≥ the two codebook products
+
+
+def test_predictor_int8_variant_runs_on_the_cpu_and_stays_close(int8_model: Path, photo: np.ndarray) -> None:
+    from hybridflow.runtime import Codec
+    from hybridflow.runtime.model import Model
+    from hybridflow.runtime.session import CPU
+
+    int8 = Model.load(int8_model, provider="cpu")
+    fp32 = Model.load(int8_model, provider="cpu")
+    fp32.precision = "fp32"
+    assert int8._variant("predictor", CPU) == int8_model / "predictor_int8.onnx"
+    feeds = quantize.decoder_inputs(fp32, photo[:256, :256])
+    g = feeds["indices"].shape[1]
+    feed = {"indices": feeds["indices"], "visible": np.arange(g * g).reshape(1, g, g) % 4 == 0,
+            "guidance": feeds["guidance"]}
+    a, b = fp32.run("predictor", **feed)[0], int8.run("predictor", **feed)[0]
+    assert not np.array_equal(a, b)  # the int8 products really ran
+    assert np.abs(a - b).max() < 0.1 * np.abs(a).max()
+    data = Codec(int8).compress(photo, "1_4", "hybrid")
+    x, y = Codec(int8).decompress(data), Codec(fp32).decompress(data)
+    assert x.shape == y.shape == photo.shape and quantize.psnr(x, y) > 30
