@@ -40,7 +40,7 @@ from hybridflow.runtime.metrics import lpips_alex, psnr
 from hybridflow.runtime.model import INT8_SUFFIX, Model
 from hybridflow.runtime.session import CPU, open_session
 
-GRAPHS = ("pixel_decoder", "vq_decoder")
+GRAPHS = ("pixel_decoder", "pixel_head", "pixel_tail", "vq_decoder")  # pixel_decoder: models before session 17
 MAC_OPS = ("Conv", "ConvTranspose", "MatMul", "Gemm")
 
 
@@ -166,12 +166,19 @@ def window_inputs(model: Model, side: int) -> dict[str, dict[str, np.ndarray]]:
     rgb = load_images(limit=1)[0][1]
     tiles = -(-side * model.geometry.token_pixels // tile)
     inputs = decoder_inputs(model, rgb[: tiles * tile, : tiles * tile])
-    out = {k: v[..., :side, :side] if v.shape[-1] >= side else
-           np.pad(v, [(0, 0)] * (v.ndim - 2) + [(0, side - v.shape[-2]), (0, side - v.shape[-1])], mode="edge")
-           for k, v in inputs.items()}
+    cells = {"features": int(model.manifest.get("head_cells", 1))}  # the pixel head's cells per token
+    out = {k: _window(v, side * cells.get(k, 1)) for k, v in inputs.items()}
     names = {g: [i.name for i in onnx.load(model.directory / model.manifest["graphs"][g]["file"]).graph.input]
              for g in GRAPHS if g in model.manifest["graphs"]}
     return {g: {n: np.ascontiguousarray(out[n]) for n in ns} for g, ns in names.items()}
+
+
+def _window(v: np.ndarray, n: int) -> np.ndarray:
+    """The top-left n×n of ``v``'s last two axes, edge-padded where ``v`` is smaller."""
+    if v.shape[-1] >= n and v.shape[-2] >= n:
+        return v[..., :n, :n]
+    grow = [(0, max(0, n - v.shape[-2])), (0, max(0, n - v.shape[-1]))]
+    return np.pad(v[..., :n, :n], [(0, 0)] * (v.ndim - 2) + grow, mode="edge")
 
 
 def _runner(session: Any, feed: dict[str, np.ndarray]) -> Callable[[], Any]:  # noqa: ANN401
@@ -323,6 +330,8 @@ def _runtime_window(manifest: dict[str, Any]) -> int:
     """Tokens per side of a full pixel-decoder window as the runtime runs it (window + 2 margins)."""
     from hybridflow.runtime import codec
 
+    if "tail_margin" in manifest:  # the pixel tail's window (the head's are cheaper and wider)
+        return codec.TAIL_WINDOW + 2 * int(manifest["tail_margin"])
     window = getattr(codec, "DECODE_WINDOW", 16)
     return window + 2 * int(manifest.get("decoder_margin", codec.DECODE_MARGIN))
 

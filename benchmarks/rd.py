@@ -94,7 +94,7 @@ def main() -> None:
             continue
         if mask not in ("none", "all") and not codec.model.has("predictor"):
             continue
-        if label == NO_CORRECTION and not codec.model.has("pixel_decoder"):
+        if label == NO_CORRECTION and not codec.model.has_correction:
             continue
         if label == NO_FUSION and not codec.model.has("fusion"):  # (with --only: next to its fused row)
             continue

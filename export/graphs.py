@@ -98,13 +98,26 @@ class PredictorGraph(nn.Module):
         return self.predictor.codes(indices, visible, guidance, self.soft, self.codebook)
 
 
-class PixelDecoderGraph(nn.Module):
+class PixelHeadGraph(nn.Module):
+    """Code vectors + guidance → the pixel decoder's features after the stages the correction feeds."""
+
     def __init__(self, decoder: PixelDecoder):
         super().__init__()
         self.decoder = decoder
 
     def forward(self, codes: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        return ((self.decoder(codes, guidance) + 1) / 2).clamp(0, 1)
+        return self.decoder.head(codes, guidance)
+
+
+class PixelTailGraph(nn.Module):
+    """``PixelHeadGraph``'s features → the picture in [0, 1]."""
+
+    def __init__(self, decoder: PixelDecoder):
+        super().__init__()
+        self.decoder = decoder
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return ((self.decoder.tail(features) + 1) / 2).clamp(0, 1)
 
 
 class FusionGraph(nn.Module):
@@ -175,10 +188,14 @@ def graph_specs(c: Components, tile: int = TILE) -> list[GraphSpec]:
                                {"indices": {0: "batch"}, "visible": {0: "batch"}, "guidance": {0: "batch"},
                                 "codes": {0: "batch"}},
                                [c.predictor.state_dict()[k] for k in linear_keys(c.predictor)]))
-    if c.correction is not None:
-        specs.append(GraphSpec("pixel_decoder", PixelDecoderGraph(c.pixel_decoder()),
-                               {"codes": codes, "guidance": guid}, ["image"],
-                               {"codes": spatial, "guidance": spatial, "image": spatial}))
+    if c.correction is not None:  # the pixel decoder as two graphs, head and tail (PixelDecoder.head)
+        pd = c.pixel_decoder()
+        with torch.no_grad():
+            features = pd.head(codes, guid)
+        specs.append(GraphSpec("pixel_head", PixelHeadGraph(pd), {"codes": codes, "guidance": guid}, ["features"],
+                               {"codes": spatial, "guidance": spatial, "features": spatial}))
+        specs.append(GraphSpec("pixel_tail", PixelTailGraph(pd), {"features": features}, ["image"],
+                               {"features": spatial, "image": spatial}))
     if c.fusion is not None:
         pics = {k: torch.rand(2, 3, tile, tile, generator=gen) for k in ("pixels", "continuous")}
         specs.append(GraphSpec("fusion", FusionGraph(c.fusion), pics, ["image"],
@@ -206,7 +223,10 @@ def real_inputs(c: Components, images: list[np.ndarray]) -> dict[str, dict[str, 
     }
     vis = np.broadcast_to(np.indices(idx.shape[1:]).sum(0) % 2 == 0, idx.shape).copy()
     real["predictor"] = {"indices": idx.numpy(), "visible": vis, "guidance": g.numpy()}
-    real["pixel_decoder"] = {"codes": codes.numpy(), "guidance": g.numpy()}
+    real["pixel_head"] = {"codes": codes.numpy(), "guidance": g.numpy()}
+    if c.correction is not None:
+        with torch.no_grad():
+            real["pixel_tail"] = {"features": c.pixel_decoder().head(codes, g).numpy()}
     blurred = torch.nn.functional.interpolate(low, scale_factor=float(c.cont.cfg.downscale), mode="bilinear")
     real["fusion"] = {"pixels": x.numpy(), "continuous": blurred.numpy()}
     return real

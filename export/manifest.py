@@ -69,6 +69,10 @@ def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[s
         "decoder_norm": c.vq.cfg.decoder_norm,
         # tokens of context a pixel-decoder window needs (its receptive field): the runtime's margin
         "decoder_margin": math.ceil(Decoder.receptive_radius(c.vq.cfg)),
+        # the same for the pixel decoder's two graphs (PixelDecoder.head/tail), and the head's feature
+        # cells per token
+        **(dict(zip(("head_margin", "tail_margin"), map(math.ceil, Decoder.radii(c.vq.cfg, c.correction.stages))),
+                head_cells=2**c.correction.stages) if c.correction is not None else {}),
         "n_codes": c.vq.cfg.n_codes,
         "downscale": c.cont.cfg.downscale,
         "latent_channels": c.cont.cfg.latent,

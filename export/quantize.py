@@ -12,7 +12,7 @@ model's own fp32 graphs as the codec does (vq_encoder → indices → the manife
 sent; cont_analysis → hyper_analysis →
 rounded ẑ → integer hyper synthesis → rounded ŷ at the base rate point → cont_synthesis → guidance;
 for the fusion, the two pictures it merges, each rounded to 8 bits as the runtime hands them over:
-pixel_decoder(codes, guidance) and cont_reconstruct(guidance)). Those pictures come from the fp32
+pixel_tail(pixel_head(codes, guidance)) and cont_reconstruct(guidance)). Those pictures come from the fp32
 graphs even where the runtime would run an int8 variant: fp32 results agree across CPUs to float
 noise, which the snapped ranges absorb (below), int8 kernels' roundings need not. The graphs keep
 dynamic spatial dims, so calibration does not depend on the runtime's window size.
@@ -33,7 +33,7 @@ import json
 import logging
 import math
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,11 +51,12 @@ from ..runtime.tiling import TILE
 # its int8 variant (half-resolution body only, ``full_resolution_convs``) is ≈ 20 % faster than fp32 for a
 # largest pixel difference of 1 (session 10, all convolutions quantised, measured no gain)
 # The predictor since session 17: dynamic int8 over its linear layers (export/int8_weights.py), not static QDQ.
-QUANTISABLE = ("pixel_decoder", "cont_reconstruct", "fusion", "predictor")
+# The pixel decoder since session 17 as its two graphs, pixel_head and pixel_tail (models/correction.py).
+QUANTISABLE = ("pixel_head", "pixel_tail", "cont_reconstruct", "fusion", "predictor")
 # Decode-side graphs this module knows how to feed (``decoder_inputs``); QUANTISABLE is what an export
 # quantises by default. cont_reconstruct only where it draws full-resolution pixels (a learned up-sampling,
 # manifest ``reconstruct_pixels`` = 1): older models' is a small low-res graph, not worth a variant.
-FEEDABLE = ("pixel_decoder", "vq_decoder", "cont_reconstruct", "fusion", "predictor")
+FEEDABLE = ("pixel_decoder", "pixel_head", "pixel_tail", "vq_decoder", "cont_reconstruct", "fusion", "predictor")
 PREDICTOR_CHECK_MASK = "1_4"  # the schedule at which the predictor's int8 variant is checked
 NEVER = ("vq_encoder", "cont_analysis", "hyper_analysis")  # the entropy path stays bit-exact
 SUFFIX = "_int8"
@@ -160,8 +161,9 @@ def full_resolution_convs(model: onnx.ModelProto, side: int = 64) -> list[str]:
     return sorted(found)
 
 
-# Convolutions kept in fp32, per graph (default: ``output_convs``)
-KEEP_FP32 = {"fusion": full_resolution_convs}
+# Convolutions kept in fp32, per graph (default: ``output_convs``). The pixel head's output convolutions
+# feed the tail, not pixels: quantised, as they were inside the one-graph pixel decoder
+KEEP_FP32 = {"fusion": full_resolution_convs, "pixel_head": lambda model: []}
 
 
 def _centre_tiles(rgb: np.ndarray, side: int, tile: int) -> np.ndarray | None:
@@ -216,7 +218,7 @@ def decoder_inputs(model: Any, rgb: np.ndarray, graphs: Sequence[str] = ("pixel_
     rows, cols = h // tile, w // tile
     indices = idx.reshape(rows, cols, g, g).transpose(0, 2, 1, 3).reshape(1, rows * g, cols * g)
     out = {"indices": indices, "codes": np.ascontiguousarray(model.codes(indices))}
-    if "pixel_decoder" in m["graphs"]:
+    if model.has_correction:
         d = geo.downscale
         low = cv2.resize(rgb, (w // d, h // d), interpolation=cv2.INTER_AREA)
         low = np.ascontiguousarray(low.transpose(2, 0, 1)[None], dtype=np.float32) / np.float32(255)
@@ -228,11 +230,23 @@ def decoder_inputs(model: Any, rgb: np.ndarray, graphs: Sequence[str] = ("pixel_
         y_hat = np.clip(np.round(y[0].astype(np.float64) - mean), -t.y_radius, t.y_radius) + mean
         (guidance,) = model.run("cont_synthesis", y_hat=y_hat.astype(np.float32)[None])
         out["guidance"] = np.ascontiguousarray(guidance)
+        if model.has("pixel_head"):
+            (out["features"],) = model.run("pixel_head", codes=out["codes"], guidance=out["guidance"])
         if "fusion" in graphs and "fusion" in m["graphs"]:
-            (pixels,) = model.run("pixel_decoder", codes=out["codes"], guidance=out["guidance"])
             (continuous,) = model.run("cont_reconstruct", guidance=out["guidance"])
-            out["pixels"], out["continuous"] = _picture(pixels), _picture(continuous)
+            out["pixels"], out["continuous"] = _picture(pixel_picture(model, out)), _picture(continuous)
     return out
+
+
+def pixel_picture(model: Any, inputs: dict[str, np.ndarray]) -> np.ndarray:  # noqa: ANN401
+    """The pixel decoder's picture (1, 3, H, W) from ``decoder_inputs``' codes and guidance (or the
+    head's ``features`` already there): the tail of the head, or one graph (models before session 17)."""
+    if not model.has("pixel_head"):
+        return model.run("pixel_decoder", codes=inputs["codes"], guidance=inputs["guidance"])[0]
+    features = inputs.get("features")
+    if features is None:
+        (features,) = model.run("pixel_head", codes=inputs["codes"], guidance=inputs["guidance"])
+    return model.run("pixel_tail", features=features)[0]
 
 
 def graph_feeds(graph: onnx.ModelProto | str | Path, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -318,9 +332,11 @@ def _to_u8(chw: np.ndarray) -> np.ndarray:
 
 
 def quality(fp32_path: Path, int8_path: Path, crops: Sequence[np.ndarray],
-            inputs: Sequence[dict[str, np.ndarray]]) -> dict[str, Any]:
+            inputs: Sequence[dict[str, np.ndarray]],
+            finish: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, Any]:
     """fp32 vs int8 decodes of ``crops`` (from their own ``inputs``): PSNR of each against the crop,
-    and the largest pixel difference between the two decodes."""
+    and the largest pixel difference between the two decodes. ``finish`` turns a graph's output
+    into the picture where it is not one (the pixel head's features: the fp32 tail)."""
     from ..runtime.session import CPU, open_session
 
     fp32 = open_session(fp32_path, CPU, threads=None)
@@ -329,7 +345,8 @@ def quality(fp32_path: Path, int8_path: Path, crops: Sequence[np.ndarray],
     p32, p8, diff = [], [], 0
     for rgb, inp in zip(crops, inputs):
         feed = {n: inp[n] for n in names}
-        a, b = _to_u8(fp32.run(None, feed)[0][0]), _to_u8(int8.run(None, feed)[0][0])
+        a, b = fp32.run(None, feed)[0], int8.run(None, feed)[0]
+        a, b = (_to_u8((finish(x) if finish else x)[0]) for x in (a, b))
         p32.append(psnr(a, rgb))
         p8.append(psnr(b, rgb))
         diff = max(diff, int(np.abs(a.astype(np.int16) - b).max()))
@@ -359,8 +376,7 @@ def predictor_quality(model: Any, int8_path: Path, crops: Sequence[np.ndarray], 
             image = np.zeros((1, codes.shape[1], gh, gw), np.float32)
             for (y, x), c in zip(tiles, codes):
                 image[0, :, y : y + g, x : x + g] = c
-            (picture,) = model.run("pixel_decoder", codes=image, guidance=inp["guidance"])
-            pictures.append(_to_u8(picture[0]))
+            pictures.append(_to_u8(pixel_picture(model, {"codes": image, "guidance": inp["guidance"]})[0]))
         p32.append(psnr(pictures[0], rgb))
         p8.append(psnr(pictures[1], rgb))
         diff = max(diff, int(np.abs(pictures[0].astype(np.int16) - pictures[1]).max()))
@@ -417,9 +433,11 @@ def add_int8(directory: Path, manifest: dict[str, Any], calibration: Sequence[np
             keep = KEEP_FP32.get(graph)
             entry = {"quantisation": quantise_graph(src, dst, feeds, None if keep is None else keep(onnx.load(src)))}
             if check:
-                entry["quality"] = quality(src, dst, check, check_inputs)
+                tail = (lambda f: model.run("pixel_tail", features=f)[0]) if graph == "pixel_head" else None
+                entry["quality"] = quality(src, dst, check, check_inputs, tail)
         loss = entry.get("quality", {}).get("psnr_loss", 0.0)
-        kept = max_psnr_loss is None or loss <= max_psnr_loss
+        # (a graph with nothing to quantise, e.g. a tail that is only the fp32 output convolution: no variant)
+        kept = (max_psnr_loss is None or loss <= max_psnr_loss) and entry["quantisation"].get("quantize_linear", 1) > 0
         entry["kept"] = kept
         if kept:
             manifest["graphs"][name] = {

@@ -78,6 +78,20 @@ class PixelDecoder(nn.Module):
         self.vq = vq
         self.correction = correction
 
+    @property
+    def stages(self) -> int:
+        """Up-sampling stages in ``head``: those the correction network feeds."""
+        return self.correction.stages if self.correction is not None else 0
+
+    def head(self, codes: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+        """Everything the guidance reaches (coarse, wide receptive field, ≈ 11 % of the work): features
+        at ``2**stages`` cells per token. The runtime decodes large pictures as head and tail, each in
+        windows with its own margin (runtime/codec.py)."""
+        return self.vq.decoder.head(codes, self.correction(g) if self.correction is not None else None)
+
+    def tail(self, features: torch.Tensor) -> torch.Tensor:
+        """``head``'s features → RGB in [-1, 1] (fine, narrow receptive field, most of the work)."""
+        return self.vq.decoder.tail(features, self.stages)
+
     def forward(self, codes: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        extra = self.correction(g) if self.correction is not None else None
-        return self.vq.decoder(codes, extra)
+        return self.tail(self.head(codes, g))

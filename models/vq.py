@@ -79,11 +79,22 @@ class Decoder(nn.Module):
         """How far (in tokens) an output pixel sees: 3×3 convolutions at each resolution (conv_in
         and the middle block's two at token resolution; the up-sampling conv and a block's two at
         each ×2 stage; conv_out at full resolution). Windows need at least this margin."""
-        radius, scale = 3.0, 1.0
-        for _ in cfg.channels:
+        return sum(Decoder.radii(cfg, 0))
+
+    @staticmethod
+    def radii(cfg: VQConfig, stages: int) -> tuple[float, float]:
+        """``receptive_radius`` of ``head`` with ``stages`` up-sampling stages and of the ``tail`` after
+        it, in tokens. The head's is the larger (its convolutions are coarse), the tail's work the
+        larger (its are fine): decoding in windows, the tail needs only its own small margin."""
+        head, scale = 3.0, 1.0
+        for _ in range(stages):
             scale *= 2
-            radius += 3 / scale
-        return radius + 1 / scale
+            head += 3 / scale
+        tail = 0.0
+        for _ in range(stages, len(cfg.channels)):
+            scale *= 2
+            tail += 3 / scale
+        return head, tail + 1 / scale
 
     def features(self, z: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of each up-sampling stage (what the correction network adds to)."""
@@ -94,13 +105,22 @@ class Decoder(nn.Module):
             feats.append(h)
         return feats
 
-    def forward(self, z: torch.Tensor, extra: list[torch.Tensor] | None = None) -> torch.Tensor:
+    def head(self, z: torch.Tensor, extra: list[torch.Tensor] | None = None) -> torch.Tensor:
+        """Token resolution and one up-sampling stage per ``extra`` map, which is added to its output
+        (where the correction network of stage 3 injects its features)."""
         h = self.mid(self.conv_in(z))
-        for i, up in enumerate(self.ups):
+        for up, e in zip(self.ups, extra or []):
+            h = up(h) + e
+        return h
+
+    def tail(self, h: torch.Tensor, start: int) -> torch.Tensor:
+        """The up-sampling stages from ``start`` on and the output layers: ``head``'s features → pixels."""
+        for up in self.ups[start:]:
             h = up(h)
-            if extra is not None and i < len(extra):  # a correction may feed only the first stages
-                h = h + extra[i]
         return self.conv_out(F.silu(self.norm_out(h)))
+
+    def forward(self, z: torch.Tensor, extra: list[torch.Tensor] | None = None) -> torch.Tensor:
+        return self.tail(self.head(z, extra), len(extra or []))
 
 
 class Quantizer(nn.Module):

@@ -49,6 +49,10 @@ LATENT_MARGIN = 4  # y cells around each window: covers the transforms' receptiv
 # reads 44² tokens, whose activations take 385 MB of arena (48 + 12: 735 MB, which put an 8000×6000 decode
 # at 1.29 GB); a Kodak picture (48×32 tokens, less area) is still one window (tiling.windows)
 DECODE_WINDOW = 32
+# The same for the pixel decoder's tail (models exported since session 17): its 2-token margins read 44²
+# tokens, as many as a DECODE_WINDOW with the whole decoder's 6-token margins did (the same memory), and a
+# Kodak picture is still one window
+TAIL_WINDOW = 40
 FUSION_WINDOW = 48  # tokens per side of a fusion window: small features, so larger windows, less overlap
 DECODE_MARGIN = 2  # tokens around each window for models whose manifest has no "decoder_margin" (≤ s7)
 
@@ -120,13 +124,15 @@ def check_image(rgb: np.ndarray) -> None:
 Progress = Callable[[int, int], None]
 
 
-def _paint_pass(model: Model, graph: str, render: Callable[[Window], np.ndarray], out: np.ndarray, h: int, w: int,
-                per_cell: int, window: int, margin: int, progress: Progress | None, in_place: bool = False) -> None:
-    """``tiling.paint`` for one decoding pass whose windows ``graph`` renders. A pass over several
-    windows (a large picture) hands the graph's arena back when it ends (``Model.shrink``), so the
-    passes' arenas do not stack up; a one-window picture keeps it for the next call."""
+def _paint_pass(model: Model, graphs: tuple[str, ...], render: Callable[[Window], np.ndarray], out: np.ndarray,
+                h: int, w: int, per_cell: int, window: int, margin: int, progress: Progress | None,
+                in_place: bool = False) -> None:
+    """``tiling.paint`` for one decoding pass whose windows ``graphs`` render. A pass over several
+    windows (a large picture) hands the graphs' arenas back when it ends (``Model.shrink``), so the
+    passes' arenas do not stack up; a one-window picture keeps them for the next call."""
     if paint(render, out, h, w, per_cell, window, margin, progress, in_place) > 1:
-        model.shrink(graph)
+        for graph in graphs:
+            model.shrink(graph)
 
 
 class _Phases:
@@ -401,7 +407,7 @@ class TokenPart:
             (rgb,) = self.model.run("fusion", pixels=_to_float(a[None]), continuous=_to_float(b[None]))
             return _to_u8(rgb)[0, :h, :w]
 
-        _paint_pass(self.model, "fusion", render, out, rows, cols, px, FUSION_WINDOW,
+        _paint_pass(self.model, ("fusion",), render, out, rows, cols, px, FUSION_WINDOW,
                     int(self.model.manifest["fusion_margin"]), progress, in_place=True)
 
     def _tile_guidance(self, guidance: np.ndarray | None, grid: TileGrid, tiles: range) -> np.ndarray:
@@ -446,19 +452,48 @@ class TokenPart:
         rows, cols = -(-grid.height // px), -(-grid.width // px)
         codes = codes[:, :rows, :cols]
         # the correction network needs the guidance; --stream vq (no guidance) uses the plain VQ decoder
-        fused = header.kind.continuous and self.codec.correction and self.model.has("pixel_decoder")
+        fused = header.kind.continuous and self.codec.correction and self.model.has_correction
+        if fused and self.model.has("pixel_head"):
+            self._decode_head_tail(codes, guidance[:, :, :rows, :cols], out, progress)
+            return
 
         def render(win: Window) -> np.ndarray:
             c = np.ascontiguousarray(codes[(slice(None), *win.read())])[None]
-            if fused:
+            if fused:  # a model exported before session 17: head and tail in one graph
                 g = np.ascontiguousarray(guidance[(0, slice(None), *win.read())])[None]
                 (rgb,) = self.model.run("pixel_decoder", codes=c, guidance=g)
             else:
                 (rgb,) = self.model.run("vq_decoder", codes=c)
             return _to_u8(rgb)[0]
 
-        _paint_pass(self.model, "pixel_decoder" if fused else "vq_decoder", render, out, rows, cols, px,
+        _paint_pass(self.model, ("pixel_decoder" if fused else "vq_decoder",), render, out, rows, cols, px,
                     DECODE_WINDOW, self.codec.decode_margin, progress)
+
+    def _decode_head_tail(self, codes: np.ndarray, guidance: np.ndarray, out: np.ndarray,
+                          progress: Progress | None) -> None:
+        """Pass 2 with the pixel decoder as two graphs (models/correction.py ``PixelDecoder.head``):
+        the tail does ≈ 89 % of the work but sees only ``tail_margin`` tokens around it, the head
+        ``head_margin``. So each window of the tail reads a small margin of the head's features, which
+        the head computes for it from a wider margin of codes. On 8000×6000 the decoder's work is
+        ≈ 1.3× the picture's instead of ≈ 1.8× with the whole decoder's margin around every window.
+        Still equal to one whole-picture call."""
+        m = self.model.manifest
+        head_margin, tail_margin, cells = (int(m[k]) for k in ("head_margin", "tail_margin", "head_cells"))
+        rows, cols = codes.shape[1:]
+
+        def render(win: Window) -> np.ndarray:
+            y0, y1, x0, x1 = win.outer
+            a, b = max(0, y0 - head_margin), min(rows, y1 + head_margin)
+            c, d = max(0, x0 - head_margin), min(cols, x1 + head_margin)
+            (features,) = self.model.run("pixel_head", codes=np.ascontiguousarray(codes[None, :, a:b, c:d]),
+                                         guidance=np.ascontiguousarray(guidance[:, :, a:b, c:d]))
+            keep = (slice(None), slice(None), slice((y0 - a) * cells, (y1 - a) * cells),
+                    slice((x0 - c) * cells, (x1 - c) * cells))
+            (rgb,) = self.model.run("pixel_tail", features=np.ascontiguousarray(features[keep]))
+            return _to_u8(rgb)[0]
+
+        _paint_pass(self.model, ("pixel_tail", "pixel_head"), render, out, rows, cols,
+                    self.codec.geometry.token_pixels, TAIL_WINDOW, tail_margin, progress)
 
 
 class ContinuousPart:
@@ -535,7 +570,8 @@ class ContinuousPart:
         per_cell = self.codec.geometry.token_pixels  # full-resolution pixels per guidance cell
         m = self.model.manifest
         learned = int(m.get("reconstruct_pixels", self.codec.geometry.downscale)) == 1
-        # full-resolution features are 16× the low-res ones: half-size windows keep memory as before
+        # full-resolution features are 16× the low-res ones: half-size windows keep memory as before (full-size
+        # ones measured in session 17: 8000×6000 decode peak 920 → 1192 MB, no faster)
         size, margin = (RECON_WINDOW // 2, int(m["reconstruct_margin"])) if learned else (RECON_WINDOW, RECON_MARGIN)
 
         def render(win: Window) -> np.ndarray:
@@ -546,4 +582,5 @@ class ContinuousPart:
             ry, rx = win.read(per_cell)
             return cv2.resize(_to_u8(img)[0], (rx.stop - rx.start, ry.stop - ry.start), interpolation=cv2.INTER_CUBIC)
 
-        _paint_pass(self.model, "cont_reconstruct", render, out, *guidance.shape[2:], per_cell, size, margin, progress)
+        _paint_pass(self.model, ("cont_reconstruct",), render, out, *guidance.shape[2:], per_cell, size, margin,
+                    progress)

@@ -43,7 +43,7 @@ MAX_CONCURRENT_RUNS = os.cpu_count() or 1
 # windows. Two windows at once took 16 simultaneous Kodak-size decodes to 1.13 GB for 5 % more
 # throughput on 2 cores; one at a time (the small graphs of other calls still run beside it) they
 # peak at 0.68 GB.
-WINDOW_GRAPHS = ("pixel_decoder", "vq_decoder", "cont_reconstruct", "fusion")
+WINDOW_GRAPHS = ("pixel_decoder", "pixel_head", "pixel_tail", "vq_decoder", "cont_reconstruct", "fusion")
 MAX_CONCURRENT_WINDOWS = 1
 _INT_FIELDS = ("tile", "token_pixels", "n_codes", "downscale", "latent_stride", "hyper_stride", "hyper_channels",
                "guidance_channels")
@@ -191,6 +191,12 @@ class Model:
 
     def has(self, graph: str) -> bool:
         return graph in self.manifest["graphs"]
+
+    @property
+    def has_correction(self) -> bool:
+        """A pixel decoder with the correction network: head and tail graphs (exported since session
+        17), or one ``pixel_decoder`` graph (before)."""
+        return self.has("pixel_head") or self.has("pixel_decoder")
 
     @property
     def _rates(self) -> tuple[list[RatePoint], int]:

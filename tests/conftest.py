@@ -21,7 +21,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from hybridflow.models.bundle import save_bundle, tiny_components
 
     path = tmp_path_factory.mktemp("bundle") / "tiny.pt"
-    save_bundle(path, tiny_components())
+    save_bundle(path, tiny_components(correction_stages=1))  # as shipped: head and tail both real graphs
     return path
 
 

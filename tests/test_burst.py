@@ -89,7 +89,7 @@ def test_toy_burst_on_cpu_bundles_and_exports(synthetic_data: Path, tmp_path: Pa
                     "toy-burst", tmp_path / "cache", n_tiles=8)
     assert c.predictor is not None and c.correction is not None
     man = export_bundle(tmp_path / "b.pt", tmp_path / "model", parity=False)
-    assert set(man["graphs"]) >= {"predictor", "pixel_decoder"}
+    assert set(man["graphs"]) >= {"predictor", "pixel_head", "pixel_tail"}
 
 
 def test_stage3_trains_through_the_fusion(synthetic_data: Path, tmp_path: Path,

@@ -10,7 +10,7 @@ from hybridflow.export.cli import export_bundle
 def test_manifest_lists_graphs_and_tables(tiny_model: Path) -> None:
     man = json.loads((tiny_model / "manifest.json").read_text())
     assert set(man["graphs"]) == {"vq_encoder", "vq_decoder", "cont_analysis", "hyper_analysis", "cont_synthesis",
-                                  "cont_reconstruct", "predictor", "pixel_decoder"}
+                                  "cont_reconstruct", "predictor", "pixel_head", "pixel_tail"}
     assert man["random_init"] is True
     assert len(man["entropy"]["index_prior"]) == man["n_codes"]
     assert np.allclose(np.sum(man["entropy"]["z_pmf"], axis=1), 1, atol=1e-6)

@@ -44,7 +44,7 @@ def photo() -> np.ndarray:  # module scope (the conftest one is per test)
 def test_manifest_lists_int8_variants_and_id_covers_them(int8_model: Path, tiny_model: Path) -> None:
     man = json.loads((int8_model / "manifest.json").read_text())
     fp32 = json.loads((tiny_model / "manifest.json").read_text())
-    assert "pixel_decoder" in quantize.applicable(fp32)
+    assert {"pixel_head", "pixel_tail"} <= set(quantize.applicable(fp32))
     for graph in quantize.applicable(fp32):
         entry = man["graphs"][graph + quantize.SUFFIX]
         assert entry["variant_of"] == graph and entry["precision"] == "int8"
@@ -77,14 +77,14 @@ def test_float_noise_in_calibration_does_not_change_the_bytes(int8_model: Path, 
 
     model = Model.load(int8_model, provider="cpu")
     model.precision = "fp32"
-    src = int8_model / "pixel_decoder.onnx"
+    src = int8_model / "pixel_head.onnx"
     inputs = [quantize.graph_feeds(src, quantize.decoder_inputs(model, c)) for c in _crops(photo)]
     rng = np.random.default_rng(0)
     noisy = [{k: (v * (1 + rng.uniform(-1e-6, 1e-6, v.shape))).astype(v.dtype) if v.dtype == np.float32 else v
               for k, v in feeds.items()} for feeds in inputs]
     assert not np.array_equal(noisy[0]["guidance"], inputs[0]["guidance"])
-    quantize.quantise_graph(src, tmp_path / "noisy.onnx", noisy)
-    assert (tmp_path / "noisy.onnx").read_bytes() == (int8_model / "pixel_decoder_int8.onnx").read_bytes()
+    quantize.quantise_graph(src, tmp_path / "noisy.onnx", noisy, quantize.KEEP_FP32["pixel_head"](onnx.load(src)))
+    assert (tmp_path / "noisy.onnx").read_bytes() == (int8_model / "pixel_head_int8.onnx").read_bytes()
 
 
 def test_int8_decode_is_close_to_fp32_and_streams_are_unchanged(int8_model: Path, photo: np.ndarray) -> None:
@@ -96,8 +96,9 @@ def test_int8_decode_is_close_to_fp32_and_streams_are_unchanged(int8_model: Path
     fp32_model = Model.load(int8_model, provider="cpu")
     fp32_model.precision = "fp32"
     fp32 = Codec(fp32_model)
-    assert int8.model._variant("pixel_decoder", CPU) == int8_model / "pixel_decoder_int8.onnx"
-    assert fp32.model._variant("pixel_decoder", CPU) is None
+    for graph in ("pixel_head", "pixel_tail"):
+        assert int8.model._variant(graph, CPU) == int8_model / f"{graph}_int8.onnx"
+        assert fp32.model._variant(graph, CPU) is None
     for stream in ("hybrid", "vq"):
         a, b = int8.analyse(photo, "1_4", stream), fp32.analyse(photo, "1_4", stream)  # encoder side untouched
         assert np.array_equal(a.indices, b.indices)
@@ -115,7 +116,7 @@ def test_precision_must_be_known(int8_model: Path) -> None:
     model = Model.load(int8_model, provider="cpu")
     model.precision = "int4"
     with pytest.raises(ModelError, match="precision"):
-        model.session("pixel_decoder")
+        model.session("pixel_tail")
 
 
 def test_encoder_side_is_never_quantised(int8_model: Path) -> None:
@@ -169,7 +170,7 @@ def test_cli_request(tmp_path: Path, photo: np.ndarray) -> None:
 
 
 # ------------------------------------------------- the small decoder graphs: continuous picture, fusion
-SMALL = ("pixel_decoder", "cont_reconstruct", "fusion")
+SMALL = ("pixel_head", "pixel_tail", "cont_reconstruct", "fusion")
 
 
 def _small_export(bundle: Path, out: Path, photo: np.ndarray) -> dict:
@@ -186,7 +187,7 @@ def small_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     from hybridflow.models.bundle import save_bundle, tiny_components
 
-    c = tiny_components(with_fusion=True)
+    c = tiny_components(with_fusion=True, correction_stages=1)  # as shipped: a pixel tail worth quantising
     c.cont.add_upsampler(8)
     torch.manual_seed(2)
     torch.nn.init.normal_(c.cont.upsampler.up[-1].weight, std=0.05)

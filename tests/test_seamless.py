@@ -24,9 +24,11 @@ def test_windowed_decode_equals_whole_image(codec: Codec, photo: np.ndarray, str
                                             monkeypatch: pytest.MonkeyPatch) -> None:
     img = odd_photo(photo)
     data = codec.compress(img, mask="1_4", stream=stream)
-    monkeypatch.setattr(codec_module, "DECODE_WINDOW", 1000)  # the whole token image in one call
+    for name in ("DECODE_WINDOW", "TAIL_WINDOW"):  # the whole token image in one call
+        monkeypatch.setattr(codec_module, name, 1000)
     whole = codec.decompress(data).astype(int)
-    monkeypatch.setattr(codec_module, "DECODE_WINDOW", 5)  # 5×5-token windows: 56 of them
+    monkeypatch.setattr(codec_module, "DECODE_WINDOW", 5)  # 5×5-token windows: 56 of them (VQ decoder;
+    monkeypatch.setattr(codec_module, "TAIL_WINDOW", 5)  # the pixel decoder's tail, each with its head)
     windows = codec.decompress(data).astype(int)
     assert np.abs(whole - windows).max() <= 1
 
@@ -50,6 +52,35 @@ def test_margin_is_the_receptive_field() -> None:
     px = vq.cfg.factor
     reach = max(10 * px - ys.min(), ys.max() - (11 * px - 1), 10 * px - xs.min(), xs.max() - (11 * px - 1))
     assert px < reach <= margin * px
+
+
+@pytest.mark.parametrize("stages", [1, 2])
+def test_head_and_tail_margins_are_their_receptive_fields(stages: int) -> None:
+    """The pixel decoder's head and tail (its two graphs): changing one token's code changes the head's
+    features no farther than ``head_margin`` tokens away, changing that token's features changes
+    pixels no farther than ``tail_margin``; both reach beyond the token."""
+    torch = pytest.importorskip("torch")
+    from hybridflow.models.bundle import tiny_components
+    from hybridflow.models.vq import Decoder
+
+    c = tiny_components(correction_stages=stages)
+    pd = c.pixel_decoder()
+    head_margin, tail_margin = (math.ceil(r) for r in Decoder.radii(c.vq.cfg, stages))
+    codes = c.codes(torch.randint(0, c.vq.cfg.n_codes, (1, 21, 21)))
+    g = torch.randn(1, c.cont.cfg.channels, 21, 21)
+    other = codes.clone()
+    other[0, :, 10, 10] += 1
+    with torch.no_grad():
+        f, f2 = pd.head(codes, g), pd.head(other, g)
+        f3 = f.clone()
+        f3[..., 10 * 2**stages : 11 * 2**stages, 10 * 2**stages : 11 * 2**stages] += 1
+        pixels = (pd.tail(f) - pd.tail(f3)).abs().amax(dim=(0, 1)) > 0
+    for diff, per_token, margin in (((f - f2).abs().amax(dim=(0, 1)) > 0, 2**stages, head_margin),
+                                    (pixels, c.vq.cfg.factor, tail_margin)):
+        ys, xs = np.nonzero(diff.numpy())
+        reach = max(10 * per_token - ys.min(), ys.max() - (11 * per_token - 1),
+                    10 * per_token - xs.min(), xs.max() - (11 * per_token - 1))
+        assert 0 < reach <= margin * per_token
 
 
 def test_no_step_at_tile_borders(codec: Codec, photo: np.ndarray) -> None:
