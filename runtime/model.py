@@ -45,6 +45,7 @@ MAX_CONCURRENT_RUNS = os.cpu_count() or 1
 # peak at 0.68 GB.
 WINDOW_GRAPHS = ("pixel_decoder", "pixel_head", "pixel_tail", "vq_decoder", "cont_reconstruct", "fusion")
 MAX_CONCURRENT_WINDOWS = 1
+_HEAD_TAIL_FIELDS = ("head_margin", "tail_margin", "head_cells")  # a pixel decoder as head and tail graphs
 _INT_FIELDS = ("tile", "token_pixels", "n_codes", "downscale", "latent_stride", "hyper_stride", "hyper_channels",
                "guidance_channels")
 
@@ -154,7 +155,7 @@ class Model:
         """Fail at load time with the file's name, not with a KeyError in the middle of a decode."""
         try:
             self.model_id, self.name, self.complexity, self.geometry  # noqa: B018
-            for key in _INT_FIELDS:
+            for key in _INT_FIELDS + (_HEAD_TAIL_FIELDS if self.has("pixel_head") else ()):
                 if int(self.manifest[key]) <= 0:
                     raise ValueError(f"{key} must be positive")
             files = {name: self.directory / g["file"] for name, g in self.manifest["graphs"].items()}

@@ -35,6 +35,18 @@ def test_a_model_with_another_tile_is_refused(tiny_model: Path, tmp_path: Path) 
         Model.load(model)
 
 
+def test_a_pixel_head_without_its_margins_is_refused(tiny_model: Path, tmp_path: Path) -> None:
+    """The head/tail margins come from the manifest: a missing or zero one fails at load, naming the file."""
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    manifest = json.loads((model / "manifest.json").read_text())
+    assert "pixel_head" in manifest["graphs"] and manifest["head_cells"] == 2  # (the tiny model: one stage)
+    for bad in ({**manifest, "tail_margin": 0}, {k: v for k, v in manifest.items() if k != "head_margin"}):
+        (model / "manifest.json").write_text(json.dumps(bad))
+        with pytest.raises(ModelError, match="manifest.json: invalid manifest .*(tail_margin|head_margin)"):
+            Model.load(model)
+
+
 @pytest.fixture(scope="module")
 def fine_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random model with 8-pixel tokens (32×32 per tile) and a ×2 continuous stream."""
