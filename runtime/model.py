@@ -31,8 +31,10 @@ from .tiling import Geometry
 PRECISIONS = ("auto", "fp32", "int8")  # auto: a graph's int8 variant (see below) on the CPU provider
 INT8_SUFFIX = "_int8"
 # 2: cont_analysis → y only, hyper_analysis y → z; 3: the decoders read code vectors (``codebook``), the
-# predictor outputs them
-MODEL_FORMAT_VERSION = 3
+# predictor outputs them; 4: the pixel decoder as pixel_head + pixel_tail (a runtime that knew only
+# ``pixel_decoder`` would have drawn hybrid streams without the correction network: a wrong picture, no error)
+MODEL_FORMAT_VERSION = 4
+READABLE_MODEL_FORMATS = (3, 4)  # what hf-export writes, and the one before (one pixel_decoder graph)
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
 # Graph runs at once per Model, whatever the number of calling threads: each run holds its activations,
 # so memory is bounded by these caps, not by the callers (benchmarks/concurrency.py, RESULTS.md).
@@ -144,9 +146,9 @@ class Model:
             raise ModelError(f"{path}: cannot read ({e.strerror})") from None
         if not isinstance(manifest, dict):
             raise ModelError(f"{path}: not a model manifest (expected a JSON object)")
-        if manifest.get("format_version") != MODEL_FORMAT_VERSION:
+        if manifest.get("format_version") not in READABLE_MODEL_FORMATS:
             raise ModelError(f"{path}: model format {manifest.get('format_version')} is not supported "
-                             f"(this runtime reads {MODEL_FORMAT_VERSION})")
+                             f"(this runtime reads {' and '.join(map(str, READABLE_MODEL_FORMATS))})")
         model = cls(directory, manifest, provider, threads, optimise)
         model._validate(path)
         return model

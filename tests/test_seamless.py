@@ -6,6 +6,7 @@ the same tokens give different colours per window — the seams and colour steps
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -97,3 +98,55 @@ def test_no_step_at_tile_borders(codec: Codec, photo: np.ndarray) -> None:
     mse_edge = (err[512:] ** 2).mean()  # the partial bottom tile row (530 = 2·256 + 18)
     mse_inner = (err[:512, :512] ** 2).mean()
     assert mse_edge <= 2.0 * mse_inner
+
+
+def test_a_format_3_model_with_one_pixel_decoder_graph_still_decodes(tiny_model: Path, tiny_bundle: Path,
+                                                                     photo: np.ndarray, tmp_path: Path) -> None:
+    """Models exported before session 17 have one ``pixel_decoder`` graph (codes, guidance → image) and
+    the whole decoder's margin: the runtime still draws their hybrid streams with it, the same picture."""
+    torch = pytest.importorskip("torch")
+    import json
+    import shutil
+
+    from hybridflow.export.convert import to_onnx
+    from hybridflow.export.graphs import GraphSpec, graph_specs
+    from hybridflow.export.int8_weights import components
+    from hybridflow.models import checkpoint
+
+    c = components(checkpoint.load(tiny_bundle), tiny_bundle)
+    pd = c.pixel_decoder()
+
+    class OneGraph(torch.nn.Module):  # what hf-export wrote as pixel_decoder up to session 16
+        def __init__(self) -> None:
+            super().__init__()
+            self.decoder = pd
+
+        def forward(self, codes: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+            return ((self.decoder(codes, guidance) + 1) / 2).clamp(0, 1)
+
+    head = {s.name: s for s in graph_specs(c)}["pixel_head"]
+    old = tmp_path / "old"
+    shutil.copytree(tiny_model, old)
+    spatial = {0: "batch", 2: "height", 3: "width"}
+    entry = to_onnx(GraphSpec("pixel_decoder", OneGraph(), head.inputs, ["image"],
+                              {"codes": spatial, "guidance": spatial, "image": spatial}), old / "pixel_decoder.onnx")
+    manifest = json.loads((old / "manifest.json").read_text())
+    for name in ("pixel_head", "pixel_tail", "head_margin", "tail_margin", "head_cells"):
+        manifest.pop(name, None)
+        manifest["graphs"].pop(name, None)
+    manifest["graphs"]["pixel_decoder"] = entry
+    manifest["format_version"] = 3
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    new, before = Codec.load(tiny_model, provider="cpu"), Codec.load(old, provider="cpu")
+    img = odd_photo(photo, 300, 420)
+    data = new.compress(img, mask="1_4")
+    a, b = new.decompress(data).astype(int), before.decompress(data).astype(int)
+    assert np.abs(a - b).max() <= 1
+    plain = Codec(before.model, correction=False).decompress(data).astype(int)
+    assert np.abs(plain - b).max() > 1  # the correction network really ran in the one graph
+    from hybridflow.runtime.model import Model, ModelError
+
+    manifest["format_version"] = 5  # a newer format than this runtime knows: refused, not misread
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ModelError, match="model format 5 is not supported"):
+        Model.load(old)
