@@ -26,6 +26,7 @@ away): the exception propagates unchanged and nothing is left behind.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,9 +37,9 @@ from . import bitstream
 from .bitstream import BitstreamError, Header
 from .entropy import TERMINATOR_BITS, Decoder, Encoder
 from .masking import SCHEDULES, schedule_code, schedule_name, sent_mask
-from .model import Model
+from .model import LANES, Model
 from .streams import StreamKind, stream_kind
-from .tiling import TileGrid, Window, batches, pad, paint, tile_stack, windowed
+from .tiling import TileGrid, Window, batches, pad, paint, tile_stack, windowed, windows
 
 ENCODER_GRAPHS = ("vq_encoder", "cont_analysis", "hyper_analysis")  # what compress runs; the rest decode
 RECON_WINDOW = 64  # guidance cells per side of a continuous-only reconstruction window (1024 px)
@@ -53,7 +54,9 @@ DECODE_WINDOW = 32
 # tokens, as many as a DECODE_WINDOW with the whole decoder's 6-token margins did (the same memory), and a
 # Kodak picture is still one window
 TAIL_WINDOW = 40
+TAIL_LANE_WINDOW = 27  # a lane's (Model.lanes): 31² tokens read, half of 44²
 FUSION_WINDOW = 48  # tokens per side of a fusion window: small features, so larger windows, less overlap
+FUSION_LANE_WINDOW = 33  # a lane's: 37² tokens read, half of 52²
 DECODE_MARGIN = 2  # tokens around each window for models whose manifest has no "decoder_margin" (≤ s7)
 
 
@@ -124,15 +127,38 @@ def check_image(rgb: np.ndarray) -> None:
 Progress = Callable[[int, int], None]
 
 
-def _paint_pass(model: Model, graphs: tuple[str, ...], render: Callable[[Window], np.ndarray], out: np.ndarray,
-                h: int, w: int, per_cell: int, window: int, margin: int, progress: Progress | None,
-                in_place: bool = False) -> None:
-    """``tiling.paint`` for one decoding pass whose windows ``graphs`` render. A pass over several
-    windows (a large picture) hands the graphs' arenas back when it ends (``Model.shrink``), so the
-    passes' arenas do not stack up; a one-window picture keeps them for the next call."""
-    if paint(render, out, h, w, per_cell, window, margin, progress, in_place) > 1:
-        for graph in graphs:
-            model.shrink(graph)
+_LANE_POOL: list[ThreadPoolExecutor] = []
+
+
+def _lane_pool() -> ThreadPoolExecutor:
+    """The threads that hand windows to a Model's lanes (one pool for the process, made when first needed)."""
+    if not _LANE_POOL:
+        _LANE_POOL.append(ThreadPoolExecutor(LANES, thread_name_prefix="hf-lane"))
+    return _LANE_POOL[0]
+
+
+Render = Callable[[Window, Model], np.ndarray]  # a window's picture, drawn with the graphs of that Model
+
+
+def _paint_pass(model: Model, graphs: tuple[str, ...], render: Render, out: np.ndarray, h: int, w: int,
+                per_cell: int, window: int, margin: int, progress: Progress | None, in_place: bool = False,
+                lane_window: int | None = None) -> None:
+    """``tiling.paint`` for one decoding pass whose windows ``graphs`` render. A picture of several
+    windows is drawn ``LANES`` windows at a time on the Model's lanes sibling (``Model.lanes``: each
+    on part of the threads, which onnxruntime uses better) in windows of ``lane_window`` cells (about
+    half the area: the same memory for both), where the pass gives one and lanes pay. Such a pass
+    hands its graphs' arenas back when it ends (``Model.shrink``), so the passes' arenas do not
+    stack up; a one-window picture keeps them for the next call."""
+    lanes = model.lanes() if lane_window is not None and len(windows(h, w, window, margin)) > 1 else None
+    if lanes is None:
+        if paint(lambda win: render(win, model), out, h, w, per_cell, window, margin, progress, in_place) > 1:
+            for graph in graphs:
+                model.shrink(graph)
+        return
+    paint(lambda win: render(win, lanes), out, h, w, per_cell, lane_window, margin, progress, in_place,
+          run_many=_lane_pool().map)
+    for graph in graphs:
+        lanes.shrink(graph)
 
 
 class _Phases:
@@ -399,16 +425,16 @@ class TokenPart:
         px = self.codec.geometry.token_pixels
         rows, cols = -(-out.shape[0] // px), -(-out.shape[1] // px)
 
-        def render(win: Window) -> np.ndarray:
+        def render(win: Window, model: Model) -> np.ndarray:
             a, b = out[win.read(px)], cont[win.read(px)]
             h, w = a.shape[:2]
             even = ((0, h % 2), (0, w % 2), (0, 0))
             a, b = np.pad(a, even, mode="edge"), np.pad(b, even, mode="edge")
-            (rgb,) = self.model.run("fusion", pixels=_to_float(a[None]), continuous=_to_float(b[None]))
+            (rgb,) = model.run("fusion", pixels=_to_float(a[None]), continuous=_to_float(b[None]))
             return _to_u8(rgb)[0, :h, :w]
 
         _paint_pass(self.model, ("fusion",), render, out, rows, cols, px, FUSION_WINDOW,
-                    int(self.model.manifest["fusion_margin"]), progress, in_place=True)
+                    int(self.model.manifest["fusion_margin"]), progress, in_place=True, lane_window=FUSION_LANE_WINDOW)
 
     def _tile_guidance(self, guidance: np.ndarray | None, grid: TileGrid, tiles: range) -> np.ndarray:
         g, px = self.codec.geometry.grid, self.codec.geometry.token_pixels
@@ -457,13 +483,13 @@ class TokenPart:
             self._decode_head_tail(codes, guidance[:, :, :rows, :cols], out, progress)
             return
 
-        def render(win: Window) -> np.ndarray:
+        def render(win: Window, model: Model) -> np.ndarray:
             c = np.ascontiguousarray(codes[(slice(None), *win.read())])[None]
             if fused:  # a model exported before session 17: head and tail in one graph
                 g = np.ascontiguousarray(guidance[(0, slice(None), *win.read())])[None]
-                (rgb,) = self.model.run("pixel_decoder", codes=c, guidance=g)
+                (rgb,) = model.run("pixel_decoder", codes=c, guidance=g)
             else:
-                (rgb,) = self.model.run("vq_decoder", codes=c)
+                (rgb,) = model.run("vq_decoder", codes=c)
             return _to_u8(rgb)[0]
 
         _paint_pass(self.model, ("pixel_decoder" if fused else "vq_decoder",), render, out, rows, cols, px,
@@ -481,19 +507,19 @@ class TokenPart:
         head_margin, tail_margin, cells = (int(m[k]) for k in ("head_margin", "tail_margin", "head_cells"))
         rows, cols = codes.shape[1:]
 
-        def render(win: Window) -> np.ndarray:
+        def render(win: Window, model: Model) -> np.ndarray:
             y0, y1, x0, x1 = win.outer
             a, b = max(0, y0 - head_margin), min(rows, y1 + head_margin)
             c, d = max(0, x0 - head_margin), min(cols, x1 + head_margin)
-            (features,) = self.model.run("pixel_head", codes=np.ascontiguousarray(codes[None, :, a:b, c:d]),
+            (features,) = model.run("pixel_head", codes=np.ascontiguousarray(codes[None, :, a:b, c:d]),
                                          guidance=np.ascontiguousarray(guidance[:, :, a:b, c:d]))
             keep = (slice(None), slice(None), slice((y0 - a) * cells, (y1 - a) * cells),
                     slice((x0 - c) * cells, (x1 - c) * cells))
-            (rgb,) = self.model.run("pixel_tail", features=np.ascontiguousarray(features[keep]))
+            (rgb,) = model.run("pixel_tail", features=np.ascontiguousarray(features[keep]))
             return _to_u8(rgb)[0]
 
         _paint_pass(self.model, ("pixel_tail", "pixel_head"), render, out, rows, cols,
-                    self.codec.geometry.token_pixels, TAIL_WINDOW, tail_margin, progress)
+                    self.codec.geometry.token_pixels, TAIL_WINDOW, tail_margin, progress, lane_window=TAIL_LANE_WINDOW)
 
 
 class ContinuousPart:
@@ -574,13 +600,15 @@ class ContinuousPart:
         # ones measured in session 17: 8000×6000 decode peak 920 → 1192 MB, no faster)
         size, margin = (RECON_WINDOW // 2, int(m["reconstruct_margin"])) if learned else (RECON_WINDOW, RECON_MARGIN)
 
-        def render(win: Window) -> np.ndarray:
+        def render(win: Window, model: Model) -> np.ndarray:
             g = np.ascontiguousarray(guidance[(0, slice(None), *win.read())])[None]
-            (img,) = self.model.run("cont_reconstruct", guidance=g)
+            (img,) = model.run("cont_reconstruct", guidance=g)
             if learned:
                 return _to_u8(img)[0]
             ry, rx = win.read(per_cell)
             return cv2.resize(_to_u8(img)[0], (rx.stop - rx.start, ry.stop - ry.start), interpolation=cv2.INTER_CUBIC)
 
+        # lanes: two windows of the same size at once (its windows' arenas are small: the pass's peak is
+        # 0.8 GB on 8000×6000 either way, below the pixel and fusion passes'), for the learned up-sampling only
         _paint_pass(self.model, ("cont_reconstruct",), render, out, *guidance.shape[2:], per_cell, size, margin,
-                    progress)
+                    progress, lane_window=size if learned else None)

@@ -12,7 +12,7 @@ continuous stream a little and the discrete stream nothing."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,7 +178,7 @@ def windows(h: int, w: int, window: int, margin: int) -> list[Window]:
 
 def paint(render: Callable[[Window], np.ndarray], out: np.ndarray, h: int, w: int, per_cell: int,
           window: int, margin: int, progress: Callable[[int, int], None] | None = None,
-          in_place: bool = False) -> int:
+          in_place: bool = False, run_many: Callable[..., Iterable[np.ndarray]] = map) -> int:
     """Draw the picture ``out`` (H, W, …) from an h×w cell grid window by window: ``render(win)`` is
     the picture of the cells ``win.read()`` (``per_cell`` pixels per cell), of which the window's
     centre is kept. The one loop of every decoder that draws pixels (pixel decoder, continuous
@@ -188,13 +188,16 @@ def paint(render: Callable[[Window], np.ndarray], out: np.ndarray, h: int, w: in
     window must see it as it was before this pass. Rather than a copy of the whole picture (144 MB at
     48 MP), results wait one band (row of windows) before they are written: a window reads at most
     ``margin`` ≤ ``window`` cells into the band above, which is then still waiting, and none into older
-    bands, which are written by then. So at most two bands' results are held."""
+    bands, which are written by then. So at most two bands' results are held.
+
+    ``run_many(render, windows)``: the windows' results in order (``map``, or a thread pool's ``map`` that
+    renders several at once: results are still written in order, and a window being rendered ahead
+    reads only bands not yet written)."""
     if in_place and margin > window:
         raise ValueError(f"in-place painting needs margin ≤ window, got {margin} > {window}")
     wins = windows(h, w, window, margin)
     waiting: list[tuple[Window, np.ndarray]] = []  # in_place: (window, its result), oldest band first
-    for k, win in enumerate(wins):
-        result = render(win)
+    for k, (win, result) in enumerate(zip(wins, run_many(render, wins))):
         if in_place:
             # bands older than the one just above this window are read by no window still to come
             while waiting and waiting[0][0].inner[0] < win.inner[0] - window:

@@ -504,5 +504,50 @@ def test_a_pass_over_several_windows_hands_its_arena_back_at_once(codec: Codec,
     codec.decompress(small)
     assert shrunk == [] and "pixel_tail" in codec.model._used
     monkeypatch.setattr(codec_module, "TAIL_WINDOW", 2)  # 32-px windows: a 256² picture has several
+    monkeypatch.setattr(codec.model, "lanes", lambda: None)  # (windows one at a time here; lanes: below)
     codec.decompress(small)
     assert {"pixel_head", "pixel_tail"} <= set(shrunk) and "pixel_tail" not in codec.model._used
+
+
+def test_a_large_picture_is_drawn_two_windows_at_a_time_on_one_thread_each(codec: Codec, photo: np.ndarray,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """Model.lanes: windows of a picture of several are drawn LANES at a time, each on 1/LANES of the
+    threads (onnxruntime uses one thread better than two), by a sibling with caps of its own (LANES
+    windows of half the area) whose arenas each pass hands back; the same picture as one at a time."""
+    import threading
+
+    from hybridflow.runtime import codec as codec_module
+    from hybridflow.runtime.model import LANES
+
+    lanes = codec.model.lanes()
+    if lanes is None:
+        pytest.skip("fewer than two threads here: no lanes")
+    assert lanes is codec.model.lanes() and lanes.lanes() is None
+    for name, cells in (("TAIL_WINDOW", 5), ("TAIL_LANE_WINDOW", 3), ("FUSION_WINDOW", 5), ("FUSION_LANE_WINDOW", 3)):
+        monkeypatch.setattr(codec_module, name, cells)  # a picture of several windows
+    data = codec.compress(photo, mask="1_4")
+    seen, now, peak, lock = set(), [0], [0], threading.Lock()
+    real_run = lanes.run
+
+    def run(graph: str, **inputs: np.ndarray) -> list[np.ndarray]:
+        with lock:
+            seen.add(graph)
+            now[0] += 1
+            peak[0] = max(peak[0], now[0])
+        try:
+            time.sleep(0.005)  # so that lanes really overlap
+            return real_run(graph, **inputs)
+        finally:
+            with lock:
+                now[0] -= 1
+
+    shrunk: list[str] = []
+    real_shrink = lanes.shrink
+    monkeypatch.setattr(lanes, "run", run)
+    monkeypatch.setattr(lanes, "shrink", lambda graph: shrunk.append(graph) or real_shrink(graph))
+    drawn = codec.decompress(data)
+    assert {"pixel_head", "pixel_tail"} <= seen and {"pixel_head", "pixel_tail"} <= set(shrunk)
+    assert peak[0] == LANES  # two lane windows at once, never more
+    assert lanes.session("pixel_tail").get_session_options().intra_op_num_threads == lanes.threads >= 1
+    monkeypatch.setattr(codec.model, "lanes", lambda: None)  # the same windows one at a time: the same picture
+    assert np.abs(codec.decompress(data).astype(int) - drawn).max() <= 1
