@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import onnx
 
-from hybridflow.export.quantize import tensor_shapes, with_shapes
+from hybridflow.export.quantize import node_attr, tensor_shapes, with_shapes
 from hybridflow.runtime import Codec
 from hybridflow.runtime.metrics import lpips_alex, psnr
 from hybridflow.runtime.model import INT8_SUFFIX, Model
@@ -49,10 +49,6 @@ def load_avg() -> str:
 
 
 # --------------------------------------------------------------------------------- 1. MACs
-def _attr(node: onnx.NodeProto, name: str, default: int) -> int:
-    return next((a.i for a in node.attribute if a.name == name), default)
-
-
 def run_macs(path: Path, input_shapes: dict[str, tuple[int, ...]]) -> tuple[int, list[int]]:
     """Multiply-accumulates of one run on inputs of these shapes, counted over Conv, ConvTranspose,
     MatMul and Gemm nodes (what the CPU's FMA units do; norms, activations, resizes are not counted),
@@ -72,7 +68,7 @@ def run_macs(path: Path, input_shapes: dict[str, tuple[int, ...]]) -> tuple[int,
         elif node.op_type == "ConvTranspose":  # every input element scatters into (C_out / groups) × kernel
             total += int(np.prod(x)) * int(np.prod(w[1:]))
         else:  # MatMul, Gemm: every output element is a dot product over the shared dimension K
-            total += int(np.prod(out)) * (x[-2] if _attr(node, "transA", 0) else x[-1])
+            total += int(np.prod(out)) * (x[-2] if node_attr(node, "transA", 0) else x[-1])
     return total, shapes[model.graph.output[0].name]
 
 

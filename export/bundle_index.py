@@ -52,8 +52,8 @@ def _initialiser_pool(model_dir: Path, graph_files: dict[str, str]) -> dict[str,
     for graph in sorted(graph_files):
         model = onnx.load(model_dir / graph_files[graph])
         values = [(t.name, _fp16_values(t), None) for t in model.graph.initializer]
-        values += [(qname, dequantise(q, scale).astype(np.float16), sname)
-                   for q, scale, qname, sname in stored_int8(model).values()]
+        values += [(inputs[0], dequantise(q, scale).astype(np.float16), inputs[1])
+                   for q, scale, inputs in stored_int8(model).values()]
         for name, half, scale in values:
             if half is None:
                 continue

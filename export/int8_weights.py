@@ -24,7 +24,6 @@ scale, |q| ≤ 127):
 from __future__ import annotations
 
 import hashlib
-import logging
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -33,6 +32,8 @@ from typing import Any
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
+
+from .quantize import node_attr
 
 QMAX = 127
 MIN_SCALE = 2.0**-24  # fp16's smallest step: with scales ≥ this every q·scale is an exact fp16 value
@@ -75,9 +76,9 @@ def round_predictor(state: dict[str, Any], keys: Iterable[str]) -> int:
     changed = 0
     for k in keys:
         w = state[k].float().numpy()
-        q, scale = round_columns(w, axis=0)
-        rounded = torch.from_numpy(_dequantised(q, scale, 0)).to(state[k].dtype)
-        if not torch.equal(rounded.float(), torch.from_numpy(_dequantised(q, scale, 0))):
+        exact = torch.from_numpy(_dequantised(*round_columns(w, axis=0), 0))
+        rounded = exact.to(state[k].dtype)
+        if not torch.equal(rounded.float(), exact):
             raise ValueError(f"predictor weight {k}: its int8 rounding is not exact in {state[k].dtype}")
         changed += int(not torch.equal(rounded, state[k]))
         state[k] = rounded
@@ -124,7 +125,7 @@ def store_int8(model: onnx.ModelProto, weights: Iterable[np.ndarray]) -> int:
         name = node.input[1]
         cast = casts.get(name)
         source = inits.get(cast.input[0] if cast is not None else name)
-        if source is None or len(source.dims) != 2 or (node.op_type == "Gemm" and _attr(node, "transB")):
+        if source is None or len(source.dims) != 2 or (node.op_type == "Gemm" and node_attr(node, "transB")):
             continue
         value = numpy_helper.to_array(source).astype(np.float32)
         sha = _sha(value)
@@ -156,20 +157,16 @@ def store_int8(model: onnx.ModelProto, weights: Iterable[np.ndarray]) -> int:
     return len(replaced)
 
 
-def _attr(node: onnx.NodeProto, name: str) -> int:
-    return next((a.i for a in node.attribute if a.name == name), 0)
-
-
-def stored_int8(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarray, str, str]]:
-    """Output name of each weight ``DequantizeLinear`` that ``store_int8`` wrote → (q, scale, q's
-    initialiser name, scale's initialiser name)."""
+def stored_int8(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.ndarray, list[str]]]:
+    """Output name of each weight ``DequantizeLinear`` that ``store_int8`` wrote → (q, scale, the names
+    of its inputs: q's, the scale's and the zero point's initialisers)."""
     inits = {t.name: t for t in model.graph.initializer}
     found = {}
     for n in model.graph.node:
         if n.op_type == "DequantizeLinear" and n.input[0] in inits and n.input[1] in inits:
             q, scale = numpy_helper.to_array(inits[n.input[0]]), numpy_helper.to_array(inits[n.input[1]])
-            if q.dtype == np.int8 and q.ndim == 2 and _attr(n, "axis") == 1:
-                found[n.output[0]] = (q, scale, n.input[0], n.input[1])
+            if q.dtype == np.int8 and q.ndim == 2 and node_attr(n, "axis") == 1:
+                found[n.output[0]] = (q, scale, list(n.input))
     return found
 
 
@@ -184,15 +181,15 @@ def _fold_dequantize(model: onnx.ModelProto) -> dict[str, tuple[np.ndarray, np.n
     float weights to quantise); returns weight name → (q, scale)."""
     found = stored_int8(model)
     graph = model.graph
-    used = {x for _, _, qn, sn in found.values() for x in (qn, sn, qn.removesuffix("__int8") + "__zero")}
+    used = {x for _, _, inputs in found.values() for x in inputs}
     nodes = [n for n in graph.node if not (n.op_type == "DequantizeLinear" and n.output[0] in found)]
     inits = [t for t in graph.initializer if t.name not in used]
-    inits += [numpy_helper.from_array(_dequantised(q, s, 1), name) for name, (q, s, _, _) in found.items()]
+    inits += [numpy_helper.from_array(_dequantised(q, s, 1), name) for name, (q, s, _) in found.items()]
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.initializer[:]
     graph.initializer.extend(inits)
-    return {name: (q, s) for name, (q, s, _, _) in found.items()}
+    return {name: (q, s) for name, (q, s, _) in found.items()}
 
 
 def dynamic_variant(src: Path, dst: Path) -> dict[str, Any]:
@@ -200,8 +197,7 @@ def dynamic_variant(src: Path, dst: Path) -> dict[str, Any]:
     dynamic int8 with the very same int8 weights and scales; every other product stays float."""
     import onnxruntime.quantization as oq
 
-    from .convert import fp16_initialisers
-    from .quantize import fold_fp16_casts
+    from .quantize import fold_fp16_casts, quiet_quantiser, write_variant
 
     model = onnx.load(src)
     fold_fp16_casts(model)
@@ -212,17 +208,12 @@ def dynamic_variant(src: Path, dst: Path) -> dict[str, Any]:
     if any(not n.name for n in products):
         raise ValueError(f"{src}: unnamed MatMul/Gemm nodes; cannot choose which to quantise")
     exclude = [n.name for n in products if n.input[1] not in weights]
-    quiet = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # "please pre-process" warnings
-    try:
-        with tempfile.TemporaryDirectory(prefix="hf-dyn-") as tmp:
-            onnx.save(model, Path(tmp) / "fp32.onnx")
-            oq.quantize_dynamic(Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx", per_channel=True,
-                                reduce_range=False, weight_type=oq.QuantType.QInt8,
-                                op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude)
-            q = onnx.load(Path(tmp) / "int8.onnx")
-    finally:
-        logging.getLogger().setLevel(quiet)
+    with quiet_quantiser(), tempfile.TemporaryDirectory(prefix="hf-dyn-") as tmp:
+        onnx.save(model, Path(tmp) / "fp32.onnx")
+        oq.quantize_dynamic(Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx", per_channel=True,
+                            reduce_range=False, weight_type=oq.QuantType.QInt8,
+                            op_types_to_quantize=["MatMul", "Gemm"], nodes_to_exclude=exclude)
+        q = onnx.load(Path(tmp) / "int8.onnx")
     inits = {t.name: t for t in q.graph.initializer}
     for name, (values, scale) in weights.items():  # onnxruntime picked its own scales: ours go in
         qt, st = inits.get(f"{name}_quantized"), inits.get(f"{name}_scale")
@@ -230,16 +221,11 @@ def dynamic_variant(src: Path, dst: Path) -> dict[str, Any]:
             raise ValueError(f"{src}: quantize_dynamic did not quantise {name} per output channel as expected")
         qt.CopyFrom(numpy_helper.from_array(values, qt.name))
         st.CopyFrom(numpy_helper.from_array(scale.astype(np.float32), st.name))
-    q.producer_name, q.producer_version = "hybridflow-export", ""
-    del q.metadata_props[:]
     int8_inputs = {x for n in q.graph.node if n.op_type in ("MatMulInteger", "DynamicQuantizeLinear")
                    for x in n.input}
     scales = {x for n in q.graph.node if n.op_type == "Mul" for x in n.input if x.endswith("_scale")}
-    halved = fp16_initialisers(q, keep=int8_inputs | scales)
-    onnx.checker.check_model(q)
-    data = q.SerializeToString()
-    Path(dst).write_bytes(data)
+    size, halved = write_variant(q, dst, int8_inputs | scales)
     counts = {op: sum(n.op_type == op for n in q.graph.node) for op in ("MatMulInteger", "MatMul", "Gemm")}
-    return {"bytes": len(data), "int8_products": counts["MatMulInteger"],
+    return {"bytes": size, "int8_products": counts["MatMulInteger"],
             "float_products": counts["MatMul"] + counts["Gemm"], "fp16_initialisers": halved,
             "int8_weights": len(weights)}

@@ -33,7 +33,8 @@ import json
 import logging
 import math
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,7 +94,7 @@ def fold_fp16_casts(model: onnx.ModelProto) -> int:
     folded, keep = 0, []
     for node in graph.node:
         src = inits.get(node.input[0]) if node.op_type == "Cast" and node.input else None
-        to = next((a.i for a in node.attribute if a.name == "to"), None)
+        to = node_attr(node, "to", None)
         if src is not None and src.data_type == TensorProto.FLOAT16 and to == TensorProto.FLOAT:
             graph.initializer.append(numpy_helper.from_array(numpy_helper.to_array(src).astype(np.float32),
                                                              node.output[0]))
@@ -105,6 +106,11 @@ def fold_fp16_casts(model: onnx.ModelProto) -> int:
     del graph.node[:]
     graph.node.extend(keep)
     return folded
+
+
+def node_attr(node: onnx.NodeProto, name: str, default: int | None = 0) -> int | None:
+    """An integer attribute of ``node`` (``default`` where it is not set)."""
+    return next((a.i for a in node.attribute if a.name == name), default)
 
 
 def output_convs(model: onnx.ModelProto) -> list[str]:
@@ -269,14 +275,40 @@ def _reader(feeds: Sequence[dict[str, np.ndarray]]) -> Any:  # noqa: ANN401
     return Reader()
 
 
+@contextmanager
+def quiet_quantiser() -> Iterator[None]:
+    """onnxruntime's quantiser logs "please pre-process" warnings at the root logger: we deliberately
+    do not (its shape inference would rewrite the graph), so they are silenced while it runs."""
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.getLogger().setLevel(level)
+
+
+def write_variant(q: onnx.ModelProto, dst: Path, keep: set[str]) -> tuple[int, int]:
+    """Write an int8 variant as reproducibly as the fp32 graphs: our producer, no metadata, the float
+    weights it left unquantised back to fp16 as the fp32 graph stores them (exact: not one computed bit
+    changes), except ``keep`` (quantisation parameters, which stay as onnxruntime wrote them).
+    Returns (bytes written, initialisers halved)."""
+    from .convert import fp16_initialisers  # (imports torch: only an export quantises)
+
+    q.producer_name, q.producer_version = "hybridflow-export", ""
+    del q.metadata_props[:]
+    halved = fp16_initialisers(q, keep=keep)
+    onnx.checker.check_model(q)
+    data = q.SerializeToString()
+    Path(dst).write_bytes(data)
+    return len(data), halved
+
+
 def quantise_graph(src: Path, dst: Path, feeds: Sequence[dict[str, np.ndarray]],
                    exclude_nodes: Sequence[str] | None = None, op_types: Sequence[str] = OP_TYPES) -> dict[str, Any]:
     """``src`` (fp32 ONNX) → ``dst`` (QDQ int8), calibrated on ``feeds``; returns what was done.
     ``exclude_nodes=None`` keeps the output convolutions in fp32 (``output_convs``)."""
     import onnxruntime.quantization as oq
     from onnxruntime.quantization.calibrate import load_tensors_data, save_tensors_data
-
-    from .convert import fp16_initialisers  # (imports torch: only an export quantises)
 
     model = onnx.load(src)
     folded = fold_fp16_casts(model)
@@ -285,38 +317,27 @@ def quantise_graph(src: Path, dst: Path, feeds: Sequence[dict[str, np.ndarray]],
                   activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt8,
                   op_types_to_quantize=list(op_types), nodes_to_exclude=list(exclude_nodes),
                   calibrate_method=oq.CalibrationMethod.MinMax, calibration_providers=["CPUExecutionProvider"])
-    quiet = logging.getLogger().level
-    logging.getLogger().setLevel(logging.ERROR)  # "please pre-process" warnings: we deliberately do not
-    try:
-        with tempfile.TemporaryDirectory(prefix="hf-quant-") as tmp:
-            fp32, cache = Path(tmp) / "fp32.onnx", Path(tmp) / "ranges.json"
-            onnx.save(model, fp32)
-            # pass 1 measures the ranges (and writes a throw-away model); pass 2 quantises with the snapped ones
-            oq.quantize_static(fp32, Path(tmp) / "measured.onnx", _reader(feeds), calibration_cache_path=cache,
-                               **common)
-            ranges = load_tensors_data(cache)
-            for td in ranges.data.values():
-                lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in td.range_value)
-                td.lowest = np.array(snap(min(lo, 0.0), up=False), np.float32)
-                td.highest = np.array(snap(max(hi, 0.0), up=True), np.float32)
-            save_tensors_data(ranges, cache)
-            oq.quantize_static(fp32, Path(tmp) / "int8.onnx", None, calibration_cache_path=cache, **common)
-            q = onnx.load(Path(tmp) / "int8.onnx")
-    finally:
-        logging.getLogger().setLevel(quiet)
-    q.producer_name, q.producer_version = "hybridflow-export", ""
-    del q.metadata_props[:]
-    # the float weights left unquantised (deconvolutions, the excluded output convolutions) back to fp16,
-    # as the fp32 graph stores them: exact, so not one computed bit changes; Q/DQ parameters stay float32
+    with quiet_quantiser(), tempfile.TemporaryDirectory(prefix="hf-quant-") as tmp:
+        fp32, cache = Path(tmp) / "fp32.onnx", Path(tmp) / "ranges.json"
+        onnx.save(model, fp32)
+        # pass 1 measures the ranges (and writes a throw-away model); pass 2 quantises with the snapped ones
+        oq.quantize_static(fp32, Path(tmp) / "measured.onnx", _reader(feeds), calibration_cache_path=cache,
+                           **common)
+        ranges = load_tensors_data(cache)
+        for td in ranges.data.values():
+            lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in td.range_value)
+            td.lowest = np.array(snap(min(lo, 0.0), up=False), np.float32)
+            td.highest = np.array(snap(max(hi, 0.0), up=True), np.float32)
+        save_tensors_data(ranges, cache)
+        oq.quantize_static(fp32, Path(tmp) / "int8.onnx", None, calibration_cache_path=cache, **common)
+        q = onnx.load(Path(tmp) / "int8.onnx")
+    # the float weights left unquantised: deconvolutions, the excluded output convolutions
     qdq = {name for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for name in n.input}
-    halved = fp16_initialisers(q, keep=qdq)
-    onnx.checker.check_model(q)
-    data = q.SerializeToString()
-    dst.write_bytes(data)
+    size, halved = write_variant(q, dst, qdq)
     counts: dict[str, int] = {}
     for node in q.graph.node:
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return {"bytes": len(data), "folded_fp16_casts": folded, "fp16_initialisers": halved,
+    return {"bytes": size, "folded_fp16_casts": folded, "fp16_initialisers": halved,
             "calibration_feeds": len(feeds),
             "quantize_linear": counts.get("QuantizeLinear", 0), "excluded": list(exclude_nodes)}
 
@@ -342,14 +363,19 @@ def quality(fp32_path: Path, int8_path: Path, crops: Sequence[np.ndarray],
     fp32 = open_session(fp32_path, CPU, threads=None)
     int8 = open_session(int8_path, CPU, threads=None, int8_kernels=True)
     names = [i.name for i in fp32.get_inputs()]
-    p32, p8, diff = [], [], 0
-    for rgb, inp in zip(crops, inputs):
+    pairs = []
+    for inp in inputs:
         feed = {n: inp[n] for n in names}
         a, b = fp32.run(None, feed)[0], int8.run(None, feed)[0]
-        a, b = (_to_u8((finish(x) if finish else x)[0]) for x in (a, b))
-        p32.append(psnr(a, rgb))
-        p8.append(psnr(b, rgb))
-        diff = max(diff, int(np.abs(a.astype(np.int16) - b).max()))
+        pairs.append(tuple(_to_u8((finish(x) if finish else x)[0]) for x in (a, b)))
+    return _report(crops, pairs)
+
+
+def _report(crops: Sequence[np.ndarray], pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """Mean PSNR of the fp32 and the int8 picture of each crop against it, and their largest difference."""
+    p32 = [psnr(a, rgb) for rgb, (a, _) in zip(crops, pairs)]
+    p8 = [psnr(b, rgb) for rgb, (_, b) in zip(crops, pairs)]
+    diff = max(int(np.abs(a.astype(np.int16) - b).max()) for a, b in pairs)
     return {"crops": len(crops), "psnr_fp32": float(np.mean(p32)), "psnr_int8": float(np.mean(p8)),
             "psnr_loss": float(np.mean(p32) - np.mean(p8)), "max_abs_pixel_diff": diff}
 
@@ -364,8 +390,8 @@ def predictor_quality(model: Any, int8_path: Path, crops: Sequence[np.ndarray], 
 
     int8 = open_session(int8_path, CPU, threads=None, int8_kernels=True)
     g = model.geometry.tile // model.geometry.token_pixels
-    p32, p8, diff = [], [], 0
-    for rgb, inp in zip(crops, inputs):
+    pairs = []
+    for inp in inputs:
         _, gh, gw = inp["indices"].shape
         tiles = [(y, x) for y in range(0, gh, g) for x in range(0, gw, g)]
         feed = {"indices": np.stack([inp["indices"][0, y : y + g, x : x + g] for y, x in tiles]),
@@ -377,11 +403,8 @@ def predictor_quality(model: Any, int8_path: Path, crops: Sequence[np.ndarray], 
             for (y, x), c in zip(tiles, codes):
                 image[0, :, y : y + g, x : x + g] = c
             pictures.append(_to_u8(pixel_picture(model, {"codes": image, "guidance": inp["guidance"]})[0]))
-        p32.append(psnr(pictures[0], rgb))
-        p8.append(psnr(pictures[1], rgb))
-        diff = max(diff, int(np.abs(pictures[0].astype(np.int16) - pictures[1]).max()))
-    return {"crops": len(crops), "mask": mask, "psnr_fp32": float(np.mean(p32)), "psnr_int8": float(np.mean(p8)),
-            "psnr_loss": float(np.mean(p32) - np.mean(p8)), "max_abs_pixel_diff": diff}
+        pairs.append((pictures[0], pictures[1]))
+    return {**_report(crops, pairs), "mask": mask}
 
 
 # ---------------------------------------------------------------------------------- export hook

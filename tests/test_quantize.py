@@ -349,7 +349,7 @@ def test_predictor_linear_layers_are_int8_in_both_graphs(int8_model: Path, tiny_
     assert len(stored) == len(linear) == man["graphs"]["predictor"]["int8_weights"]
     q8 = onnx.load(int8_model / "predictor_int8.onnx")
     inits = {t.name: numpy_helper.to_array(t) for t in q8.graph.initializer}
-    for name, (q, scale, _, _) in stored.items():
+    for name, (q, scale, _) in stored.items():
         assert np.array_equal(inits[f"{name}_quantized"], q) and np.array_equal(inits[f"{name}_scale"], scale)
     ops = [n.op_type for n in q8.graph.node]
     assert ops.count("MatMulInteger") == len(stored)
