@@ -61,6 +61,7 @@ from hybridflow.runtime.fixedpoint import IntegerHyperSynthesis
 from hybridflow.runtime.masking import CHOICES
 from hybridflow.runtime.metrics import psnr
 from hybridflow.runtime.model import INT8_SUFFIX, Model
+from hybridflow.runtime.session import usable_cpus
 from hybridflow.runtime.streams import STREAMS
 from hybridflow.runtime.tiling import TILE
 
@@ -95,7 +96,7 @@ def cpu_model() -> str:
 def machine_line(codec: Codec) -> str:
     import onnxruntime
 
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    usable = usable_cpus()
     load = f"{os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "?"
     m = codec.model
     return (f"Machine: {cpu_model()}, {os.cpu_count()} logical cores ({usable} usable), {platform.system()}; "

@@ -28,6 +28,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import cv2
@@ -127,14 +128,10 @@ def check_image(rgb: np.ndarray) -> None:
 Progress = Callable[[int, int], None]
 
 
-_LANE_POOL: list[ThreadPoolExecutor] = []
-
-
+@cache
 def _lane_pool() -> ThreadPoolExecutor:
     """The threads that hand windows to a Model's lanes (one pool for the process, made when first needed)."""
-    if not _LANE_POOL:
-        _LANE_POOL.append(ThreadPoolExecutor(LANES, thread_name_prefix="hf-lane"))
-    return _LANE_POOL[0]
+    return ThreadPoolExecutor(LANES, thread_name_prefix="hf-lane")
 
 
 Render = Callable[[Window, Model], np.ndarray]  # a window's picture, drawn with the graphs of that Model
@@ -474,8 +471,7 @@ class TokenPart:
                 y, x = (v // px for v in grid.position(t))
                 codes[:, y : y + g, x : x + g] = got[k]
 
-        for _ in (_lane_pool().map if lanes else map)(restore, chunks):
-            pass
+        list((_lane_pool().map if lanes else map)(restore, chunks))
         return codes
 
     def _decode_pixels(self, header: Header, grid: TileGrid, codes: np.ndarray, guidance: np.ndarray | None,
@@ -521,7 +517,7 @@ class TokenPart:
             a, b = max(0, y0 - head_margin), min(rows, y1 + head_margin)
             c, d = max(0, x0 - head_margin), min(cols, x1 + head_margin)
             (features,) = model.run("pixel_head", codes=np.ascontiguousarray(codes[None, :, a:b, c:d]),
-                                         guidance=np.ascontiguousarray(guidance[:, :, a:b, c:d]))
+                                    guidance=np.ascontiguousarray(guidance[:, :, a:b, c:d]))
             keep = (slice(None), slice(None), slice((y0 - a) * cells, (y1 - a) * cells),
                     slice((x0 - c) * cells, (x1 - c) * cells))
             (rgb,) = model.run("pixel_tail", features=np.ascontiguousarray(features[keep]))

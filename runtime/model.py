@@ -34,6 +34,7 @@ from .session import (
     providers_for,
     run_options,
     shrink_arena,
+    usable_cpus,
 )
 from .tiling import Geometry
 
@@ -115,10 +116,6 @@ def _finish_idle_releases() -> None:
         timer.cancel()
         if timer.is_alive():
             timer.join()
-
-
-def _usable_cpus() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def release_free_memory() -> None:
@@ -342,7 +339,7 @@ class Model:
         decoding a large picture and a one-window one at once may hold two windows' worth. Sharing them
         measured 8000×6000 at 1.02 GB peak instead of 0.90: not understood yet.) None where lanes do
         not pay: fewer than two threads, or the graphs run on a GPU."""
-        threads = self.threads or env_threads() or _usable_cpus()
+        threads = self.threads or env_threads() or usable_cpus()
         probe = self.directory / next(iter(self.manifest["graphs"].values()))["file"]
         if self._owner is not None or threads < LANES or providers_for(self.provider, probe) != CPU:
             return None

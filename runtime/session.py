@@ -60,6 +60,11 @@ def env_threads() -> int | None:
         raise ValueError(f"HF_THREADS={raw!r}: must be an integer from 1 to {MAX_THREADS}") from None
 
 
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @cache
 def cuda_works(probe_graph: str) -> bool:
     if "CUDAExecutionProvider" not in ort.get_available_providers():
