@@ -207,12 +207,13 @@ def _picture(image: np.ndarray) -> np.ndarray:
     return _to_float(_to_u8(image))
 
 
-def decoder_inputs(model: Any, rgb: np.ndarray, graphs: Sequence[str] = ("pixel_decoder",)  # noqa: ANN401
+def decoder_inputs(model: Any, rgb: np.ndarray, graphs: Sequence[str] = ()  # noqa: ANN401
                    ) -> dict[str, np.ndarray]:
     """What the decode-side ``graphs`` see for a crop of whole tiles, computed with the model's fp32
     graphs exactly as the codec computes them: the full index map (the predictor's check picks its
     sent tokens from it), its code vectors and the aligned guidance, and for the ``fusion`` its two
-    input pictures, ``pixels`` and ``continuous`` (hybrid decode at the base rate point, mask none)."""
+    input pictures, ``pixels`` and ``continuous`` (hybrid decode at the base rate point, mask none),
+    computed only when ``graphs`` names it."""
     m, geo = model.manifest, model.geometry
     tile, px = geo.tile, geo.token_pixels
     h, w = rgb.shape[:2]
