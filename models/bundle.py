@@ -120,10 +120,11 @@ def components_from_payload(ck: dict[str, Any], path: Path | str) -> Components:
 
 
 def tiny_components(seed: int = 0, with_stage23: bool = True, with_fusion: bool = False,
-                    correction_stages: int | None = None) -> Components:
-    """A tiny randomly initialised model for tests of export and runtime (never for real numbers)."""
+                    correction_stages: int | None = None, output: str = "full") -> Components:
+    """A tiny randomly initialised model for tests of export and runtime (never for real numbers);
+    ``output`` is the VQ decoder's last stage (``VQConfig.output``)."""
     torch.manual_seed(seed)
-    vq_cfg = VQConfig(channels=(8, 8, 16, 16), bottleneck=16, code_dim=8, decoder_norm="channel")
+    vq_cfg = VQConfig(channels=(8, 8, 16, 16), bottleneck=16, code_dim=8, decoder_norm="channel", output=output)
     cont_cfg = ContConfig(channels=16, latent=16, hyper=8, rate_points=3, base_rate=1)
     vq, cont = VQAutoencoder(vq_cfg), ContinuousCodec(cont_cfg)
     with torch.no_grad():  # an untrained analysis gives |y| ≈ 0.07: every residual 0 at every rate point

@@ -30,7 +30,7 @@ class CorrectionNet(nn.Module):
             raise ValueError(f"correction stages must be 1 … {len(self.decoder.ups)}, got {stages}")
         # the stages it does not feed are not built: their convolutions would be pure cost
         self.decoder.ups = self.decoder.ups[:n]
-        del self.decoder.norm_out, self.decoder.conv_out  # features only: never drawn as a picture
+        self.decoder.drop_output()  # features only: never drawn as a picture
         self.proj = nn.ModuleList(nn.Conv2d(c, c, 1) for c in self.decoder.stage_channels[:n])
         for p in self.proj:
             nn.init.zeros_(p.weight)

@@ -13,7 +13,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import NORMS, Downsample, ResBlock, Upsample, group_norm, norm_layer
+from .layers import NORMS, Downsample, ResBlock, SubpixelOut, Upsample, group_norm, norm_layer
+
+# The decoder's last ×2 stage: "full" draws pixels from full-resolution features (nearest ×2, a residual block,
+# norm and a 3×3 output convolution there); "subpixel" from half-resolution ones (layers.SubpixelOut)
+OUTPUTS = ("full", "subpixel")
 
 
 @dataclass
@@ -29,6 +33,11 @@ class VQConfig:
     # "group" is what models up to s7 were trained with (statistics over the whole map: seams)
     decoder_norm: str = field(default="group", metadata={"help": "decoder normalisation ('channel': "
                                                                  "position-wise, seamless)", "choices": NORMS})
+    # "subpixel" since session 18: the full-resolution stage was ≈ half of a decode's time for ≈ a quarter of
+    # its multiply-adds (its features are the largest tensors; norms and activations there are memory-bound)
+    output: str = field(default="full", metadata={"help": "the last ×2 stage: 'full' (features at full "
+                                                          "resolution) or 'subpixel' (pixels from half-resolution "
+                                                          "features, layers.SubpixelOut)", "choices": OUTPUTS})
 
     @property
     def factor(self) -> int:
@@ -61,24 +70,31 @@ class Decoder(nn.Module):
 
     def __init__(self, cfg: VQConfig, in_channels: int | None = None):
         super().__init__()
+        self.cfg = cfg
         ch = tuple(reversed(cfg.channels))
         norm = cfg.decoder_norm
         self.conv_in = nn.Conv2d(in_channels or cfg.code_dim, cfg.bottleneck, 3, padding=1)
         self.mid = ResBlock(cfg.bottleneck, ch[0], norm)
+        if cfg.output not in OUTPUTS:
+            raise ValueError(f"unknown decoder output {cfg.output!r}; choose one of {', '.join(OUTPUTS)}")
         self.ups = nn.ModuleList()
         c_prev = ch[0]
-        for c in ch:
+        for c in ch[:-1] if cfg.output == "subpixel" else ch:
             self.ups.append(nn.Sequential(Upsample(c_prev), ResBlock(c_prev, c, norm)))
             c_prev = c
         self.stage_channels = ch
-        self.norm_out = norm_layer(c_prev, norm)
-        self.conv_out = nn.Conv2d(c_prev, 3, 3, padding=1)
+        if cfg.output == "subpixel":  # as many values per full-resolution pixel as the full stage's features
+            self.out = SubpixelOut(c_prev, 4 * ch[-1], norm)
+        else:
+            self.norm_out = norm_layer(c_prev, norm)
+            self.conv_out = nn.Conv2d(c_prev, 3, 3, padding=1)
 
     @staticmethod
     def receptive_radius(cfg: VQConfig) -> float:
         """How far (in tokens) an output pixel sees: 3×3 convolutions at each resolution (conv_in
         and the middle block's two at token resolution; the up-sampling conv and a block's two at
-        each ×2 stage; conv_out at full resolution). Windows need at least this margin."""
+        each ×2 stage; conv_out at full resolution, or SubpixelOut's two at half resolution). Windows need at
+        least this margin."""
         return sum(Decoder.radii(cfg, 0))
 
     @staticmethod
@@ -91,10 +107,11 @@ class Decoder(nn.Module):
             scale *= 2
             head += 3 / scale
         tail = 0.0
-        for _ in range(stages, len(cfg.channels)):
+        subpixel = cfg.output == "subpixel"
+        for _ in range(stages, len(cfg.channels) - subpixel):
             scale *= 2
             tail += 3 / scale
-        return head, tail + 1 / scale
+        return head, tail + (2 if subpixel else 1) / scale
 
     def features(self, z: torch.Tensor) -> list[torch.Tensor]:
         """Outputs of each up-sampling stage (what the correction network adds to)."""
@@ -117,7 +134,22 @@ class Decoder(nn.Module):
         """The up-sampling stages from ``start`` on and the output layers: ``head``'s features → pixels."""
         for up in self.ups[start:]:
             h = up(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.output(h)
+
+    @property
+    def last_layer(self) -> nn.Conv2d:
+        """The convolution that writes pixels (what VQGAN's adaptive GAN weight differentiates)."""
+        return self.out.conv2 if self.cfg.output == "subpixel" else self.conv_out
+
+    def drop_output(self) -> None:
+        """Features only (the correction network's copy): the layers that draw pixels are never run."""
+        for name in ("out", "norm_out", "conv_out"):
+            if hasattr(self, name):
+                delattr(self, name)
+
+    def output(self, h: torch.Tensor) -> torch.Tensor:
+        """The last stage's features → pixels."""
+        return self.out(h) if self.cfg.output == "subpixel" else self.conv_out(F.silu(self.norm_out(h)))
 
     def forward(self, z: torch.Tensor, extra: list[torch.Tensor] | None = None) -> torch.Tensor:
         return self.tail(self.head(z, extra), len(extra or []))

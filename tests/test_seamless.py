@@ -34,14 +34,15 @@ def test_windowed_decode_equals_whole_image(codec: Codec, photo: np.ndarray, str
     assert np.abs(whole - windows).max() <= 1
 
 
-def test_margin_is_the_receptive_field() -> None:
+@pytest.mark.parametrize("output", ["full", "subpixel"])
+def test_margin_is_the_receptive_field(output: str) -> None:
     """Changing one token changes output pixels no farther than the manifest's margin (in tokens)
     from that token's footprint, and does reach beyond the token itself."""
     torch = pytest.importorskip("torch")
     from hybridflow.models.bundle import tiny_components
     from hybridflow.models.vq import Decoder
 
-    c = tiny_components()
+    c = tiny_components(output=output)
     vq = c.vq
     margin = math.ceil(Decoder.receptive_radius(vq.cfg))
     idx = torch.randint(0, vq.cfg.n_codes, (1, 21, 21))
@@ -55,8 +56,8 @@ def test_margin_is_the_receptive_field() -> None:
     assert px < reach <= margin * px
 
 
-@pytest.mark.parametrize("stages", [1, 2])
-def test_head_and_tail_margins_are_their_receptive_fields(stages: int) -> None:
+@pytest.mark.parametrize(("stages", "output"), [(1, "full"), (2, "full"), (1, "subpixel"), (2, "subpixel")])
+def test_head_and_tail_margins_are_their_receptive_fields(stages: int, output: str) -> None:
     """The pixel decoder's head and tail (its two graphs): changing one token's code changes the head's
     features no farther than ``head_margin`` tokens away, changing that token's features changes
     pixels no farther than ``tail_margin``; both reach beyond the token."""
@@ -64,7 +65,7 @@ def test_head_and_tail_margins_are_their_receptive_fields(stages: int) -> None:
     from hybridflow.models.bundle import tiny_components
     from hybridflow.models.vq import Decoder
 
-    c = tiny_components(correction_stages=stages)
+    c = tiny_components(correction_stages=stages, output=output)
     pd = c.pixel_decoder()
     head_margin, tail_margin = (math.ceil(r) for r in Decoder.radii(c.vq.cfg, stages))
     codes = c.codes(torch.randint(0, c.vq.cfg.n_codes, (1, 21, 21)))

@@ -17,9 +17,10 @@ from typer.testing import CliRunner  # noqa: E402
 from hybridflow.models.train import cli, options  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-STAGES = ("stage1-vq", "stage1-cont", "stage2", "stage3", "upsampler", "fusion")
+STAGES = ("stage1-vq", "stage1-cont", "stage2", "stage3", "upsampler", "fusion", "output")
 FILES = {"stage2": ["--vq", "v.pt", "--cont", "c.pt"],
-         "stage3": ["--vq", "v.pt", "--cont", "c.pt", "--predictor", "p.pt"], "upsampler": ["--cont", "c.pt"]}
+         "stage3": ["--vq", "v.pt", "--cont", "c.pt", "--predictor", "p.pt"], "upsampler": ["--cont", "c.pt"],
+         "output": ["--vq", "v.pt", "--cont", "c.pt", "--predictor", "p.pt", "--correction", "k.pt"]}
 
 
 def documented() -> list[tuple[str, list[str]]]:

@@ -54,6 +54,12 @@ class Stage3Files(FrozenFiles):
     predictor: Path = field(metadata={"help": "frozen stage2 checkpoint", "must_exist": True})
 
 
+@dataclass(kw_only=True)
+class OutputFiles(Stage3Files):
+    correction: Path = field(metadata={"help": "frozen stage3 checkpoint (the correction network)",
+                                       "must_exist": True})
+
+
 def stage_specs() -> dict[str, tuple[options.Spec, ...]]:
     """For each training command, the dataclasses whose fields are its options, in the order
     ``parse_stage`` returns them filled (imported here: they pull in torch)."""
@@ -61,6 +67,7 @@ def stage_specs() -> dict[str, tuple[options.Spec, ...]]:
     from ..transformer import TransformerConfig
     from ..vq import VQConfig
     from .fusion import FusionTrainConfig
+    from .output import OutputTrainConfig
     from .stage1_cont import ContTrainConfig
     from .stage1_vq import VQTrainConfig
     from .stage2 import Stage2TrainConfig, new_model_config
@@ -74,6 +81,7 @@ def stage_specs() -> dict[str, tuple[options.Spec, ...]]:
         "stage2": ((Stage2Files, {"run_dir": runs / "stage2"}), Stage2TrainConfig,
                    (TransformerConfig, vars(new_model_config()))),
         "stage3": ((Stage3Files, {"run_dir": runs / "stage3"}), Stage3TrainConfig),
+        "output": ((OutputFiles, {"run_dir": runs / "output"}), OutputTrainConfig),
         "upsampler": ((UpsamplerFiles, {"run_dir": runs / "upsampler"}), UpsamplerTrainConfig),
         "fusion": ((RunFiles, {"run_dir": runs / "fusion"}), FusionTrainConfig),
     }
@@ -135,6 +143,15 @@ def stage3(ctx: typer.Context) -> None:
 
     files, cfg = _stage("stage3", ctx, stage3.__doc__)
     train(files.run_dir, cfg, files.vq, files.cont, files.predictor, files.cache_dir)
+
+
+@app.command("output", **FORWARDED)
+def output(ctx: typer.Context) -> None:
+    """The decoder's light output stage (pixels from half-resolution features), distilled from the full one."""
+    from .output import train
+
+    files, cfg = _stage("output", ctx, output.__doc__)
+    train(files.run_dir, cfg, files.vq, files.cont, files.predictor, files.correction, files.cache_dir)
 
 
 @app.command("upsampler", **FORWARDED)

@@ -123,7 +123,7 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
             g_loss = -disc(rec).mean()
             w_gan = cfg.disc_weight * min(1.0, (n - cfg.disc_start) / 500)
             if cfg.adaptive_gan:
-                w_gan = w_gan * adaptive_weight(loss, g_loss, model.decoder.conv_out.weight)
+                w_gan = w_gan * adaptive_weight(loss, g_loss, model.decoder.last_layer.weight)
             loss = loss + w_gan * g_loss
         if not cfg.decoder_only:
             loss = loss + qloss
