@@ -70,6 +70,9 @@ def test_distillation_learns_the_old_stage_and_touches_nothing_else(synthetic_da
         moved = [k for k, v in tuned.state_dict().items() if not torch.equal(v, student.state_dict()[k])]
         assert moved and all(k.startswith("decoder.out.") for k in moved)
 
+    with pytest.raises(ValueError, match="not a subpixel output stage"):  # an init that is not this stage
+        output.train(tmp_path / "bad", output.OutputTrainConfig(init=str(tmp_path / "vq.pt")), tmp_path / "vq.pt",
+                     tmp_path / "cont.pt", tmp_path / "predictor.pt", tmp_path / "correction.pt", tmp_path / "cache")
     with pytest.raises(ValueError, match="already has"):
         output.train(tmp_path / "again", cfg, tmp_path / "run" / "vq.pt", tmp_path / "cont.pt",
                      tmp_path / "predictor.pt", tmp_path / "correction.pt", tmp_path / "cache")

@@ -88,8 +88,12 @@ def train(run_dir: Path, cfg: OutputTrainConfig, vq_ckpt: Path, cont_ckpt: Path,
     predictor = checkpoint.load_model(predictor_ckpt, MaskedTokenPredictor, TransformerConfig)
     correction = CorrectionNet.from_state(teacher.cfg, cont.cfg.channels, checkpoint.load(correction_ckpt)["model"])
     student = with_subpixel_output(teacher)
-    if cfg.init:  # a distilled stage, to fine-tune on the originals (every other weight must be the teacher's)
+    if cfg.init:  # a distilled stage, to fine-tune on the originals: every other weight must be the teacher's
         start = checkpoint.load_model(Path(cfg.init), VQAutoencoder, VQConfig)
+        own = student.state_dict()
+        if start.cfg.output != "subpixel" or any(not torch.equal(v, own[k]) for k, v in start.state_dict().items()
+                                                 if not k.startswith("decoder.out.")):
+            raise ValueError(f"{cfg.init}: not a subpixel output stage on {vq_ckpt}'s VQ model")
         student.decoder.out.load_state_dict(start.decoder.out.state_dict())
     for m in (teacher, cont, predictor, correction, student):
         m.to(cfg.device).eval().requires_grad_(False)
