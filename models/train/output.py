@@ -159,10 +159,8 @@ def train(run_dir: Path, cfg: OutputTrainConfig, vq_ckpt: Path, cont_ckpt: Path,
         checkpoint.save(run_dir / "vq.pt", model=student.state_dict(), config=student.cfg, kind="vq",
                         step=run.state.step, from_ckpt=str(vq_ckpt))
 
-    def validate_now() -> Numbers:
-        scores = validate(new, predictor, True, *val)
-        out.train()
-        return scores
+    def validate_now() -> Numbers:  # (validate hands the decoder back in train mode, the new stage with it)
+        return validate(new, predictor, True, *val)
 
     if run.state.step == 0:
         run.state.log({f"old_{k}": v for k, v in validate(old, predictor, True, *val).items()})
