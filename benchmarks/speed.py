@@ -344,6 +344,7 @@ def eager_codec(release: Path, model_dir: Path) -> Codec:
     from hybridflow.models import checkpoint
     from hybridflow.models.bundle import Components
     from hybridflow.models.correction import CorrectionNet
+    from hybridflow.models.fusion import Fusion, FusionConfig
     from hybridflow.models.hyperprior import ContConfig, ContinuousCodec
     from hybridflow.models.transformer import MaskedTokenPredictor, TransformerConfig
     from hybridflow.models.vq import VQAutoencoder, VQConfig
@@ -355,9 +356,15 @@ def eager_codec(release: Path, model_dir: Path) -> Codec:
     vq = checkpoint.load_model(release / "vq.pt", VQAutoencoder, VQConfig)
     cont = checkpoint.load_model(release / "cont.pt", ContinuousCodec, ContConfig)
     predictor = checkpoint.load_model(release / "predictor.pt", MaskedTokenPredictor, TransformerConfig)
-    state = checkpoint.load(release / "correction.pt")["model"]
-    correction = CorrectionNet.from_state(vq.cfg, cont.cfg.channels, state)
-    parts = Components(vq, cont, predictor, correction, None, None, "eager", False).eval()  # type: ignore[arg-type]
+    ck = checkpoint.load(release / "correction.pt")
+    correction = CorrectionNet.from_state(vq.cfg, cont.cfg.channels, ck["model"])
+    # as the release was made (train.release.release_components): the correction's training says whether the
+    # predictor hands over expected codes; the fusion is a part of its own (absent before session 10)
+    soft = bool((ck.get("train_config") or {}).get("soft_codes", False))
+    fused = release / "fusion.pt"
+    fusion = checkpoint.load_model(fused, Fusion, FusionConfig) if fused.is_file() else None
+    parts = Components(vq, cont, predictor, correction, None, None, "eager", False,  # type: ignore[arg-type]
+                       fusion=fusion, soft_codes=soft).eval()
     return Codec(TorchModel.from_specs(model_dir, graph_specs(parts)))
 
 
