@@ -343,9 +343,9 @@ def eager_codec(release: Path, model_dir: Path) -> Codec:
     from hybridflow.export.parity import TorchModel
     from hybridflow.models import checkpoint
     from hybridflow.models.bundle import Components
-    from hybridflow.models.correction import CorrectionNet
     from hybridflow.models.fusion import Fusion, FusionConfig
     from hybridflow.models.hyperprior import ContConfig, ContinuousCodec
+    from hybridflow.models.train.release import load_correction
     from hybridflow.models.transformer import MaskedTokenPredictor, TransformerConfig
     from hybridflow.models.vq import VQAutoencoder, VQConfig
 
@@ -356,11 +356,9 @@ def eager_codec(release: Path, model_dir: Path) -> Codec:
     vq = checkpoint.load_model(release / "vq.pt", VQAutoencoder, VQConfig)
     cont = checkpoint.load_model(release / "cont.pt", ContinuousCodec, ContConfig)
     predictor = checkpoint.load_model(release / "predictor.pt", MaskedTokenPredictor, TransformerConfig)
-    ck = checkpoint.load(release / "correction.pt")
-    correction = CorrectionNet.from_state(vq.cfg, cont.cfg.channels, ck["model"])
-    # as the release was made (train.release.release_components): the correction's training says whether the
-    # predictor hands over expected codes; the fusion is a part of its own (absent before session 10)
-    soft = bool((ck.get("train_config") or {}).get("soft_codes", False))
+    # as `hf-train bundle` makes a release: expected codes if the correction was trained on them; the fusion
+    # is a part of its own (absent before session 10)
+    correction, soft = load_correction(release / "correction.pt", vq, cont)
     fused = release / "fusion.pt"
     fusion = checkpoint.load_model(fused, Fusion, FusionConfig) if fused.is_file() else None
     parts = Components(vq, cont, predictor, correction, None, None, "eager", False,  # type: ignore[arg-type]

@@ -62,6 +62,14 @@ def sparse_share(saving: float, counts: np.ndarray, cont_bits: float, grid: int 
     return float(np.clip(saving * bits["1_4"] / (bits["1_4"] - bits["1_9"]), 0.0, 1.0))
 
 
+def load_correction(ckpt: Path, vq: VQAutoencoder, cont: ContinuousCodec) -> tuple[CorrectionNet, bool]:
+    """A stage-3 checkpoint's correction network for ``vq`` and ``cont``, and whether the predictor must
+    hand it expected codes (``soft_codes``): it reads what it was trained on, so its training config decides."""
+    ck = checkpoint.load(ckpt)
+    soft_codes = bool((ck.get("train_config") or {}).get("soft_codes", False))
+    return CorrectionNet.from_state(vq.cfg, cont.cfg.channels, ck["model"]), soft_codes
+
+
 def make_bundle(out: Path, vq_ckpt: Path, cont_ckpt: Path, predictor_ckpt: Path | None,
                 correction_ckpt: Path | None, name: str, cache_dir: Path, n_tiles: int = 600,
                 auto_saving: float = 0.125, fusion_ckpt: Path | None = None) -> Components:
@@ -72,11 +80,7 @@ def make_bundle(out: Path, vq_ckpt: Path, cont_ckpt: Path, predictor_ckpt: Path 
     predictor = None
     if predictor_ckpt:
         predictor = checkpoint.load_model(predictor_ckpt, MaskedTokenPredictor, TransformerConfig)
-    correction, soft_codes = None, False
-    if correction_ckpt:
-        ck = checkpoint.load(correction_ckpt)
-        correction = CorrectionNet.from_state(vq.cfg, cont.cfg.channels, ck["model"])
-        soft_codes = bool((ck.get("train_config") or {}).get("soft_codes", False))  # how it was trained
+    correction, soft_codes = load_correction(correction_ckpt, vq, cont) if correction_ckpt else (None, False)
     tiles = training_tiles(cache_dir, n_tiles)
     counts = index_counts(vq, tiles)
     share = (sparse_share(auto_saving, counts, continuous_bits(cont, tiles), TILE // vq.cfg.factor)
