@@ -26,8 +26,8 @@ def test_compact_encoder_equals_masked_encoder() -> None:
     visible = torch.rand(4, 16, 16) < torch.tensor([0.0, 0.1, 0.5, 0.9])[:, None, None]
     g = torch.randn(4, 8, 16, 16)
     with torch.no_grad():
-        full = model.logits(model.hidden(idx, visible, g))
-        compact = model.logits(model.hidden(idx, visible, g, compact=True))
+        full = model.logits(model.hidden(idx, visible, g, compact=False))
+        compact = model.logits(model.hidden(idx, visible, g))
     assert torch.allclose(full, compact, atol=1e-4)
 
 
@@ -68,7 +68,7 @@ def test_expected_codes_carry_gradient_to_the_predictor_only_at_masked_positions
     idx = torch.randint(0, 1024, (2, 16, 16))
     visible = torch.rand(2, 16, 16) < 0.25
     g = torch.randn(2, 8, 16, 16)
-    logits = model.logits(model.hidden(idx, visible, g, compact=True))
+    logits = model.logits(model.hidden(idx, visible, g))
     soft = model.code_image(logits, idx, visible, soft=True)
     with torch.no_grad():
         assert torch.allclose(soft, model.codes(idx, visible, g, soft=True), atol=1e-5)  # compact path, same codes

@@ -107,7 +107,7 @@ def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, v
             drop = torch.from_numpy(rng.random(cfg.batch) < cfg.guidance_dropout).to(cfg.device)
             g = torch.where(drop[:, None, None, None], torch.zeros_like(g), g)
         with autocast(cfg):
-            hidden = model.hidden(idx, vis, g if cfg.use_guidance else None, compact=True)
+            hidden = model.hidden(idx, vis, g if cfg.use_guidance else None)
             masked = ~vis.reshape(cfg.batch, -1)
             logits = model.logits(hidden[masked]).float()
         loss = F.cross_entropy(logits, idx.reshape(cfg.batch, -1)[masked])

@@ -232,7 +232,7 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
         else:
             # autocast only while it trains: frozen, it gives the decoder the codes the runtime's fp32 graph gives
             with torch.set_grad_enabled(cfg.train_predictor), autocast(cfg, enabled=cfg.train_predictor):
-                logits = predictor.logits(predictor.hidden(idx, vis, g, compact=True))
+                logits = predictor.logits(predictor.hidden(idx, vis, g))
                 codes = predictor.code_image(logits, idx, vis, cfg.soft_codes, vq.quantizer.normalised_codebook())
             if cfg.train_predictor:
                 masked = ~vis.reshape(len(idx), -1)
