@@ -3,6 +3,7 @@ save-on-stop guard that makes background runs resumable."""
 
 import os
 import signal
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from hybridflow.models.losses import texture_energy_loss
-from hybridflow.models.train.loop import save_on_interrupt
+from hybridflow.models.train.loop import Run, RunConfig, save_on_interrupt
 
 
 def _textured(seed: int = 0) -> torch.Tensor:
@@ -76,3 +77,12 @@ def test_oriented_loss_is_not_met_by_line_artefacts() -> None:
         assert texture_energy_loss(lined, x, match) < 0.5 * texture_energy_loss(blurred, x, match)
     assert texture_energy_loss(lined, x, "oriented") > 0.9 * texture_energy_loss(blurred, x, "oriented")
     assert texture_energy_loss(x, x, "oriented").item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_a_decaying_learning_rate_is_a_function_of_the_step_so_a_resumed_run_keeps_its_schedule(tmp_path: Path) -> None:
+    run = Run(tmp_path / "run", RunConfig())
+    shares = []
+    for step in (0, 250, 1000, 1200):
+        run.state.step = step
+        shares.append((run.lr_share(True, 1000), run.lr_share(False, 1000)))
+    assert shares == [(1.0, 1.0), (0.75, 1.0), (0.0, 1.0), (0.0, 1.0)]  # never below zero past the end

@@ -179,7 +179,7 @@ def train(run_dir: Path, cfg: FusionTrainConfig, cache_dir: Path) -> None:
 
     def step() -> Numbers:
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * (1 - run.state.step / cfg.steps if cfg.lr_decay else 1.0)
+            group["lr"] = cfg.lr * run.lr_share(cfg.lr_decay, cfg.steps)
         target, pixels, cont = batch()
         with autocast(cfg):
             out = fusion(pixels, cont)

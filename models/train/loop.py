@@ -163,6 +163,12 @@ class Run:
         print(f"resumed {state.last} at step {state.step}")
         return ck
 
+    def lr_share(self, decay: bool, steps: int) -> float:
+        """The share of its base learning rate a step uses: with ``decay`` a linear fall from 1 at step 0
+        to 0 at step ``steps`` (the run's end), else 1. A function of the step alone, so a resumed run (whose
+        optimiser state brings back the LR it stopped at) continues the same schedule."""
+        return max(0.0, 1.0 - self.state.step / max(steps, 1)) if decay else 1.0
+
     def save(self, **payload: Any) -> None:
         """``last.pt``: ``payload`` plus the step and the elapsed training time."""
         checkpoint.save(self.state.last, step=self.state.step, elapsed_s=self.state.elapsed_s, **payload)

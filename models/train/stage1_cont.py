@@ -44,6 +44,8 @@ class ContTrainConfig(RunConfig):
     crop: int = field(default=64, metadata={"help": "crop side in low-res pixels (× the model's downscale at "
                                                     "full resolution)"})
     lr: float = field(default=1e-4, metadata={"help": "Adam learning rate"})
+    lr_decay: bool = field(default=False, metadata={"help": "LR falls linearly to 0 at --steps (a resumed run "
+                                                            "joins the schedule at its step)"})
     lmbda: float = field(default=60.0, metadata={"help": "starting λ of the loss bpp + λ·MSE"})
     target_bpp: float = field(default=0.025, metadata={"help": "rate the λ controller steers to (bits per "
                                                                "full-resolution pixel)"})
@@ -202,7 +204,8 @@ def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir:
             model.load_state_dict(checkpoint.load(Path(cfg.init))["model"])
     model.to(cfg.device)
     trained = list(rates.parameters()) if rates is not None else [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(trained, lr=cfg.gain_lr if rates is not None else cfg.lr)
+    base_lr = cfg.gain_lr if rates is not None else cfg.lr
+    opt = torch.optim.Adam(trained, lr=base_lr)
     log_lmbda = math.log(cfg.lmbda)
     if ck := run.resume(model=model, opt=opt, **({"rates": rates} if rates is not None else {})):
         log_lmbda = ck["log_lmbda"]
@@ -212,6 +215,8 @@ def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir:
 
     def step() -> Numbers:
         nonlocal log_lmbda
+        for group in opt.param_groups:
+            group["lr"] = base_lr * run.lr_share(cfg.lr_decay, cfg.steps)
         if cfg.encoder_only:  # full-resolution crops, down-sampled as the runtime does
             full = data.random_crops(run.rng, cfg.batch, cfg.crop * ds)
             x = (to_tensor(np.stack([downscale(c, ds) for c in full]), cfg.device) + 1) / 2

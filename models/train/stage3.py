@@ -265,7 +265,7 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         for group, base in zip(opt.param_groups, base_lrs):
-            group["lr"] = base * ((1 - run.state.step / cfg.steps) if cfg.lr_decay else 1.0)
+            group["lr"] = base * run.lr_share(cfg.lr_decay, cfg.steps)
         opt.step()
         if gan:
             d_loss = hinge_d_loss(disc(target), disc(out.detach()))

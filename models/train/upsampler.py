@@ -72,7 +72,7 @@ def train(run_dir: Path, cfg: UpsamplerTrainConfig, cont_ckpt: Path, cache_dir: 
 
     def step() -> Numbers:
         for group in opt.param_groups:
-            group["lr"] = cfg.lr * (1 - run.state.step / cfg.steps if cfg.lr_decay else 1.0)
+            group["lr"] = cfg.lr * run.lr_share(cfg.lr_decay, cfg.steps)
         x = to_tensor(data.random_crops(run.rng, cfg.batch, cfg.crop), cfg.device)
         if run.rng.random() < 0.5:
             x = x.flip(3)
