@@ -167,3 +167,26 @@ def test_bicubic_as_a_convolution_equals_interpolate(scale: int) -> None:
         got = BicubicUp(3, scale)(x)
         assert got.shape == ref.shape and torch.allclose(got, ref, atol=1e-6)
     assert not BicubicUp(3, scale).state_dict()  # a fixed kernel: checkpoints do not change
+
+
+def test_training_guidance_at_a_rate_point_is_what_the_codec_decodes_there() -> None:
+    """`hf-train upsampler --rate-share` learns from the guidance of other rate points: it must be the
+    codec's own decode at that point (gains before rounding, inverse gains after), and the base point's
+    the plain one."""
+    import torch
+
+    from hybridflow.models.train.tile_cache import guidance
+
+    torch.manual_seed(0)
+    cont = ContinuousCodec(ContConfig(channels=16, latent=16, hyper=8, rate_points=3, base_rate=1)).eval()
+    with torch.no_grad():
+        cont.g_a[-1].weight.mul_(50)  # latents of a few units, as in a trained codec: rounding matters
+    gain = torch.tensor([0.5, 1.0, 2.5])[:, None].expand(3, 16)
+    cont.set_rate_gains(gain, 1 / gain)
+    x = torch.rand(2, 3, 256, 256) * 2 - 1
+    assert torch.equal(guidance(cont, x, 1), guidance(cont, x))
+    with torch.no_grad():
+        for k in (0, 2):
+            decoded = cont(cont.lowres(x), gains=cont.rate_gains(k))["g"]
+            assert torch.allclose(guidance(cont, x, k), decoded, atol=1e-5)
+            assert not torch.allclose(guidance(cont, x, k), guidance(cont, x), atol=1e-3)

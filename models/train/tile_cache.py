@@ -29,12 +29,16 @@ def load_frozen(vq_ckpt: Path, cont_ckpt: Path) -> tuple[VQAutoencoder, Continuo
 
 
 @torch.no_grad()
-def guidance(cont: ContinuousCodec, x: torch.Tensor) -> torch.Tensor:
+def guidance(cont: ContinuousCodec, x: torch.Tensor, rate: int | None = None) -> torch.Tensor:
     """What the decoder has of full-resolution images ``x`` in [-1, 1] from the continuous stream: the
-    guidance decoded from rounded symbols, as the runtime decodes it."""
+    guidance decoded from rounded symbols, as the runtime decodes it, at rate point ``rate`` (None:
+    the base point; a point's gains scale y and its mean before rounding, its inverse gains after)."""
     y, z = cont.analysis(cont.lowres(x))
     mean, _ = cont.h_s(torch.round(z))
-    return cont.guidance(torch.round(y - mean) + mean)
+    if rate is None:
+        return cont.guidance(torch.round(y - mean) + mean)
+    gain, inv_gain = (g.reshape(1, -1, 1, 1) for g in cont.rate_gains(rate))
+    return cont.guidance((torch.round((y - mean) * gain) + mean * gain) * inv_gain)
 
 
 @torch.no_grad()

@@ -34,6 +34,8 @@ class UpsamplerTrainConfig(RunConfig):
     channels: int = field(default=64, metadata={"help": "upsampler features at ÷4 (ContConfig.upsampler)"})
     lr: float = field(default=5e-4, metadata={"help": "Adam learning rate"})
     lr_decay: bool = field(default=True, metadata={"help": "LR falls linearly to 0 at --steps"})
+    rate_share: float = field(default=0.0, metadata={"help": "share of the steps whose guidance comes from a random "
+                                                            "other rate point of the codec (0: the base point only)"})
     val_every: int = field(default=250, metadata={"help": "score on val tiles every N steps"})
     val_tiles: int = field(default=24, metadata={"help": "val tiles scored"})
 
@@ -76,7 +78,9 @@ def train(run_dir: Path, cfg: UpsamplerTrainConfig, cont_ckpt: Path, cache_dir: 
         x = to_tensor(data.random_crops(run.rng, cfg.batch, cfg.crop), cfg.device)
         if run.rng.random() < 0.5:
             x = x.flip(3)
-        g = guidance(cont, x)
+        points = [k for k in range(cont.cfg.rate_points) if k != cont.cfg.base_rate]
+        rate = int(run.rng.choice(points)) if points and run.rng.random() < cfg.rate_share else None
+        g = guidance(cont, x, rate)
         with autocast(cfg):
             rec = cont.upsampler(g)
         loss = F.mse_loss(rec.float(), (x + 1) / 2)
