@@ -72,14 +72,15 @@ def train(run_dir: Path, cfg: UpsamplerTrainConfig, cont_ckpt: Path, cache_dir: 
     data = ImageCache(data_root() / "train", cache_dir)
     val = np.stack(val_crops(cfg.val_tiles))
 
+    others = [k for k in range(cont.cfg.rate_points) if k != cont.cfg.base_rate]  # what --rate-share draws from
+
     def step() -> Numbers:
         for group in opt.param_groups:
             group["lr"] = cfg.lr * run.lr_share(cfg.lr_decay, cfg.steps)
         x = to_tensor(data.random_crops(run.rng, cfg.batch, cfg.crop), cfg.device)
         if run.rng.random() < 0.5:
             x = x.flip(3)
-        points = [k for k in range(cont.cfg.rate_points) if k != cont.cfg.base_rate]
-        rate = int(run.rng.choice(points)) if points and run.rng.random() < cfg.rate_share else None
+        rate = int(run.rng.choice(others)) if others and run.rng.random() < cfg.rate_share else None
         g = guidance(cont, x, rate)
         with autocast(cfg):
             rec = cont.upsampler(g)
