@@ -190,3 +190,26 @@ def test_training_guidance_at_a_rate_point_is_what_the_codec_decodes_there() -> 
             decoded = cont(cont.lowres(x), gains=cont.rate_gains(k))["g"]
             assert torch.allclose(guidance(cont, x, k), decoded, atol=1e-5)
             assert not torch.allclose(guidance(cont, x, k), guidance(cont, x), atol=1e-3)
+
+
+def test_start_from_takes_the_upsampling_layers_not_the_codec_tail(tmp_path) -> None:  # noqa: ANN001
+    """``hf-train upsampler --init``: a retrained codec gets another checkpoint's up-sampling layers,
+    but keeps its own synthesis tail (shared with the up-sampling), and a mismatch is refused."""
+    from hybridflow.models import checkpoint
+    from hybridflow.models.train.upsampler import start_from
+
+    cfg = ContConfig(channels=16, latent=16, hyper=8, upsampler=8)
+    torch.manual_seed(0)
+    old, new = ContinuousCodec(cfg), ContinuousCodec(cfg)
+    _randomise_last_layer(old)
+    checkpoint.save(tmp_path / "old.pt", model=old.state_dict(), config=cfg)
+    tail = {k: v.clone() for k, v in new.g_s_tail.state_dict().items()}
+    start_from(new, tmp_path / "old.pt")
+    assert torch.equal(new.upsampler.up[-1].weight, old.upsampler.up[-1].weight)
+    assert all(torch.equal(v, new.g_s_tail.state_dict()[k]) for k, v in tail.items())
+    assert not torch.equal(new.g_s_tail[0].weight, old.g_s_tail[0].weight)
+
+    wide = ContConfig(channels=16, latent=16, hyper=8, upsampler=12)
+    checkpoint.save(tmp_path / "wide.pt", model=ContinuousCodec(wide).state_dict(), config=wide)
+    with pytest.raises(SystemExit, match="does not match"):
+        start_from(new, tmp_path / "wide.pt")

@@ -36,6 +36,8 @@ class UpsamplerTrainConfig(RunConfig):
     lr_decay: bool = field(default=True, metadata={"help": "LR falls linearly to 0 at --steps"})
     rate_share: float = field(default=0.0, metadata={"help": "share of the steps whose guidance comes from a random "
                                                             "other rate point of the codec (0: the base point only)"})
+    init: str = field(default="", metadata={"help": "continuous checkpoint whose up-sampling this run starts from "
+                                                   "(default: --cont's own)", "must_exist": True})
     val_every: int = field(default=250, metadata={"help": "score on val tiles every N steps"})
     val_tiles: int = field(default=24, metadata={"help": "val tiles scored"})
 
@@ -58,11 +60,28 @@ def validate(cont: ContinuousCodec, tiles: np.ndarray) -> dict[str, float]:
     return {k: float(np.mean(v)) for k, v in out.items()}
 
 
+def start_from(cont: ContinuousCodec, path: Path) -> None:
+    """Give ``cont`` the up-sampling layers of another continuous checkpoint. Why: retraining the codec
+    (``stage1-cont --init``) keeps the up-sampling it started with, while a newer one was trained since.
+    The shared synthesis tail (``head``, ``to_low``) stays ``cont``'s own: it belongs to the codec."""
+    other = checkpoint.load_model(path, ContinuousCodec, ContConfig).upsampler
+    if other is None:
+        raise SystemExit(f"{path}: this continuous checkpoint has no up-sampling")
+    own = {k: v for k, v in other.state_dict().items() if not k.startswith(("head.", "to_low."))}
+    mine = cont.upsampler.state_dict()
+    if own.keys() != {k for k in mine if not k.startswith(("head.", "to_low."))} or \
+            any(v.shape != mine[k].shape for k, v in own.items()):
+        raise SystemExit(f"{path}: its up-sampling does not match this codec's ({cont.cfg.upsampler} channels)")
+    cont.upsampler.load_state_dict(own, strict=False)
+
+
 def train(run_dir: Path, cfg: UpsamplerTrainConfig, cont_ckpt: Path, cache_dir: Path) -> None:
     run = Run(run_dir, cfg)
     cont = checkpoint.load_model(cont_ckpt, ContinuousCodec, ContConfig)
     if cont.upsampler is None:
         cont.add_upsampler(cfg.channels)
+    if cfg.init:
+        start_from(cont, Path(cfg.init))
     cont.requires_grad_(False)
     cont.upsampler.requires_grad_(True)
     cont.to(cfg.device).eval()
