@@ -186,6 +186,20 @@ class ContinuousCodec(nn.Module):
         """Guidance → full-resolution image in [0, 1]: the learned up-sampling, else bicubic."""
         return self.upsampler(g) if self.upsampler is not None else self.bicubic(g)
 
+    def decoded_latent(self, y: torch.Tensor, mean: torch.Tensor,
+                       gains: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """ŷ as the decoder rebuilds it from the coded symbols: (round(y·gain − μ·gain) + μ·gain)·inv_gain,
+        the expression of runtime/rates.py (the base point: round(y − μ) + μ). Rounding is straight-through,
+        so in training the synthesis sees rounded symbols while the analysis still gets a gradient; in
+        eval this *is* the runtime's decode. ``gains``: (gain, inverse gain), each (latent,) or per sample
+        (batch, latent); None = base point."""
+        if gains is not None:
+            gain = gains[0].reshape(-1, self.cfg.latent, 1, 1)
+            y, mean = y * gain, mean * gain
+        r = y - mean
+        y_hat = mean + r + (torch.round(r) - r).detach()
+        return y_hat if gains is None else y_hat * gains[1].reshape(-1, self.cfg.latent, 1, 1)
+
     def forward(self, x: torch.Tensor, gains: tuple[torch.Tensor, torch.Tensor] | None = None
                 ) -> dict[str, torch.Tensor]:
         """``gains``: (gain, inverse gain), each (latent,) or per sample (batch, latent); None = base point."""
@@ -196,15 +210,12 @@ class ContinuousCodec(nn.Module):
         else:
             z_noisy = z_hat = torch.round(z)
         mean, scale = self.h_s(z_hat)
-        if gains is not None:
-            gain, inv_gain = (g.reshape(-1, self.cfg.latent, 1, 1) for g in gains)
-            y, mean, scale = y * gain, mean * gain, scale * gain
         # Rate from additive noise, synthesis from straight-through rounded symbols ("mixed" training).
-        y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else torch.round(y - mean) + mean
-        y_hat = mean + (y - mean) + (torch.round(y - mean) - (y - mean)).detach()
+        g = self.guidance(self.decoded_latent(y, mean, gains))
         if gains is not None:
-            y_hat = y_hat * inv_gain
-        g = self.guidance(y_hat)
+            gain = gains[0].reshape(-1, self.cfg.latent, 1, 1)
+            y, mean, scale = y * gain, mean * gain, scale * gain
+        y_noisy = y + torch.empty_like(y).uniform_(-0.5, 0.5) if self.training else torch.round(y - mean) + mean
         return {
             "x_hat": self.reconstruct(g),
             "g": g,

@@ -35,10 +35,7 @@ def guidance(cont: ContinuousCodec, x: torch.Tensor, rate: int | None = None) ->
     the base point; a point's gains scale y and its mean before rounding, its inverse gains after)."""
     y, z = cont.analysis(cont.lowres(x))
     mean, _ = cont.h_s(torch.round(z))
-    if rate is None:
-        return cont.guidance(torch.round(y - mean) + mean)
-    gain, inv_gain = (g.reshape(1, -1, 1, 1) for g in cont.rate_gains(rate))
-    return cont.guidance((torch.round((y - mean) * gain) + mean * gain) * inv_gain)
+    return cont.guidance(cont.decoded_latent(y, mean, None if rate is None else cont.rate_gains(rate)))
 
 
 @torch.no_grad()
