@@ -57,13 +57,17 @@ def test_end_to_end_on_a_kodak_image(monkeypatch: pytest.MonkeyPatch) -> None:
     # the correction network must lift the hybrid stream well above the plain VQ decoder's ≈ 14 dB.
     bpp, psnr = results["hybrid"]
     assert bpp < 0.05 and psnr > 20.0, results
-    # the continuous stream's rate points: more bytes and a better picture at every step of the ladder
+    # the continuous stream's rate points: more bytes at every step, and a better picture up to the top, where
+    # the codec saturates: s21 gains +0.01–0.04 dB from point 7 to 8 on val (8 images, runs/an20/ladder.py) and
+    # loses 0.03 dB here (fp32 too), so a step may lose at most 0.05 dB. A residual clipped by the stream format
+    # (entropy.y_radius, session 20) cost 1.4 dB at a step; the ladder as a whole must gain several dB.
     ladder = []
     for rate in range(codec.model.rate_points):
         data = codec.compress(rgb, stream="continuous", rate=rate)
         ladder.append((len(data), metrics.psnr(rgb, codec.decompress(data))))
     assert ladder[codec.model.base_rate][0] == len(codec.compress(rgb, stream="continuous"))
-    assert all(a[0] < b[0] and a[1] < b[1] for a, b in zip(ladder, ladder[1:])), ladder
+    assert all(a[0] < b[0] and a[1] < b[1] + 0.05 for a, b in zip(ladder, ladder[1:])), ladder
+    assert ladder[-1][1] > ladder[0][1] + 3 and max(p for _, p in ladder) < ladder[-1][1] + 0.05, ladder
     # an idle model shrinks every arena it used: the minimal shrink run must work for each shipped graph
     used = set(codec.model._used)
     assert set(codec.model.release_idle_memory()) == used
