@@ -144,7 +144,7 @@ def tiny_components(seed: int = 0, with_stage23: bool = True, with_fusion: bool 
             torch.nn.init.normal_(p.weight, std=0.01)
     fusion = None
     if with_stage23 and with_fusion:
-        fusion = Fusion(FusionConfig(channels=8, blocks=1))
+        fusion = Fusion(FusionConfig(channels=8, blocks=1, lowpass_sigma=2.0))  # the anchor too
         torch.nn.init.normal_(fusion.out[-1].weight, std=0.05)  # non-zero: the fusion really changes pixels
     rng = np.random.default_rng(seed)
     return Components(vq, cont, predictor, correction, ComplexityModel(),

@@ -11,10 +11,18 @@ It sees both pictures at full resolution, works at half resolution (cheap: ≈ 2
 pixel, ≈ 7 % of the pixel decoder's) and predicts a residual over the pixel decoder's picture. Its
 last convolution starts at zero, so an untrained fusion *is* today's hybrid output. No
 normalisation: every output pixel depends only on its receptive field (``receptive_radius``), so
-windowed decoding equals whole-image decoding."""
+windowed decoding equals whole-image decoding.
+
+Optionally (``lowpass_sigma`` > 0) a fixed last step, the *low-frequency anchor*: the fused picture's
+low frequencies are replaced by the continuous picture's, ``out + G_σ * (cont − out)`` with a Gaussian
+``G_σ``. The continuous stream is coded for MSE, so below its cut-off it is the better estimate; the
+network, trained for L1 + LPIPS-VGG, still leaves a slow colour and brightness drift there (val,
+s21's fusion, σ 8: +0.16 dB at equal LPIPS-Alex; benchmarks/RESULTS.md, session 22). Texture lives
+above the cut-off and is left alone."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
@@ -29,6 +37,34 @@ from .upsampler import PlainResBlock
 class FusionConfig:
     channels: int = 32  # features at half resolution
     blocks: int = 4  # residual blocks at half resolution
+    lowpass_sigma: float = 0.0  # the low-frequency anchor's Gaussian σ in full-resolution pixels (0: none)
+
+
+class LowPass(nn.Module):
+    """A Gaussian blur of σ ``sigma`` pixels, truncated at ⌈3σ⌉ pixels each side, as two 1-D depthwise
+    convolutions with zero padding, divided by the same blur of ones: near an image's (or a window's)
+    edge it is the weighted mean of the pixels that exist, not a fall-off toward zero. Fixed weights
+    (buffers made from σ, not saved, one per channel count so the exported kernels have a static
+    shape), so a checkpoint carries only σ."""
+
+    def __init__(self, sigma: float, channels: int = 3):
+        super().__init__()
+        if not sigma > 0:
+            raise ValueError(f"a low-pass needs σ > 0, not {sigma}")
+        self.radius = math.ceil(3 * sigma)
+        x = torch.arange(-self.radius, self.radius + 1, dtype=torch.float32)
+        k = torch.exp(-(x**2) / (2 * sigma**2))
+        row = (k / k.sum()).view(1, 1, 1, -1)
+        self.register_buffer("row", row.repeat(channels, 1, 1, 1), persistent=False)
+        self.register_buffer("row_ones", row, persistent=False)
+
+    def _blur(self, x: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+        r, c = self.radius, row.shape[0]
+        x = F.conv2d(x, row.to(x.dtype), padding=(0, r), groups=c)
+        return F.conv2d(x, row.to(x.dtype).transpose(2, 3), padding=(r, 0), groups=c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._blur(x, self.row) / self._blur(torch.ones_like(x[:, :1]), self.row_ones)
 
 
 class Fusion(nn.Module):
@@ -46,17 +82,23 @@ class Fusion(nn.Module):
                                  nn.Conv2d(c // 2, 3, 3, padding=1))
         nn.init.zeros_(self.out[-1].weight)
         nn.init.zeros_(self.out[-1].bias)
+        self.lowpass = LowPass(cfg.lowpass_sigma) if cfg.lowpass_sigma else None
 
     @classmethod
-    def from_state(cls, cfg: FusionConfig, state: Mapping[str, torch.Tensor], blocks: int | None = None) -> Fusion:
+    def from_state(cls, cfg: FusionConfig, state: Mapping[str, torch.Tensor], blocks: int | None = None,
+                   lowpass_sigma: float | None = None) -> Fusion:
         """A fusion with ``state``'s weights, or the first ``blocks`` residual blocks of it: a shallower
         fusion (fewer multiply-adds per pixel) started from a trained one, which then needs far fewer
         steps than one started from zero (each block is a residual, so dropping the last ones leaves a
-        nearby function)."""
+        nearby function). ``lowpass_sigma`` (None: ``cfg``'s) sets the low-frequency anchor, which
+        has no weights."""
         n = cfg.blocks if blocks is None else blocks
         if not 1 <= n <= cfg.blocks:
             raise ValueError(f"a fusion of {cfg.blocks} blocks can start one of 1 … {cfg.blocks} blocks, not {n}")
-        net = cls(replace(cfg, blocks=n))
+        sigma = cfg.lowpass_sigma if lowpass_sigma is None else lowpass_sigma
+        if sigma < 0:
+            raise ValueError(f"the low-frequency anchor's σ is ≥ 0 (0: none), not {sigma}")
+        net = cls(replace(cfg, blocks=n, lowpass_sigma=sigma))
         own = net.state_dict()
         net.load_state_dict({k: v for k, v in state.items() if k in own})  # strict: every own weight given
         return net
@@ -64,10 +106,12 @@ class Fusion(nn.Module):
     def receptive_radius(self) -> int:
         """Full-resolution pixels an output pixel sees each side: 2 for the stride-2 4×4 convolution,
         2 per half-resolution 3×3 convolution (body and up), 1 for the pixel shuffle's cell, 1 per
-        full-resolution 3×3 convolution."""
-        return 2 + 2 * (2 * self.cfg.blocks + 1) + 1 + 2
+        full-resolution 3×3 convolution, and the low-pass's radius (it reads the network's output)."""
+        anchor = self.lowpass.radius if self.lowpass is not None else 0
+        return 2 + 2 * (2 * self.cfg.blocks + 1) + 1 + 2 + anchor
 
     def forward(self, pixels: torch.Tensor, cont: torch.Tensor) -> torch.Tensor:
         both = torch.cat([pixels, cont], dim=1)
         h = self.up(self.body(F.relu(self.down(both))))
-        return pixels + self.out(torch.cat([h, both], dim=1))
+        out = pixels + self.out(torch.cat([h, both], dim=1))
+        return out if self.lowpass is None else out + self.lowpass(cont - out)

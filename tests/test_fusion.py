@@ -31,13 +31,14 @@ def odd_photo(photo: np.ndarray, h: int = 531, w: int = 701) -> np.ndarray:
     return np.ascontiguousarray(np.tile(photo, reps)[:h, :w])
 
 
-def test_receptive_radius_bounds_the_reach() -> None:
+@pytest.mark.parametrize("sigma", [0.0, 3.0])
+def test_receptive_radius_bounds_the_reach(sigma: float) -> None:
     """Changing one input pixel changes output pixels no farther than ``receptive_radius``, and
-    farther than a few pixels (so the bound is not vacuous)."""
+    farther than a few pixels (so the bound is not vacuous); the low-frequency anchor widens it."""
     from hybridflow.models.fusion import Fusion, FusionConfig
 
     torch.manual_seed(0)
-    f = Fusion(FusionConfig(channels=8, blocks=2))
+    f = Fusion(FusionConfig(channels=8, blocks=2, lowpass_sigma=sigma))
     torch.nn.init.normal_(f.out[-1].weight, std=0.1)
     a, b = torch.rand(1, 3, 96, 96), torch.rand(1, 3, 96, 96)
     b2 = b.clone()
@@ -47,6 +48,32 @@ def test_receptive_radius_bounds_the_reach() -> None:
     ys, xs = np.nonzero(diff.numpy())
     reach = max(48 - ys.min(), ys.max() - 48, 48 - xs.min(), xs.max() - 48)
     assert 4 < reach <= f.receptive_radius()
+    if sigma:
+        assert reach > Fusion(FusionConfig(channels=8, blocks=2)).receptive_radius()
+
+
+def test_low_frequency_anchor_takes_the_continuous_pictures_low_frequencies() -> None:
+    """With the anchor, a smooth difference between the two pictures (here a constant colour offset,
+    up to the picture's edges) is taken over entirely from the continuous picture, while a
+    pixel-scale pattern of the pixel decoder's (texture) stays; σ is weightless: ``from_state`` sets
+    it on a trained fusion without touching its weights, and a negative σ is refused."""
+    from hybridflow.models.fusion import Fusion, FusionConfig
+
+    torch.manual_seed(0)
+    plain = Fusion(FusionConfig(channels=8, blocks=1))  # untrained: its output is the pixel decoder's picture
+    anchored = Fusion.from_state(plain.cfg, plain.state_dict(), lowpass_sigma=4.0)
+    assert anchored.cfg.lowpass_sigma == 4.0 and plain.cfg.lowpass_sigma == 0.0
+    yy, xx = torch.meshgrid(torch.arange(40), torch.arange(52), indexing="ij")
+    texture = (((yy + xx) % 2) * 0.2 - 0.1).expand(1, 3, 40, 52)
+    pixels = 0.1 + texture
+    cont = torch.full((1, 3, 40, 52), 0.3)
+    with torch.no_grad():
+        assert torch.equal(plain(pixels, cont), pixels)
+        out = anchored(pixels, cont)
+    torch.testing.assert_close(out.mean(dim=(2, 3)), cont.mean(dim=(2, 3)), atol=1e-3, rtol=0)
+    torch.testing.assert_close(out - out.mean(dim=(2, 3), keepdim=True), texture, atol=0.02, rtol=0)
+    with pytest.raises(ValueError, match="σ"):
+        Fusion.from_state(plain.cfg, plain.state_dict(), lowpass_sigma=-1.0)
 
 
 def test_shallower_fusion_keeps_the_first_blocks() -> None:

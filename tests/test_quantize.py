@@ -228,11 +228,14 @@ def test_small_decoder_graphs_get_int8_variants_the_runtime_uses(small_model: Pa
 
 def test_fusion_quantises_only_its_half_resolution_convolutions(small_model: Path) -> None:
     """Q/DQ pairs around the fusion's full-resolution convolutions held extra full-size copies (one 832²
-    window: 231 MB in fp32, 386 MB) for no speed: those stay fp32, the half-resolution ones are int8."""
+    window: 231 MB in fp32, 386 MB) for no speed: those stay fp32 (the low-frequency anchor's blurs
+    among them), the half-resolution ones are int8."""
     fp32 = onnx.load(small_model / "fusion.onnx")
     convs = {n.name for n in fp32.graph.node if n.op_type == "Conv"}
     keep = set(quantize.full_resolution_convs(fp32))
-    assert keep == {n for n in convs if n.endswith(("/down/Conv", "/out.0/Conv", "/out.2/Conv"))}
+    anchor = {n for n in convs if "/lowpass/" in n}
+    assert len(anchor) == 4  # two 1-D blurs, of the difference and of ones
+    assert keep == anchor | {n for n in convs if n.endswith(("/down/Conv", "/out.0/Conv", "/out.2/Conv"))}
     q = onnx.load(small_model / "fusion_int8.onnx")
     dequantised = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     int8 = {n.name for n in q.graph.node if n.op_type == "Conv" and n.input[1] in dequantised}

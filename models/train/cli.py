@@ -180,6 +180,8 @@ def bundle(
     predictor: Path = typer.Option(None, help="stage2 checkpoint (optional)"),
     correction: Path = typer.Option(None, help="stage3 checkpoint (optional)"),
     fusion: Path = typer.Option(None, help="fusion checkpoint (optional; hf-train fusion)"),
+    fusion_lowpass: float = typer.Option(None, help="σ in pixels of the fusion's low-frequency anchor "
+                                                    "(models/fusion.py); 0 = none; default: the checkpoint's"),
     name: str = typer.Option("hybridflow", help="model name shown by hf-run info"),
     tiles: int = typer.Option(600, help="training tiles for the index prior and complexity statistics"),
     auto_saving: float = typer.Option(0.125, help="auto mode's rate saving vs uniform 1_4 on training tiles "
@@ -189,7 +191,7 @@ def bundle(
     """Collect trained stages into one small fp16 bundle with its training-set statistics."""
     from .release import make_bundle
 
-    c = make_bundle(out, vq, cont, predictor, correction, name, cache_dir, tiles, auto_saving, fusion)
+    c = make_bundle(out, vq, cont, predictor, correction, name, cache_dir, tiles, auto_saving, fusion, fusion_lowpass)
     used = int((c.index_counts > 0).sum())
     print(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB); codes used on {tiles} train tiles: {used}")
     print(f"complexity lo={c.complexity.lo} hi={c.complexity.hi} "

@@ -54,6 +54,9 @@ class FusionTrainConfig(RunConfig):
     channels: int = field(default=32, metadata={"help": "fusion features at half resolution (FusionConfig)"})
     blocks: int = field(default=4, metadata={"help": "residual blocks at half resolution (FusionConfig); with --init "
                                                     "at most its count: its first blocks are kept"})
+    lowpass_sigma: float = field(default=0.0, metadata={"help": "σ in pixels of the low-frequency anchor after the "
+                                                               "network (FusionConfig); 0 = none; with --init it "
+                                                               "replaces the checkpoint's"})
     lr: float = field(default=3e-4, metadata={"help": "Adam learning rate"})
     lr_decay: bool = field(default=True, metadata={"help": "LR falls linearly to 0 at --steps"})
     lpips_weight: float = field(default=1.0, metadata={"help": "weight of the LPIPS-VGG term next to L1"})
@@ -147,9 +150,9 @@ def train(run_dir: Path, cfg: FusionTrainConfig, cache_dir: Path) -> None:
         start = checkpoint.to_config(FusionConfig, ck["config"])
         if cfg.channels != start.channels:
             raise ValueError(f"--init {cfg.init} has {start.channels} channels, not --channels {cfg.channels}")
-        fusion = Fusion.from_state(start, ck["model"], cfg.blocks).train().to(cfg.device)
+        fusion = Fusion.from_state(start, ck["model"], cfg.blocks, cfg.lowpass_sigma).train().to(cfg.device)
     else:
-        fusion = Fusion(FusionConfig(cfg.channels, cfg.blocks)).to(cfg.device)
+        fusion = Fusion(FusionConfig(cfg.channels, cfg.blocks, cfg.lowpass_sigma)).to(cfg.device)
     model_dir = Path(cfg.model) if cfg.model else None
     codec = Codec(Model.load(model_dir, threads=None), fusion=False)
     key = codec.model.manifest["model_id"][:10]

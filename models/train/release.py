@@ -72,9 +72,14 @@ def load_correction(ckpt: Path, vq: VQAutoencoder, cont: ContinuousCodec) -> tup
 
 def make_bundle(out: Path, vq_ckpt: Path, cont_ckpt: Path, predictor_ckpt: Path | None,
                 correction_ckpt: Path | None, name: str, cache_dir: Path, n_tiles: int = 600,
-                auto_saving: float = 0.125, fusion_ckpt: Path | None = None) -> Components:
+                auto_saving: float = 0.125, fusion_ckpt: Path | None = None,
+                fusion_lowpass: float | None = None) -> Components:
     """``auto_saving`` > 0 calibrates the ``auto`` mode's low threshold to that rate saving against
-    uniform 1_4 on the training tiles; 0 keeps the method's literal 0.24."""
+    uniform 1_4 on the training tiles; 0 keeps the method's literal 0.24. ``fusion_lowpass`` sets the
+    fusion's low-frequency anchor σ (models/fusion.py; None: the checkpoint's): a decode-time choice
+    with no weights, made on val for a release."""
+    if fusion_lowpass is not None and not fusion_ckpt:
+        raise ValueError("a low-frequency anchor σ needs a fusion checkpoint (--fusion)")
     vq = checkpoint.load_model(vq_ckpt, VQAutoencoder, VQConfig)
     cont = checkpoint.load_model(cont_ckpt, ContinuousCodec, ContConfig)
     predictor = None
@@ -87,6 +92,8 @@ def make_bundle(out: Path, vq_ckpt: Path, cont_ckpt: Path, predictor_ckpt: Path 
              if auto_saving > 0 else None)
     complexity = ComplexityModel.fit(list(tiles), sparse_share=share)
     fusion = checkpoint.load_model(fusion_ckpt, Fusion, FusionConfig) if fusion_ckpt else None
+    if fusion is not None and fusion_lowpass is not None:
+        fusion = Fusion.from_state(fusion.cfg, fusion.state_dict(), lowpass_sigma=fusion_lowpass)
     c = Components(vq, cont, predictor, correction, complexity, counts, name, random_init=False, fusion=fusion,
                    soft_codes=soft_codes)
     save_bundle(out, c)
