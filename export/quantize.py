@@ -167,9 +167,17 @@ def full_resolution_convs(model: onnx.ModelProto, side: int = 64) -> list[str]:
     return sorted(found)
 
 
+def fusion_fp32_convs(model: onnx.ModelProto) -> list[str]:
+    """The fusion's full-resolution convolutions and those of its low-frequency anchor (a fixed blur at
+    half resolution, models/fusion.py ``LowPass``, exported under ``/lowpass/``): int8 would round the
+    very difference the anchor exists to pass on, for no speed (a few taps per pixel)."""
+    anchor = [n.name for n in model.graph.node if n.op_type == "Conv" and "/lowpass/" in n.name]
+    return sorted(set(full_resolution_convs(model)) | set(anchor))
+
+
 # Convolutions kept in fp32, per graph (default: ``output_convs``). The pixel head's output convolutions
 # feed the tail, not pixels: quantised, as they were inside the one-graph pixel decoder
-KEEP_FP32 = {"fusion": full_resolution_convs, "pixel_head": lambda model: []}
+KEEP_FP32 = {"fusion": fusion_fp32_convs, "pixel_head": lambda model: []}
 
 
 def _centre_tiles(rgb: np.ndarray, side: int, tile: int) -> np.ndarray | None:

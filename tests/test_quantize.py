@@ -232,9 +232,10 @@ def test_fusion_quantises_only_its_half_resolution_convolutions(small_model: Pat
     among them), the half-resolution ones are int8."""
     fp32 = onnx.load(small_model / "fusion.onnx")
     convs = {n.name for n in fp32.graph.node if n.op_type == "Conv"}
-    keep = set(quantize.full_resolution_convs(fp32))
+    keep = set(quantize.fusion_fp32_convs(fp32))
     anchor = {n for n in convs if "/lowpass/" in n}
-    assert len(anchor) == 4  # two 1-D blurs, of the difference and of ones
+    assert len(anchor) == 4  # two 1-D blurs, of the difference and of ones (at half resolution)
+    assert not anchor & set(quantize.full_resolution_convs(fp32))
     assert keep == anchor | {n for n in convs if n.endswith(("/down/Conv", "/out.0/Conv", "/out.2/Conv"))}
     q = onnx.load(small_model / "fusion_int8.onnx")
     dequantised = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
