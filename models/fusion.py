@@ -75,9 +75,12 @@ class LowPass(nn.Module):
         return F.conv2d(x, row.to(x.dtype).transpose(2, 3), padding=(r, 0), groups=c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        small = F.avg_pool2d(x, 2)
-        small = self._blur(small, self.row) / self._blur(torch.ones_like(small[:, :1]), self.row_ones)
-        return F.interpolate(small, scale_factor=2.0, mode="bilinear", align_corners=False)
+        # fp32 and contiguous even under bf16 autocast: PyTorch's CPU depthwise convolution in bf16 on a
+        # channels-last batch (what training hands the fusion) took minutes per step instead of 0.3 s
+        with torch.autocast(x.device.type, enabled=False):
+            small = F.avg_pool2d(x.float().contiguous(), 2)
+            small = self._blur(small, self.row) / self._blur(torch.ones_like(small[:, :1]), self.row_ones)
+            return F.interpolate(small, scale_factor=2.0, mode="bilinear", align_corners=False)
 
 
 class Fusion(nn.Module):

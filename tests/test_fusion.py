@@ -98,6 +98,19 @@ def test_shallower_fusion_keeps_the_first_blocks() -> None:
         Fusion.from_state(deep.cfg, deep.state_dict(), blocks=4)
 
 
+def test_low_frequency_anchor_runs_in_fp32_under_bf16_autocast() -> None:
+    """Training runs the fusion under bf16 autocast on channels-last batches, where PyTorch's CPU depthwise
+    convolution in bf16 is pathologically slow: the anchor computes in fp32 there, with the fp32 result."""
+    from hybridflow.models.fusion import LowPass
+
+    lowpass = LowPass(3.0)
+    x = torch.rand(2, 3, 24, 30).to(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = lowpass(x)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, lowpass(x.contiguous()))
+
+
 def test_windowed_fusion_equals_whole_picture(fusion_model: Path, photo: np.ndarray,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
     codec = Codec.load(fusion_model, provider="cpu")
