@@ -112,9 +112,7 @@ class Fusion(nn.Module):
         if not 1 <= n <= cfg.blocks:
             raise ValueError(f"a fusion of {cfg.blocks} blocks can start one of 1 … {cfg.blocks} blocks, not {n}")
         sigma = cfg.lowpass_sigma if lowpass_sigma is None else lowpass_sigma
-        if sigma < 0:
-            raise ValueError(f"the low-frequency anchor's σ is ≥ 0 (0: none), not {sigma}")
-        net = cls(replace(cfg, blocks=n, lowpass_sigma=sigma))
+        net = cls(replace(cfg, blocks=n, lowpass_sigma=sigma))  # LowPass refuses a negative σ
         own = net.state_dict()
         net.load_state_dict({k: v for k, v in state.items() if k in own})  # strict: every own weight given
         return net
