@@ -106,3 +106,20 @@ def test_a_subpixel_model_exports_with_less_work_and_decodes_seamlessly(tiny_mod
     whole = codec.decompress(data).astype(int)
     monkeypatch.setattr(codec_module, "TAIL_WINDOW", 5)
     assert np.abs(whole - codec.decompress(data).astype(int)).max() <= 1
+
+
+def test_the_speed_benchmarks_cost_table_leaves_out_a_graph_whose_shapes_depend_on_the_stream(
+        tiny_model: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The predictor encodes only the sent tokens (how many: read from `visible`), so ONNX shape inference
+    cannot size its layers; the cost table must say so and still count the other graphs (it used to raise)."""
+    from benchmarks import speed
+    from benchmarks.speed import GraphCalls, StageClock, cost_section, instrumented, kodak_run
+
+    monkeypatch.setattr(speed, "MASK", "1_4")  # literally: auto's size cap would give this tiny image no indices
+    rgb = np.random.default_rng(0).integers(0, 256, (48, 80, 3), dtype=np.uint8)
+    clock, calls = StageClock(), GraphCalls()
+    with instrumented(clock, calls):
+        run = kodak_run(str(tiny_model), 1, [("noise", rgb)], clock, calls)
+    text = cost_section(tiny_model, [run])
+    assert "Not counted" in text and "predictor" in text.split("Not counted")[1]
+    assert "| pixel_tail |" in text and "| predictor |" not in text
