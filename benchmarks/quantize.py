@@ -49,6 +49,11 @@ def load_avg() -> str:
 
 
 # --------------------------------------------------------------------------------- 1. MACs
+class ShapeUnknown(ValueError):
+    """ONNX shape inference could not size a counted node: its shape depends on an input's values (the
+    predictor encodes only the tokens ``visible`` marks), not only on the input shapes."""
+
+
 def run_macs(path: Path, input_shapes: dict[str, tuple[int, ...]]) -> tuple[int, list[int]]:
     """Multiply-accumulates of one run on inputs of these shapes, counted over Conv, ConvTranspose,
     MatMul and Gemm nodes (what the CPU's FMA units do; norms, activations, resizes are not counted),
@@ -62,7 +67,7 @@ def run_macs(path: Path, input_shapes: dict[str, tuple[int, ...]]) -> tuple[int,
             continue
         x, w, out = (shapes.get(node.input[0]), shapes.get(node.input[1]), shapes.get(node.output[0]))
         if not x or not w or not out or 0 in out or 0 in x:
-            raise ValueError(f"{path.name}: no shape for {node.name} (shape inference failed)")
+            raise ShapeUnknown(f"{path.name}: no shape for {node.name} (shape inference failed)")
         if node.op_type == "Conv":  # every output element: (C_in / groups) × kernel MACs; w = (C_out, C_in/g, k…)
             total += int(np.prod(out)) * int(np.prod(w[1:]))
         elif node.op_type == "ConvTranspose":  # every input element scatters into (C_out / groups) × kernel

@@ -52,7 +52,7 @@ import numpy as np
 
 from benchmarks.baselines import Baseline, available
 from benchmarks.kodak import load_images
-from benchmarks.quantize import nominal_peak, run_macs
+from benchmarks.quantize import ShapeUnknown, nominal_peak, run_macs
 from benchmarks.runtime_stats import mosaic, peak_rss_mb
 from hybridflow.runtime import Codec
 from hybridflow.runtime.complexity import ComplexityModel
@@ -304,7 +304,7 @@ def cost_section(model_dir: Path, runs: list[KodakRun]) -> str:
         if key not in per_call:
             try:
                 per_call[key] = run_macs(model_dir / graphs[graph]["file"], dict(shapes))[0]
-            except ValueError as e:  # the predictor: how many tokens it encodes is read from `visible`
+            except ShapeUnknown as e:
                 uncounted[graph] = str(e)
                 macs.pop(graph, None)
                 continue
