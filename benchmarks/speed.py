@@ -57,7 +57,7 @@ from benchmarks.runtime_stats import mosaic, peak_rss_mb
 from hybridflow.runtime import Codec
 from hybridflow.runtime.complexity import ComplexityModel
 from hybridflow.runtime.entropy import Decoder
-from hybridflow.runtime.fixedpoint import IntegerHyperSynthesis
+from hybridflow.runtime.fixedpoint import IntegerContext, IntegerHyperSynthesis
 from hybridflow.runtime.masking import CHOICES
 from hybridflow.runtime.metrics import psnr
 from hybridflow.runtime.model import INT8_SUFFIX, Model
@@ -76,6 +76,7 @@ STAGES: list[tuple[type, str, str]] = [
     (ComplexityModel, "schedule", "complexity scoring"),
     (Model, "run", "graph {0}"),
     (IntegerHyperSynthesis, "__call__", "integer hyper synthesis"),
+    (IntegerContext, "__call__", "integer channel context"),
     (Codec, "entropy_code", "entropy coding (Codec.entropy_code)"),
     (Decoder, "pop_z", "entropy decoding (Decoder.pop_*)"),
     (Decoder, "pop_y", "entropy decoding (Decoder.pop_*)"),
@@ -272,7 +273,8 @@ def breakdown_section(runs: list[KodakRun]) -> str:
         "`graph X` = `Model.run('X')` (onnxruntime, intra-op threads as in the column; NumPy's BLAS keeps its "
         "own thread pool); complexity scoring = "
         "`ComplexityModel.schedule` (all tiles); integer hyper synthesis = `IntegerHyperSynthesis.__call__` "
-        "(the `Model.hyper` call, once per encode and once per decode); entropy coding = `Codec.entropy_code` "
+        "(the `Model.hyper` call, once per encode and once per decode); integer channel context = "
+        "`IntegerContext.__call__` (once per slice after the first, models with a context); entropy coding = `Codec.entropy_code` "
         "(ANS pushes + container write); entropy decoding = `Decoder.pop_z/pop_y/pop_indices` (ANS pops incl. "
         "the scale-table lookup); other = total minus the named stages (header parsing, padding, tiling, "
         "float conversion, window stitching, token assembly). One untimed warm-up image per thread count opens "

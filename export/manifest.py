@@ -14,15 +14,16 @@ from ..models.bundle import Components
 from ..models.entropy_models import scale_table
 from ..models.vq import Decoder
 from ..runtime.bitstream import FORMAT_VERSION
-from ..runtime.fixedpoint import IntegerHyperSynthesis
+from ..runtime.fixedpoint import IntegerContext, IntegerHyperSynthesis
 from ..runtime.masking import SCHEDULES
-from ..runtime.model import MODEL_FORMAT_VERSION
+from ..runtime.model import FORMAT_WITHOUT_CONTEXT, MODEL_FORMAT_VERSION
 from ..runtime.rates import GAIN_BITS
 from ..runtime.tiling import TILE, Geometry
 
 Z_RADIUS = 32
 Y_RADIUS = 511  # residuals of the top rate points reach ±260 on edge-padded borders (session 20): never clipped
 HYPER_FILE = "hyper_synthesis.npz"
+CONTEXT_FILE = "channel_context.npz"
 CODEBOOK_FILE = "codebook.npy"
 
 
@@ -52,15 +53,27 @@ def integer_hyper(c: Components) -> IntegerHyperSynthesis:
                                           [lay.bias.detach().numpy() for lay in layers])
 
 
+def integer_context(c: Components) -> IntegerContext | None:
+    ctx = c.cont.context
+    if ctx is None:
+        return None
+    nets = [([lay.weight.detach().numpy() for lay in ctx.convolutions(s)],
+             [lay.bias.detach().numpy() for lay in ctx.convolutions(s)]) for s in range(1, ctx.slices)]
+    return IntegerContext.quantise(nets)
+
+
 def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[str, Any]:
     if c.cont.cfg.guidance_stride != c.vq.cfg.factor:
         raise ValueError(f"the guidance cell ({c.cont.cfg.guidance_stride} px) is not the VQ token "
                          f"({c.vq.cfg.factor} px): the decoders need them aligned")
     hyper = integer_hyper(c)
     hyper.save(out / HYPER_FILE)
+    context = integer_context(c)
+    if context is not None:
+        context.save(out / CONTEXT_FILE)
     np.save(out / CODEBOOK_FILE, c.codebook().numpy().astype(np.float32))
     manifest: dict[str, Any] = {
-        "format_version": MODEL_FORMAT_VERSION,
+        "format_version": MODEL_FORMAT_VERSION if context is not None else FORMAT_WITHOUT_CONTEXT,
         "bitstream_version": FORMAT_VERSION,
         "name": c.name,
         "random_init": c.random_init,
@@ -90,6 +103,7 @@ def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[s
         "schedules": list(SCHEDULES),
         "graphs": graphs,
         "hyper_synthesis": HYPER_FILE,
+        **({"channel_context": CONTEXT_FILE} if context is not None else {}),
         "codebook": CODEBOOK_FILE,
         "entropy": entropy_tables(c),
         **rate_points(c),
@@ -100,21 +114,26 @@ def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[s
         },
     }
     Geometry.from_manifest(manifest)  # the sizes fit together (what the runtime checks on load)
-    manifest["model_id"] = model_id(manifest, out, hyper)
+    manifest["model_id"] = model_id(manifest, out)
     return manifest
 
 
-def model_id(manifest: dict[str, Any], out: Path, hyper: IntegerHyperSynthesis) -> str:
+def model_id(manifest: dict[str, Any], out: Path) -> str:
     """SHA-256 over everything that changes decoded pixels or parsing: graph bytes, integer hyper
-    weights, tables and shapes (not the parity results or file names)."""
+    synthesis and context weights, tables and shapes (not the parity results or file names)."""
     h = hashlib.sha256()
     for name in sorted(manifest["graphs"]):
         h.update(name.encode())
         h.update((out / manifest["graphs"][name]["file"]).read_bytes())
-    for w, b in zip(hyper.weights, hyper.biases):
-        h.update(w.astype(np.int64).tobytes())
-        h.update(b.astype(np.int64).tobytes())
-    h.update(str(hyper.act_bits * 100 + hyper.w_bits).encode())
+    hyper = IntegerHyperSynthesis.load(out / manifest["hyper_synthesis"])
+    nets = [hyper]
+    if "channel_context" in manifest:  # (absent: the id is computed as before contexts existed)
+        nets += IntegerContext.load(out / manifest["channel_context"]).nets
+    for net in nets:
+        for w, b in zip(net.weights, net.biases):
+            h.update(w.astype(np.int64).tobytes())
+            h.update(b.astype(np.int64).tobytes())
+        h.update(str(net.act_bits * 100 + net.w_bits).encode())
     h.update(np.load(out / manifest["codebook"]).tobytes())
     static = {k: v for k, v in manifest.items() if k not in ("graphs", "parity", "model_id")}
     h.update(json.dumps(static, sort_keys=True).encode())

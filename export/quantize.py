@@ -44,6 +44,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, numpy_helper
 
+from ..runtime import slices
+from ..runtime.rates import BASE
 from ..runtime.tiling import TILE
 
 # Measured in benchmarks/RESULTS.md, "int8 for the small decoder graphs": not vq_decoder since s11 (the
@@ -241,8 +243,8 @@ def decoder_inputs(model: Any, rgb: np.ndarray, graphs: Sequence[str] = ()  # no
         (z,) = model.run("hyper_analysis", y=y)
         t = model.tables
         z_hat = np.clip(np.round(z[0]), -t.z_radius, t.z_radius)
-        mean, _ = model.hyper(z_hat)
-        y_hat = np.clip(np.round(y[0].astype(np.float64) - mean), -t.y_radius, t.y_radius) + mean
+        mean, scale = model.hyper(z_hat)
+        y_hat = slices.encode(model.context, t, BASE, y[0].astype(np.float64), mean, scale).y_hat
         (guidance,) = model.run("cont_synthesis", y_hat=y_hat.astype(np.float32)[None])
         out["guidance"] = np.ascontiguousarray(guidance)
         if model.has("pixel_head"):
@@ -431,7 +433,6 @@ def add_int8(directory: Path, manifest: dict[str, Any], calibration: Sequence[np
     crops; measure each against fp32 on the ``check`` crops and keep it only if it costs at most
     ``max_psnr_loss`` dB there (None: keep regardless). Adds the kept variants to ``manifest["graphs"]``,
     recomputes the model id, and returns the report (also stored as ``manifest["parity"]["int8"]``)."""
-    from ..runtime.fixedpoint import IntegerHyperSynthesis
     from ..runtime.model import Model
     from . import int8_weights
     from . import manifest as manifest_mod
@@ -483,8 +484,7 @@ def add_int8(directory: Path, manifest: dict[str, Any], calibration: Sequence[np
         else:
             dst.unlink()
         report[graph] = entry
-    hyper = IntegerHyperSynthesis.load(directory / manifest["hyper_synthesis"])
-    manifest["model_id"] = manifest_mod.model_id(manifest, directory, hyper)
+    manifest["model_id"] = manifest_mod.model_id(manifest, directory)
     manifest.setdefault("parity", {})["int8"] = report
     return report
 

@@ -125,10 +125,14 @@ def tiny_components(seed: int = 0, with_stage23: bool = True, with_fusion: bool 
     ``output`` is the VQ decoder's last stage (``VQConfig.output``)."""
     torch.manual_seed(seed)
     vq_cfg = VQConfig(channels=(8, 8, 16, 16), bottleneck=16, code_dim=8, decoder_norm="channel", output=output)
-    cont_cfg = ContConfig(channels=16, latent=16, hyper=8, rate_points=3, base_rate=1)
+    cont_cfg = ContConfig(channels=16, latent=16, hyper=8, rate_points=3, base_rate=1, context_slices=2,
+                          context_hidden=8)
     vq, cont = VQAutoencoder(vq_cfg), ContinuousCodec(cont_cfg)
     with torch.no_grad():  # an untrained analysis gives |y| ≈ 0.07: every residual 0 at every rate point
         cont.g_a[-1].weight.mul_(40)
+        for net in cont.context.nets:  # non-zero so the context really moves μ and the scale steps in tests
+            torch.nn.init.normal_(net[-1].weight, std=0.5)
+            torch.nn.init.normal_(net[-1].bias, std=0.5)
     # rate points around the base: coarser (≈ ½) and finer (≈ 2), a different gain per channel
     spread = torch.rand(2, cont_cfg.latent, generator=torch.Generator().manual_seed(seed)) * 0.4 + 0.8
     gain = torch.stack([0.5 * spread[0], torch.ones(cont_cfg.latent), 2 * spread[1]])

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..runtime.rates import GAIN_BITS, MAX_POINTS
+from .context import ChannelContext
 from .entropy_models import FactorizedPrior, gaussian_likelihood
 from .layers import GDN
 from .upsampler import BicubicUp, ContUpsampler
@@ -55,6 +56,10 @@ class ContConfig:
                                                           "trained with --gains-only); 1 = a fixed-rate codec"})
     base_rate: int = field(default=0, metadata={"help": "the point whose gains are exactly 1: the rate the "
                                                         "networks were trained at"})
+    context_slices: int = field(default=0, metadata={"help": "> 0: a channel-wise context over this many slices "
+                                                             "of y (models/context.py; trained with --context-only)"})
+    context_hidden: int = field(default=64, metadata={"help": "hidden channels of each slice's context network"})
+    context_kernel: int = field(default=3, metadata={"help": "side of the context's first convolution (1 or 3)"})
 
     @property
     def latent_stride(self) -> int:
@@ -116,6 +121,7 @@ class ContinuousCodec(nn.Module):
         self.prior = FactorizedPrior(cfg.hyper)
         self.upsampler = ContUpsampler(self.g_s_tail, cfg.downscale, cfg.upsampler) if cfg.upsampler else None
         self.enlarge = BicubicUp(3, cfg.downscale)  # no weights: checkpoints do not change
+        self.context = self._new_context() if cfg.context_slices else None
         if cfg.rate_points > 1:
             # integer buffers: exact in fp16 bundles (half_state leaves integers alone), not trained by
             # the ordinary optimiser; ``--gains-only`` training writes them (stage1_cont.RatePoints)
@@ -127,6 +133,15 @@ class ContinuousCodec(nn.Module):
         """Give a trained codec a learned up-sampling that starts as its own tail + bicubic."""
         self.cfg.upsampler = channels
         self.upsampler = ContUpsampler(self.g_s_tail, self.cfg.downscale, channels)
+
+    def _new_context(self) -> ChannelContext:
+        cfg = self.cfg
+        return ChannelContext(cfg.latent, cfg.context_slices, cfg.context_hidden, cfg.context_kernel)
+
+    def add_context(self, slices: int, hidden: int, kernel: int) -> None:
+        """Give a trained codec a channel-wise context that starts as the plain hyperprior."""
+        self.cfg.context_slices, self.cfg.context_hidden, self.cfg.context_kernel = slices, hidden, kernel
+        self.context = self._new_context().to(self.prior.matrices[0].device)
 
     def rate_gains(self, k: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(gain, inverse gain) of rate point ``k`` as float (latent,) vectors."""
@@ -200,6 +215,15 @@ class ContinuousCodec(nn.Module):
         y_hat = mean + r + (torch.round(r) - r).detach()
         return y_hat if gains is None else y_hat * gains[1].reshape(-1, self.cfg.latent, 1, 1)
 
+    def decoded_y(self, y: torch.Tensor, z_hat: torch.Tensor,
+                  gains: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        """ŷ as the runtime decodes it from y and the rounded ẑ: slice by slice through the context if
+        the codec has one, else ``decoded_latent`` around the hyperprior's mean."""
+        mean, scale = self.h_s(z_hat)
+        if self.context is not None:
+            return self.context(y, mean, scale, gains, noisy=False)[0]
+        return self.decoded_latent(y, mean, gains)
+
     def forward(self, x: torch.Tensor, gains: tuple[torch.Tensor, torch.Tensor] | None = None
                 ) -> dict[str, torch.Tensor]:
         """``gains``: (gain, inverse gain), each (latent,) or per sample (batch, latent); None = base point."""
@@ -210,6 +234,10 @@ class ContinuousCodec(nn.Module):
         else:
             z_noisy = z_hat = torch.round(z)
         mean, scale = self.h_s(z_hat)
+        if self.context is not None:  # slice by slice, as the runtime codes it
+            y_hat, lik_y = self.context(y, mean, scale, gains, noisy=self.training)
+            g = self.guidance(y_hat)
+            return {"x_hat": self.reconstruct(g), "g": g, "lik_y": lik_y, "lik_z": self.prior.likelihood(z_noisy)}
         # Rate from additive noise, synthesis from straight-through rounded symbols ("mixed" training).
         g = self.guidance(self.decoded_latent(y, mean, gains))
         if gains is not None:

@@ -34,9 +34,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from . import bitstream
+from . import bitstream, slices
 from .bitstream import BitstreamError, Header
-from .entropy import TERMINATOR_BITS, Decoder, Encoder
+from .entropy import TERMINATOR_BITS, Decoder, Encoder, EntropyError
+from .fixedpoint import FixedPointError
 from .masking import SCHEDULES, schedule_code, schedule_name, sent_mask
 from .model import LANES, Model
 from .streams import StreamKind, stream_kind
@@ -69,7 +70,7 @@ class Symbols:
     indices: np.ndarray | None = None  # sent VQ indices, tile by tile
     z_hat: np.ndarray | None = None  # (C, h, w) integers
     y_residual: np.ndarray | None = None  # (M, 4h, 4w) integers, round(y·gain − μ·gain) (runtime/rates.py)
-    y_scale: np.ndarray | None = None  # predicted scales × gain: the coded std before the table lookup
+    y_scale: np.ndarray | None = None  # the coded std of each residual, a scale-table entry (runtime/slices.py)
 
 
 @dataclass
@@ -558,8 +559,8 @@ class ContinuousPart:
         """The symbols of ``latent`` at the header's rate point (no graph runs: rate control codes one
         analysis several ways)."""
         point = self.model.rate_point(sym.header.rate)
-        sym.z_hat, sym.y_scale = latent.z_hat, point.scale(latent.scale)
-        sym.y_residual = point.residual(latent.y, latent.mean, self.model.tables.y_radius)
+        coded = slices.encode(self.model.context, self.model.tables, point, latent.y, latent.mean, latent.scale)
+        sym.z_hat, sym.y_residual, sym.y_scale = latent.z_hat, coded.residual, coded.std
 
     def push(self, enc: Encoder, sym: Symbols) -> None:
         enc.push_y(sym.y_residual, sym.y_scale)
@@ -583,7 +584,12 @@ class ContinuousPart:
         z_hat = dec.pop_z((int(m["hyper_channels"]), ph // geo.hyper_stride, pw // geo.hyper_stride))
         mean, scale = self.model.hyper(z_hat)  # integer arithmetic, no graph: y's scales depend on it
         point = self.model.rate_point(header.rate)
-        got.y_hat = point.latent(dec.pop_y(point.scale(scale)), mean).astype(np.float32)[None]
+        try:
+            coded = slices.walk(self.model.context, self.model.tables, point, mean, scale,
+                                lambda _part, _point, _mean, std: dec.pop_y(std))  # slice by slice
+        except FixedPointError:  # only forged residuals can drive the context network that far
+            raise EntropyError("corrupt payload: its continuous latent is out of range") from None
+        got.y_hat = coded.y_hat.astype(np.float32)[None]
 
     def synthesise(self, got: Decoded) -> None:
         """The guidance from ŷ: run once the whole payload has been verified (``Codec.decompress``)."""

@@ -23,7 +23,7 @@ import numpy as np
 
 from .complexity import ComplexityModel
 from .entropy import EntropyTables
-from .fixedpoint import IntegerHyperSynthesis
+from .fixedpoint import IntegerContext, IntegerHyperSynthesis
 from .rates import RatePoint, from_manifest
 from .session import (
     CPU,
@@ -43,8 +43,12 @@ INT8_SUFFIX = "_int8"
 # 2: cont_analysis → y only, hyper_analysis y → z; 3: the decoders read code vectors (``codebook``), the
 # predictor outputs them; 4: the pixel decoder as pixel_head + pixel_tail (a runtime that knew only
 # ``pixel_decoder`` would have drawn hybrid streams without the correction network: a wrong picture, no error)
-MODEL_FORMAT_VERSION = 4
-READABLE_MODEL_FORMATS = (3, 4)  # what hf-export writes, and the one before (one pixel_decoder graph)
+# 5: the continuous latent may be coded slice by slice through a channel context (``channel_context``; a
+# runtime that ignored it would derive other scales and decode garbage)
+MODEL_FORMAT_VERSION = 5
+FORMAT_WITHOUT_CONTEXT = 4  # what hf-export writes for a model without a context: older runtimes read it
+# what hf-export writes, and the ones before (4: no context; 3: one pixel_decoder graph)
+READABLE_MODEL_FORMATS = (3, 4, 5)
 DEFAULT_MODEL_DIR = Path(__file__).parent / "assets" / "default"
 # Graph runs at once per Model, whatever the number of calling threads: each run holds its activations,
 # so memory is bounded by these caps, not by the callers (benchmarks/concurrency.py, RESULTS.md).
@@ -187,6 +191,7 @@ class Model:
                 raise ModelError(f"{file}: graph {name!r} of the manifest is missing")
         if "hyper_synthesis" in self.manifest:
             self.hyper  # noqa: B018
+        self.context  # noqa: B018
         self.codebook  # noqa: B018
 
     def _check_tables(self, t: EntropyTables) -> None:
@@ -261,6 +266,24 @@ class Model:
             except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
                 raise ModelError(f"{path}: cannot read the integer hyper synthesis ({_one_line(e)})") from None
         return self.__dict__["_hyper"]
+
+    @property
+    def context(self) -> IntegerContext | None:
+        """The channel-wise context of the continuous latent (runtime/slices.py), or None: a model
+        before format 5, or one trained without it (manifest ``channel_context``, an .npz beside it)."""
+        if "_context" not in self.__dict__:
+            name = self.manifest.get("channel_context")
+            context = None
+            if name is not None:
+                path = self.directory / str(name)
+                try:
+                    context = IntegerContext.load(path)
+                except (OSError, EOFError, KeyError, ValueError, TypeError, zipfile.BadZipFile) as e:
+                    raise ModelError(f"{path}: cannot read the channel context ({_one_line(e)})") from None
+                if int(self.manifest["latent_channels"]) % context.slices:
+                    raise ModelError(f"{path}: {context.slices} context slices do not divide the latent channels")
+            self.__dict__["_context"] = context
+        return self.__dict__["_context"]
 
     @property
     def codebook(self) -> np.ndarray:

@@ -34,6 +34,11 @@ class RatePoint:
     def _g(self, a: np.ndarray, g: np.ndarray | None) -> np.ndarray:
         return a if g is None else a * g.reshape(-1, *([1] * (a.ndim - 1)))
 
+    def channels(self, part: slice) -> RatePoint:
+        """The same point over a slice of y's channels (the channel-wise context codes y slice by slice)."""
+        return RatePoint(None if self.gain is None else self.gain[part],
+                         None if self.inv_gain is None else self.inv_gain[part])
+
     def scale(self, scale: np.ndarray) -> np.ndarray:
         """The coded std before the table lookup: σ·gain, (M, h, w)."""
         return self._g(scale, self.gain)

@@ -138,3 +138,51 @@ def test_integer_hyper_synthesis_is_exact_and_close_to_float() -> None:
     assert np.all(m1 * 1024 == np.round(m1 * 1024))  # on the fixed-point grid
     assert np.abs(m1 - m_ref[0].numpy()).max() < 0.02
     assert np.abs(s1 - s_ref[0].numpy()).max() < 0.02
+
+
+def test_channel_context_in_integers_walks_like_the_float_one() -> None:
+    """The runtime's slice walk (integer context) and the training module (float) code the same
+    symbols with the same scale steps, up to the integer grid's rounding; encoder and decoder walks agree."""
+    torch = pytest.importorskip("torch")
+    from hybridflow.models.context import ChannelContext
+    from hybridflow.runtime import slices
+    from hybridflow.runtime.entropy import EntropyTables
+    from hybridflow.runtime.fixedpoint import IntegerContext
+    from hybridflow.runtime.rates import BASE, RatePoint
+
+    torch.manual_seed(0)
+    ctx = ChannelContext(latent=12, slices=3, hidden=16).eval()
+    for net in ctx.nets:
+        torch.nn.init.normal_(net[-1].weight, std=0.3)
+        torch.nn.init.normal_(net[-1].bias, std=0.5)
+    ictx = IntegerContext.quantise([([c.weight.detach().numpy() for c in ctx.convolutions(s)],
+                                     [c.bias.detach().numpy() for c in ctx.convolutions(s)]) for s in (1, 2)])
+    assert ictx.slices == 3
+    rng = np.random.default_rng(0)
+    y = rng.normal(0, 4, (12, 5, 7))
+    mean = np.round(rng.normal(0, 2, y.shape) * 1024) / 1024  # the hyper synthesis' grid
+    scale = np.round(rng.uniform(0.2, 6, y.shape) * 1024) / 1024
+    t = EntropyTables(np.full((1, 3), 1 / 3), ctx.table.double().numpy(), 255, np.ones(4) / 4)
+    gain = rng.integers(2048, 8192, 12) / 4096.0
+    for point in (BASE, RatePoint(gain, 1 / gain)):
+        coded = slices.encode(ictx, t, point, y, mean, scale)
+        with torch.no_grad():
+            g = None if point.gain is None else (torch.tensor(gain)[None].float(), torch.tensor(1 / gain)[None].float())
+            y_hat, lik = ctx(*(torch.tensor(a)[None].float() for a in (y, mean, scale)), g, noisy=False)
+        assert np.abs(coded.y_hat - y_hat[0].numpy()).max() < 0.05
+        from hybridflow.models.entropy_models import gaussian_likelihood
+
+        runtime_bits = -np.log2(gaussian_likelihood(torch.tensor(coded.residual), torch.tensor(0.0),
+                                                    torch.tensor(coded.std)).numpy()).sum()
+        assert abs(-np.log2(lik[0].numpy()).sum() / runtime_bits - 1) < 0.02
+        # the table steps really moved away from the hyperprior's own for the later slices
+        plain = slices.encode(None, t, point, y, mean, scale)
+        assert np.array_equal(coded.std[:4], plain.std[:4]) and not np.array_equal(coded.std[4:], plain.std[4:])
+        # the decoder's walk, fed the encoder's symbols slice by slice, rebuilds the same ŷ and stds
+        def pop(part: slice, here: RatePoint, mu: np.ndarray, std: np.ndarray, q: np.ndarray = coded.residual
+                ) -> np.ndarray:
+            return q[part]
+
+        back = slices.walk(ictx, t, point, mean, scale, pop)
+        assert np.array_equal(back.y_hat, coded.y_hat) and np.array_equal(back.std, coded.std)
+        assert np.array_equal(slices.walk(ictx, t, point, mean, scale.copy(order="F"), pop).std, coded.std)

@@ -147,7 +147,7 @@ def test_a_format_3_model_with_one_pixel_decoder_graph_still_decodes(tiny_model:
     assert np.abs(plain - b).max() > 1  # the correction network really ran in the one graph
     from hybridflow.runtime.model import Model, ModelError
 
-    manifest["format_version"] = 5  # a newer format than this runtime knows: refused, not misread
+    manifest["format_version"] = 6  # a newer format than this runtime knows: refused, not misread
     (old / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ModelError, match="model format 5 is not supported"):
+    with pytest.raises(ModelError, match="model format 6 is not supported"):
         Model.load(old)

@@ -16,7 +16,12 @@ networks and prior — for the picture the runtime actually shows: full-resoluti
 measured after the frozen synthesis and learned ×4 up-sampling (the low-res MSE the codec was first
 trained on is only a proxy for it). The decoder side does not move, so the guidance that the
 predictor, the pixel decoder and the fusion read keeps its meaning; streams change, so the other rate
-points' gains are re-learnt afterwards (``--gains-only --init RUN/last.pt``)."""
+points' gains are re-learnt afterwards (``--gains-only --init RUN/last.pt``).
+
+``context_only`` (session 24) gives ``init``'s frozen codec a channel-wise context (models/context.py) —
+or goes on training the one it has — and trains only that: loss bpp + λ_k·MSE at every rate point
+(sample i at point i mod K, λ_k as for gains-only), the MSE because the context also moves the
+quantisation offsets μ'. Every stream's symbols change, nothing the decoders read changes meaning."""
 
 from __future__ import annotations
 
@@ -67,6 +72,8 @@ class ContTrainConfig(RunConfig):
     gain_lr: float = field(default=0.01, metadata={"help": "gains-only: Adam learning rate of the log-gains"})
     encoder_only: bool = field(default=False, metadata={"help": "train only the encoder side of --init's codec "
                                                                 "for its full-resolution picture (see above)"})
+    context_only: bool = field(default=False, metadata={"help": "train only a channel-wise context for --init's "
+                                                                "frozen codec (--context-slices; see above)"})
 
 
 class RatePoints(nn.Module):
@@ -74,10 +81,11 @@ class RatePoints(nn.Module):
     ``store`` writes them, rounded onto the runtime's grid, into the codec's integer buffers."""
 
     def __init__(self, codec: ContinuousCodec, base_lmbda: float, lmbda_step: float, gain_step: float,
-                 kept: int = 0):
+                 kept: int = 0, learn: bool = True):
         """``kept``: the first points are an earlier model's, never trained here (their gains get no
         gradient, so Adam leaves them exactly as they are); the points above them start from the top
-        kept point's gains times ``gain_step`` per point."""
+        kept point's gains times ``gain_step`` per point. ``learn`` False: the codec's own gains, fixed,
+        and every point (the base too) takes its share of a batch: a context-only run's loss."""
         super().__init__()
         k, base = codec.cfg.rate_points, codec.cfg.base_rate
         offsets = torch.arange(k, dtype=torch.float32) - base
@@ -92,7 +100,8 @@ class RatePoints(nn.Module):
         self.log_gain = nn.Parameter(gain.log().clone())
         self.log_inv_gain = nn.Parameter(inv_gain.log().clone())
         self.register_buffer("lmbdas", base_lmbda * lmbda_step**offsets)
-        self.trained = torch.tensor([p for p in range(kept, k) if p != base])
+        self.trained = torch.tensor([p for p in range(kept, k) if p != base or not learn])
+        self.requires_grad_(learn)
 
     def gains(self, points: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.log_gain[points].exp(), self.log_inv_gain[points].exp()
@@ -190,6 +199,20 @@ def _encoder_model(cfg: ContTrainConfig) -> tuple[ContinuousCodec, ContConfig]:
     return model, model.cfg
 
 
+def _context_model(cfg: ContTrainConfig, model_cfg: ContConfig) -> tuple[ContinuousCodec, ContConfig]:
+    """--init's codec, frozen, with its context (if it has one) or a fresh one of the command line's
+    --context-slices / --context-hidden / --context-kernel, which alone trains."""
+    if not cfg.init:
+        raise ValueError("--context-only trains a context for an existing codec: give --init")
+    model = checkpoint.load_model(Path(cfg.init), ContinuousCodec, ContConfig).requires_grad_(False)
+    if model.context is None:
+        if not model_cfg.context_slices:
+            raise ValueError("--context-only needs --context-slices (slices of y) for a codec without one")
+        model.add_context(model_cfg.context_slices, model_cfg.context_hidden, model_cfg.context_kernel)
+    model.context.requires_grad_(True)
+    return model, model.cfg
+
+
 def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir: Path) -> None:
     run = Run(run_dir, cfg)
     rates: RatePoints | None = None
@@ -198,16 +221,19 @@ def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir:
         rates = RatePoints(model, cfg.base_lmbda, cfg.lmbda_step, cfg.gain_step, kept).to(cfg.device)
     elif cfg.encoder_only:
         model, model_cfg = _encoder_model(cfg)
+    elif cfg.context_only:
+        model, model_cfg = _context_model(cfg, model_cfg)
+        rates = RatePoints(model, cfg.base_lmbda, cfg.lmbda_step, cfg.gain_step, learn=False).to(cfg.device)
     else:
         model = ContinuousCodec(model_cfg)
         if cfg.init:
             model.load_state_dict(checkpoint.load(Path(cfg.init))["model"])
     model.to(cfg.device)
-    trained = list(rates.parameters()) if rates is not None else [p for p in model.parameters() if p.requires_grad]
-    base_lr = cfg.gain_lr if rates is not None else cfg.lr
+    trained = [p for p in (rates if cfg.gains_only else model).parameters() if p.requires_grad]
+    base_lr = cfg.gain_lr if cfg.gains_only else cfg.lr
     opt = torch.optim.Adam(trained, lr=base_lr)
     log_lmbda = math.log(cfg.lmbda)
-    if ck := run.resume(model=model, opt=opt, **({"rates": rates} if rates is not None else {})):
+    if ck := run.resume(model=model, opt=opt, **({"rates": rates} if cfg.gains_only else {})):
         log_lmbda = ck["log_lmbda"]
     ds = model_cfg.downscale
     data = ImageCache(data_root() / "train", cache_dir, downscale_by=1 if cfg.encoder_only else ds)
@@ -252,7 +278,7 @@ def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir:
 
     def save() -> None:
         extra = {}
-        if rates is not None:
+        if cfg.gains_only:
             rates.store(model)
             extra["rates"] = rates.state_dict()
         run.save(model=model.state_dict(), opt=opt.state_dict(), log_lmbda=log_lmbda, config=model_cfg,
@@ -261,7 +287,8 @@ def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir:
     def validation() -> Numbers:
         if rates is None:
             return validate(model, images)
-        rates.store(model)
+        if cfg.gains_only:
+            rates.store(model)
         return validate_points(model, images)
 
     if cfg.init and run.state.step == 0:

@@ -34,8 +34,7 @@ def guidance(cont: ContinuousCodec, x: torch.Tensor, rate: int | None = None) ->
     guidance decoded from rounded symbols, as the runtime decodes it, at rate point ``rate`` (None:
     the base point; a point's gains scale y and its mean before rounding, its inverse gains after)."""
     y, z = cont.analysis(cont.lowres(x))
-    mean, _ = cont.h_s(torch.round(z))
-    return cont.guidance(cont.decoded_latent(y, mean, None if rate is None else cont.rate_gains(rate)))
+    return cont.guidance(cont.decoded_y(y, torch.round(z), None if rate is None else cont.rate_gains(rate)))
 
 
 @torch.no_grad()
