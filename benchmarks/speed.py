@@ -274,9 +274,10 @@ def breakdown_section(runs: list[KodakRun]) -> str:
         "own thread pool); complexity scoring = "
         "`ComplexityModel.schedule` (all tiles); integer hyper synthesis = `IntegerHyperSynthesis.__call__` "
         "(the `Model.hyper` call, once per encode and once per decode); integer channel context = "
-        "`IntegerContext.__call__` (once per slice after the first, models with a context); entropy coding = `Codec.entropy_code` "
-        "(ANS pushes + container write); entropy decoding = `Decoder.pop_z/pop_y/pop_indices` (ANS pops incl. "
-        "the scale-table lookup); other = total minus the named stages (header parsing, padding, tiling, "
+        "`IntegerContext.__call__` (once per slice after the first, models with a context); entropy coding = "
+        "`Codec.entropy_code` (ANS pushes + container write); entropy decoding = "
+        "`Decoder.pop_z/pop_y/pop_indices` (ANS pops incl. the scale-table lookup); other = total minus the "
+        "named stages (header parsing, padding, tiling, "
         "float conversion, window stitching, token assembly). One untimed warm-up image per thread count opens "
         "the sessions first.",
         "",
