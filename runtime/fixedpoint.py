@@ -113,9 +113,9 @@ class IntegerHyperSynthesis(IntegerConvs):
 
 
 # The scale-table index enters the context network as idx/8, and its scale output counts table steps in
-# eighths (models/context.py trains with both). A table step is only e^0.1: without the ×8 a
-# zero-initialised network learnt its scale corrections ~10× slower (−2.8 % of y's bits after 2 400
-# steps, session 24); powers of two keep the products exact.
+# eighths (models/context.py trains with both). A table step is only e^0.1, so without the ×8 a
+# zero-initialised network's scale output must grow ~10× larger for the same correction: it learnt slower
+# (session 24: −2.8 % of the bits after 2 400 steps instead of −3.1 %). Powers of two keep the products exact.
 CONTEXT_INDEX_INPUT = 0.125
 CONTEXT_STEP_GAIN = 8.0
 
