@@ -47,6 +47,17 @@ def test_context_only_training_moves_only_the_context(synthetic_data: Path, tmp_
     records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
     assert len([r for r in records if "val_bpp" in r][-1]["val_bpp"]) == 3
 
+    # a second run from it at the base point only goes on with the same context (not a fresh one)
+    import dataclasses
+
+    more = dataclasses.replace(train_cfg, init=str(tmp_path / "run" / "last.pt"), context_points="1", lr=1e-6)
+    stage1_cont.train(tmp_path / "base", more, ContConfig(), tmp_path / "cache")
+    again = checkpoint.load(tmp_path / "base" / "last.pt")["model"]
+    assert all((again[k] - ck["model"][k]).abs().max() < 0.1 * ck["model"][k].abs().max() for k in last)
+    with pytest.raises(ValueError, match="points 0…2"):
+        stage1_cont.train(tmp_path / "bad", dataclasses.replace(more, context_points="3"), ContConfig(),
+                          tmp_path / "cache")
+
 
 def test_context_changes_the_stream_not_its_meaning(codec, photo: np.ndarray) -> None:  # noqa: ANN001
     """The tiny test model has a (random) context: its streams decode to the encoder's ŷ, and coding the

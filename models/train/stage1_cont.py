@@ -20,8 +20,9 @@ points' gains are re-learnt afterwards (``--gains-only --init RUN/last.pt``).
 
 ``context_only`` (session 24) gives ``init``'s frozen codec a channel-wise context (models/context.py) —
 or goes on training the one it has — and trains only that: loss bpp + λ_k·MSE at every rate point
-(sample i at point i mod K, λ_k as for gains-only), the MSE because the context also moves the
-quantisation offsets μ'. Every stream's symbols change, nothing the decoders read changes meaning."""
+(sample i at point i mod K, λ_k as for gains-only; ``context_points`` narrows the points), the MSE because
+the context also moves the quantisation offsets μ'. Every stream's symbols change, nothing the decoders
+read changes meaning."""
 
 from __future__ import annotations
 
@@ -74,6 +75,8 @@ class ContTrainConfig(RunConfig):
                                                                 "for its full-resolution picture (see above)"})
     context_only: bool = field(default=False, metadata={"help": "train only a channel-wise context for --init's "
                                                                 "frozen codec (--context-slices; see above)"})
+    context_points: str = field(default="", metadata={"help": "context-only: the rate points it trains at, e.g. "
+                                                              "'2,3,4' (default: all; default streams use the base)"})
 
 
 class RatePoints(nn.Module):
@@ -199,6 +202,17 @@ def _encoder_model(cfg: ContTrainConfig) -> tuple[ContinuousCodec, ContConfig]:
     return model, model.cfg
 
 
+def _points(text: str, count: int) -> torch.Tensor:
+    """'2,3,4' → tensor([2, 3, 4]), each a rate point of a codec with ``count`` of them."""
+    try:
+        points = sorted({int(v) for v in text.split(",")})
+    except ValueError:
+        raise ValueError(f"--context-points must be comma-separated point numbers, not {text!r}") from None
+    if not points or points[0] < 0 or points[-1] >= count:
+        raise ValueError(f"--context-points {text!r}: the codec has points 0…{count - 1}")
+    return torch.tensor(points)
+
+
 def _context_model(cfg: ContTrainConfig, model_cfg: ContConfig) -> tuple[ContinuousCodec, ContConfig]:
     """--init's codec, frozen, with its context (if it has one) or a fresh one of the command line's
     --context-slices / --context-hidden / --context-kernel, which alone trains."""
@@ -224,6 +238,8 @@ def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir:
     elif cfg.context_only:
         model, model_cfg = _context_model(cfg, model_cfg)
         rates = RatePoints(model, cfg.base_lmbda, cfg.lmbda_step, cfg.gain_step, learn=False).to(cfg.device)
+        if cfg.context_points:
+            rates.trained = _points(cfg.context_points, model_cfg.rate_points)
     else:
         model = ContinuousCodec(model_cfg)
         if cfg.init:
