@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from ..models.bundle import Components
 from ..models.entropy_models import scale_table
@@ -47,19 +48,20 @@ def rate_points(c: Components) -> dict[str, Any]:
     return {"rate_points": points, "base_rate": c.cont.cfg.base_rate}
 
 
+def _float_layers(layers: list[torch.nn.Conv2d]) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(weights, biases) of convolutions, as the integer networks' ``quantise`` takes them."""
+    return [lay.weight.detach().numpy() for lay in layers], [lay.bias.detach().numpy() for lay in layers]
+
+
 def integer_hyper(c: Components) -> IntegerHyperSynthesis:
-    layers = c.cont.h_s.layers()
-    return IntegerHyperSynthesis.quantise([lay.weight.detach().numpy() for lay in layers],
-                                          [lay.bias.detach().numpy() for lay in layers])
+    return IntegerHyperSynthesis.quantise(*_float_layers(c.cont.h_s.layers()))
 
 
 def integer_context(c: Components) -> IntegerContext | None:
     ctx = c.cont.context
     if ctx is None:
         return None
-    nets = [([lay.weight.detach().numpy() for lay in ctx.convolutions(s)],
-             [lay.bias.detach().numpy() for lay in ctx.convolutions(s)]) for s in range(1, ctx.slices)]
-    return IntegerContext.quantise(nets)
+    return IntegerContext.quantise([_float_layers(ctx.convolutions(s)) for s in range(1, ctx.slices)])
 
 
 def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[str, Any]:

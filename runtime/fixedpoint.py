@@ -81,6 +81,18 @@ class IntegerConvs:
         acc = _conv(x, self.weights[k], self.biases[k])
         return np.floor((acc + 2.0 ** (self.w_bits - 1)) / 2.0**self.w_bits)
 
+    def run(self, x: np.ndarray, up2: bool = False) -> np.ndarray:
+        """Grid integers through every layer: conv → ReLU, the last without ReLU; with ``up2`` each
+        layer but the last is preceded by nearest-up ×2."""
+        last = len(self.weights) - 1
+        for k in range(last + 1):
+            if up2 and k < last:
+                x = _up2(x)
+            x = self.layer(k, x)
+            if k < last:
+                x = np.maximum(x, 0.0)
+        return x
+
 
 class IntegerHyperSynthesis(IntegerConvs):
     @classmethod
@@ -99,14 +111,7 @@ class IntegerHyperSynthesis(IntegerConvs):
 
     def __call__(self, z_hat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """ẑ (C, h, w) integers → (mean, scale) of y, each (M, 4h, 4w) float64 on a 2**-act_bits grid."""
-        x = z_hat.astype(np.float64) * 2.0**self.act_bits
-        last = len(self.weights) - 1
-        for k in range(last + 1):
-            if k < last:
-                x = _up2(x)
-            x = self.layer(k, x)
-            if k < last:
-                x = np.maximum(x, 0.0)
+        x = self.run(z_hat.astype(np.float64) * 2.0**self.act_bits, up2=True)
         mean, scale = np.split(x, 2, axis=0)
         unit = 2.0**-self.act_bits
         return mean * unit, np.maximum(scale, 0.0) * unit
@@ -157,11 +162,6 @@ class IntegerContext:
         """Slice s ≥ 1: (μ_s on the hyper grid, scale-table index of σ_s, [ŷ_t − μ_t for t < s]) →
         (μ'_s, integer step offset of the coded scale). Exact: the same on every machine."""
         net = self.nets[s - 1]
-        x = net.on_grid(np.concatenate([mean, index * CONTEXT_INDEX_INPUT, *decoded]))
-        last = len(net.weights) - 1
-        for k in range(last + 1):
-            x = net.layer(k, x)
-            if k < last:
-                x = np.maximum(x, 0.0)
+        x = net.run(net.on_grid(np.concatenate([mean, index * CONTEXT_INDEX_INPUT, *decoded])))
         delta, d = np.split(x * 2.0**-net.act_bits, 2, axis=0)
         return mean + delta, np.floor(CONTEXT_STEP_GAIN * d + 0.5).astype(np.int64)
