@@ -3,10 +3,11 @@
 Nearly every fp16 weight of a bundle is also an initialiser of some exported graph (stored there in
 fp16, see ``convert.fp16_initialisers``), sometimes transposed. At export time ``write`` records, for
 every tensor of the bundle, which initialiser holds the same values and the SHA-256 of its fp16 bytes;
-the predictor's linear weights are int8 tensors times scales there (int8_weights.py); the few tensors
-that no graph holds as such (GDN parameters that onnxsim folds into products, the
-float hyper synthesis that ships as integers, the entropy prior, the raw codebook) go into a small raw
-file beside it. ``derive`` rebuilds the exact bundle payload from a model directory and checks every
+the predictor's linear weights are int8 tensors times scales there (int8_weights.py); the hyper
+synthesis and the channel context are the integer networks' ``.npz`` arrays over their grids' scales
+(grids.py put the bundle's weights on those grids; index version 2); the few tensors that no graph
+holds as such (GDN parameters that onnxsim folds into products, the entropy prior, the raw codebook)
+go into a small raw file beside it. ``derive`` rebuilds the exact bundle payload from a model directory and checks every
 hash, so a model directory is all a release needs: ``hf-train rebundle DIR --out bundle.pt``."""
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import onnx
 import torch
 from onnx import numpy_helper
 
+from ..runtime.fixedpoint import IntegerContext, IntegerConvs, IntegerHyperSynthesis
 from .int8_weights import dequantise, stored_int8
 
 INDEX_FILE = "bundle_index.json"
 EXTRA_FILE = "bundle_extra.bin"
-INDEX_VERSION = 1
+INDEX_VERSION = 2  # 2: tensors of the integer networks (version 1 kept them in the extra file; still read)
+READS = (1, 2)
 
 
 def _sha(a: np.ndarray) -> str:
@@ -42,7 +45,24 @@ def _fp16_values(t: onnx.TensorProto) -> np.ndarray | None:
     return half if np.array_equal(half.astype(value.dtype), value) else None
 
 
-Where = dict[str, Any]  # graph, initializer, transpose; and "scale" for an int8 weight (int8_weights.py)
+Where = dict[str, Any]  # graph, initializer, transpose; and "scale" for an int8 weight (int8_weights.py);
+#                        or integer (a manifest key), net, layer, part for an integer network's tensor
+
+
+def _integer_nets(model_dir: Path) -> dict[str, list[IntegerConvs]]:
+    """Manifest key → the integer networks stored under it (runtime/fixedpoint.py)."""
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    nets = {"hyper_synthesis": [IntegerHyperSynthesis.load(model_dir / manifest["hyper_synthesis"])]}
+    if "channel_context" in manifest:
+        nets["channel_context"] = IntegerContext.load(model_dir / manifest["channel_context"]).nets
+    return nets
+
+
+def _grid_values(net: IntegerConvs, layer: int, part: str) -> np.ndarray:
+    """An integer network's weight or bias as the fp16 values its integers stand for."""
+    ints, bits = (net.weights[layer], net.w_bits) if part == "weight" else (net.biases[layer],
+                                                                              net.act_bits + net.w_bits)
+    return (ints / 2.0**bits).astype(np.float16)
 
 
 def _initialiser_pool(model_dir: Path, graph_files: dict[str, str]) -> dict[str, Where]:
@@ -60,6 +80,12 @@ def _initialiser_pool(model_dir: Path, graph_files: dict[str, str]) -> dict[str,
             for transpose in (False, True) if half.ndim == 2 else (False,):
                 where = {"graph": graph, "initializer": name, "transpose": transpose}
                 pool.setdefault(_sha(half.T if transpose else half), where | ({"scale": scale} if scale else {}))
+    for key, nets in _integer_nets(model_dir).items():
+        for n, net in enumerate(nets):
+            for layer in range(len(net.weights)):
+                for part in ("weight", "bias"):
+                    where = {"integer": key, "net": n, "layer": layer, "part": part}
+                    pool.setdefault(_sha(_grid_values(net, layer, part)), where)
     return pool
 
 
@@ -102,15 +128,20 @@ def derive(model_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ValueError(f"{model_dir}: no {INDEX_FILE} (export the model again with this version of hf-export)")
     index = json.loads(path.read_text())
-    if index.get("version") != INDEX_VERSION:
+    if index.get("version") not in READS:
         raise ValueError(f"{path}: index version {index.get('version')} is not supported")
     manifest = json.loads((model_dir / "manifest.json").read_text())
     graph_files = {name: g["file"] for name, g in manifest["graphs"].items()}
     extra = (model_dir / index["extra_file"]).read_bytes()
     graphs: dict[str, dict[str, onnx.TensorProto]] = {}
+    integer: dict[str, list[IntegerConvs]] = {}
 
     def tensor(e: dict[str, Any]) -> torch.Tensor:
-        if "graph" in e:
+        if "integer" in e:
+            if not integer:
+                integer.update(_integer_nets(model_dir))
+            a = _grid_values(integer[e["integer"]][e["net"]], e["layer"], e["part"]).astype(e["dtype"])
+        elif "graph" in e:
             if e["graph"] not in graphs:
                 loaded = onnx.load(model_dir / graph_files[e["graph"]])
                 graphs[e["graph"]] = {t.name: t for t in loaded.graph.initializer}

@@ -24,12 +24,12 @@ def export_bundle(ckpt: Path, out: Path, simplify: bool = True, parity: bool = T
     """Export into a temporary folder next to ``out``, then swap it in (never a half-written model).
     ``int8`` adds int8 variants of the decode-side graphs after the fp32 parity checks (export/quantize.py)."""
     from ..models import checkpoint
-    from . import bundle_index, convert, int8_weights, manifest
+    from . import bundle_index, convert, grids, manifest
     from .graphs import graph_specs, real_inputs
     from .parity import end_to_end, graph_parity
 
     payload = checkpoint.load(ckpt)
-    c = int8_weights.components(payload, ckpt)  # the predictor's linear weights rounded to int8
+    c = grids.components(payload, ckpt)  # weights on the runtime's int8 and integer grids (grids.py)
     specs = graph_specs(c)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -85,18 +85,6 @@ def round_predictor(state: dict[str, Any], keys: Iterable[str]) -> int:
     return changed
 
 
-def components(payload: dict[str, Any], path: Path | str) -> Any:  # noqa: ANN401  (models.bundle.Components)
-    """The bundle ``payload``'s networks as the export writes them: the predictor's linear weights
-    rounded onto the int8 grid, in ``payload`` too (the model, its parity checks and the bundle that
-    ``hf-train rebundle`` rebuilds all hold the rounded weights)."""
-    from ..models.bundle import components_from_payload
-
-    c = components_from_payload(payload, path)
-    if c.predictor is not None and round_predictor(payload["predictor"]["state"], linear_keys(c.predictor)):
-        c = components_from_payload(payload, path)
-    return c
-
-
 def _sha(a: np.ndarray) -> str:
     return hashlib.sha256(np.ascontiguousarray(a, np.float32).tobytes()).hexdigest()
 
@@ -134,7 +122,7 @@ def store_int8(model: onnx.ModelProto, weights: Iterable[np.ndarray]) -> int:
         found.add(sha)
         q, scale = round_columns(value, axis=1)
         if not np.array_equal(_dequantised(q, scale, 1), value):
-            raise ValueError(f"{name}: weights not on the int8 grid (export through ``components``)")
+            raise ValueError(f"{name}: weights not on the int8 grid (export through ``grids.components``)")
         stem = source.name.removesuffix("__fp16")
         graph.initializer.extend([numpy_helper.from_array(q, f"{stem}__int8"),
                                   numpy_helper.from_array(scale, f"{stem}__scale"),

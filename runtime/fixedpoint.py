@@ -17,6 +17,9 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 EXACT_LIMIT = 2.0**52
+# The grids every exported integer network uses (the exporter rounds the bundle's weights onto them
+# first, export/grids.py): activations × 2**ACT_BITS, weights × 2**W_BITS, biases × 2**(ACT_BITS + W_BITS).
+ACT_BITS, W_BITS = 10, 12
 
 
 class FixedPointError(ValueError):
@@ -96,8 +99,8 @@ class IntegerConvs:
 
 class IntegerHyperSynthesis(IntegerConvs):
     @classmethod
-    def quantise(cls, weights: list[np.ndarray], biases: list[np.ndarray], act_bits: int = 10,
-                 w_bits: int = 12) -> IntegerHyperSynthesis:
+    def quantise(cls, weights: list[np.ndarray], biases: list[np.ndarray], act_bits: int = ACT_BITS,
+                 w_bits: int = W_BITS) -> IntegerHyperSynthesis:
         return cls(*cls.quantised(weights, biases, act_bits, w_bits), act_bits, w_bits)
 
     def save(self, path: Path) -> None:
@@ -137,8 +140,8 @@ class IntegerContext:
         return len(self.nets) + 1
 
     @classmethod
-    def quantise(cls, nets: list[tuple[list[np.ndarray], list[np.ndarray]]], act_bits: int = 10,
-                 w_bits: int = 12) -> IntegerContext:
+    def quantise(cls, nets: list[tuple[list[np.ndarray], list[np.ndarray]]], act_bits: int = ACT_BITS,
+                 w_bits: int = W_BITS) -> IntegerContext:
         return cls([IntegerConvs(*IntegerConvs.quantised(w, b, act_bits, w_bits), act_bits, w_bits)
                     for w, b in nets])
 

@@ -84,7 +84,7 @@ def test_fp16_initialisers_change_no_output(tmp_path: Path) -> None:
 
     from hybridflow.export.convert import to_onnx
     from hybridflow.export.graphs import graph_specs
-    from hybridflow.export.int8_weights import components
+    from hybridflow.export.grids import components
     from hybridflow.models import checkpoint
     from hybridflow.models.bundle import save_bundle, tiny_components
 
@@ -104,14 +104,18 @@ def test_fp16_initialisers_change_no_output(tmp_path: Path) -> None:
 
 def test_bundle_is_rebuilt_from_the_export_bit_for_bit(tiny_bundle: Path, tiny_model: Path, tmp_path: Path) -> None:
     from hybridflow.export.bundle_index import EXTRA_FILE, derive
-    from hybridflow.export.int8_weights import components
+    from hybridflow.export.grids import components
     from hybridflow.models import checkpoint
 
     derived = derive(tiny_model)
     exported = checkpoint.load(tiny_bundle)
-    components(exported, tiny_bundle)  # what the export wrote: the predictor's linear weights on the int8 grid
+    components(exported, tiny_bundle)  # what the export wrote: weights on the int8 and integer grids
     assert _equal_payloads(derived, exported)
     assert not _equal_payloads(derived, checkpoint.load(tiny_bundle))  # (which the random ones were not)
+    # the hyper synthesis and context come from their integer .npz files, not a second copy in the extra file
+    state = json.loads((tiny_model / "bundle_index.json").read_text())["payload"]["cont"]["state"]
+    integer = {k for k, v in state.items() if "integer" in v["__tensor__"]}
+    assert integer and integer == {k for k in state if k.startswith(("h_s.", "context."))}
     checkpoint.save(tmp_path / "rebuilt.pt", **derived)
     man = export_bundle(tmp_path / "rebuilt.pt", tmp_path / "again", parity=False)
     assert man["model_id"] == json.loads((tiny_model / "manifest.json").read_text())["model_id"]

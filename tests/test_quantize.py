@@ -344,7 +344,8 @@ def test_predictor_linear_layers_are_int8_in_both_graphs(int8_model: Path, tiny_
     variant multiplies by the very same int8 values and scales; the codebook products stay float."""
     from onnx import numpy_helper
 
-    from hybridflow.export.int8_weights import components, linear_keys, stored_int8
+    from hybridflow.export.grids import components
+    from hybridflow.export.int8_weights import linear_keys, stored_int8
     from hybridflow.models import checkpoint
 
     linear = linear_keys(components(checkpoint.load(tiny_bundle), tiny_bundle).predictor)

@@ -111,7 +111,7 @@ def test_a_format_3_model_with_one_pixel_decoder_graph_still_decodes(tiny_model:
 
     from hybridflow.export.convert import to_onnx
     from hybridflow.export.graphs import GraphSpec, graph_specs
-    from hybridflow.export.int8_weights import components
+    from hybridflow.export.grids import components
     from hybridflow.models import checkpoint
 
     c = components(checkpoint.load(tiny_bundle), tiny_bundle)
