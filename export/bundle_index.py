@@ -22,8 +22,9 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from ..runtime.fixedpoint import IntegerContext, IntegerConvs, IntegerHyperSynthesis
+from ..runtime.fixedpoint import IntegerConvs
 from .int8_weights import dequantise, stored_int8
+from .manifest import integer_networks
 
 INDEX_FILE = "bundle_index.json"
 EXTRA_FILE = "bundle_extra.bin"
@@ -50,12 +51,7 @@ Where = dict[str, Any]  # graph, initializer, transpose; and "scale" for an int8
 
 
 def _integer_nets(model_dir: Path) -> dict[str, list[IntegerConvs]]:
-    """Manifest key → the integer networks stored under it (runtime/fixedpoint.py)."""
-    manifest = json.loads((model_dir / "manifest.json").read_text())
-    nets = {"hyper_synthesis": [IntegerHyperSynthesis.load(model_dir / manifest["hyper_synthesis"])]}
-    if "channel_context" in manifest:
-        nets["channel_context"] = IntegerContext.load(model_dir / manifest["channel_context"]).nets
-    return nets
+    return integer_networks(json.loads((model_dir / "manifest.json").read_text()), model_dir)
 
 
 def _grid_values(net: IntegerConvs, layer: int, part: str) -> np.ndarray:

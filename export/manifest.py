@@ -15,7 +15,7 @@ from ..models.bundle import Components
 from ..models.entropy_models import scale_table
 from ..models.vq import Decoder
 from ..runtime.bitstream import FORMAT_VERSION
-from ..runtime.fixedpoint import IntegerContext, IntegerHyperSynthesis
+from ..runtime.fixedpoint import IntegerContext, IntegerConvs, IntegerHyperSynthesis
 from ..runtime.masking import SCHEDULES
 from ..runtime.model import FORMAT_WITHOUT_CONTEXT, MODEL_FORMAT_VERSION
 from ..runtime.rates import GAIN_BITS
@@ -120,6 +120,16 @@ def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[s
     return manifest
 
 
+def integer_networks(manifest: dict[str, Any], out: Path) -> dict[str, list[IntegerConvs]]:
+    """Manifest key → the integer networks stored under it: the hyper synthesis, then the context's
+    slices if the model has one (absent: the model id is computed as before contexts existed)."""
+    hyper = IntegerHyperSynthesis.load(out / manifest["hyper_synthesis"])
+    nets: dict[str, list[IntegerConvs]] = {"hyper_synthesis": [hyper]}
+    if "channel_context" in manifest:
+        nets["channel_context"] = IntegerContext.load(out / manifest["channel_context"]).nets
+    return nets
+
+
 def model_id(manifest: dict[str, Any], out: Path) -> str:
     """SHA-256 over everything that changes decoded pixels or parsing: graph bytes, integer hyper
     synthesis and context weights, tables and shapes (not the parity results or file names)."""
@@ -127,11 +137,7 @@ def model_id(manifest: dict[str, Any], out: Path) -> str:
     for name in sorted(manifest["graphs"]):
         h.update(name.encode())
         h.update((out / manifest["graphs"][name]["file"]).read_bytes())
-    hyper = IntegerHyperSynthesis.load(out / manifest["hyper_synthesis"])
-    nets = [hyper]
-    if "channel_context" in manifest:  # (absent: the id is computed as before contexts existed)
-        nets += IntegerContext.load(out / manifest["channel_context"]).nets
-    for net in nets:
+    for net in (net for nets in integer_networks(manifest, out).values() for net in nets):
         for w, b in zip(net.weights, net.biases):
             h.update(w.astype(np.int64).tobytes())
             h.update(b.astype(np.int64).tobytes())
