@@ -123,6 +123,34 @@ def test_bundle_is_rebuilt_from_the_export_bit_for_bit(tiny_bundle: Path, tiny_m
         assert (tmp_path / "again" / f).read_bytes() == (tiny_model / f).read_bytes()
 
 
+def test_version_1_index_still_rebuilds_its_bundle(tiny_model: Path, tmp_path: Path) -> None:
+    """Model directories exported before index version 2 kept the integer networks' fp16 copy in the extra
+    file: ``hf-train rebundle`` must still read them."""
+    import shutil
+
+    from hybridflow.export.bundle_index import EXTRA_FILE, INDEX_FILE, derive
+
+    old = tmp_path / "v1"
+    shutil.copytree(tiny_model, old)
+    index = json.loads((old / INDEX_FILE).read_text())
+    extra = bytearray((old / EXTRA_FILE).read_bytes())
+    derived = derive(tiny_model)
+    moved = 0
+    for key, entry in index["payload"]["cont"]["state"].items():  # as version 1 wrote them: raw bytes
+        e = entry["__tensor__"]
+        if "integer" in e:
+            raw = derived["cont"]["state"][key].numpy().tobytes()
+            for k in ("integer", "net", "layer", "part"):
+                del e[k]
+            e.update(offset=len(extra), nbytes=len(raw))
+            extra.extend(raw)
+            moved += 1
+    index["version"] = 1
+    (old / INDEX_FILE).write_text(json.dumps(index))
+    (old / EXTRA_FILE).write_bytes(bytes(extra))
+    assert moved and _equal_payloads(derive(old), derived)
+
+
 def test_edited_model_dir_does_not_rebuild_a_wrong_bundle(tiny_model: Path, tmp_path: Path) -> None:
     import shutil
 
