@@ -76,3 +76,11 @@ def test_context_changes_the_stream_not_its_meaning(codec, photo: np.ndarray) ->
                            lambda part, here, mu, std: sym.y_residual[part])
     assert np.array_equal(with_ctx.std, sym.y_scale)
     assert not np.array_equal(plain.std, with_ctx.std)
+
+
+def test_context_points_keep_repeats_as_weights() -> None:
+    from hybridflow.models.train.stage1_cont import _points
+
+    assert _points("4,3,3", 9).tolist() == [3, 3, 4]  # point 3 takes two thirds of each batch
+    with pytest.raises(ValueError, match="points 0…8"):
+        _points("3,9", 9)

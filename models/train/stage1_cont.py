@@ -20,7 +20,7 @@ points' gains are re-learnt afterwards (``--gains-only --init RUN/last.pt``).
 
 ``context_only`` (session 24) gives ``init``'s frozen codec a channel-wise context (models/context.py) —
 or goes on training the one it has — and trains only that: loss bpp + λ_k·MSE at every rate point
-(sample i at point i mod K, λ_k as for gains-only; ``context_points`` narrows the points), the MSE because
+(sample i at point i mod K, λ_k as for gains-only; ``context_points`` narrows or weights the points), the MSE because
 the context also moves the quantisation offsets μ'. Every stream's symbols change, nothing the decoders
 read changes meaning."""
 
@@ -76,7 +76,9 @@ class ContTrainConfig(RunConfig):
     context_only: bool = field(default=False, metadata={"help": "train only a channel-wise context for --init's "
                                                                 "frozen codec (--context-slices; see above)"})
     context_points: str = field(default="", metadata={"help": "context-only: the rate points it trains at, e.g. "
-                                                              "'2,3,4' (default: all; default streams use the base)"})
+                                                              "'2,3,4'; a point named k times gets k shares of each "
+                                                              "batch, e.g. '3,3,3,0,1,2,4,5,6,7,8' (default: all, "
+                                                              "equally; default streams use the base)"})
 
 
 class RatePoints(nn.Module):
@@ -203,9 +205,10 @@ def _encoder_model(cfg: ContTrainConfig) -> tuple[ContinuousCodec, ContConfig]:
 
 
 def _points(text: str, count: int) -> torch.Tensor:
-    """'2,3,4' → tensor([2, 3, 4]), each a rate point of a codec with ``count`` of them."""
+    """'2,3,4' → tensor([2, 3, 4]), each a rate point of a codec with ``count`` of them; repeats are kept
+    (sample i of a batch trains at entry i mod n, so a point named twice gets twice the share)."""
     try:
-        points = sorted({int(v) for v in text.split(",")})
+        points = sorted(int(v) for v in text.split(","))
     except ValueError:
         raise ValueError(f"--context-points must be comma-separated point numbers, not {text!r}") from None
     if not points or points[0] < 0 or points[-1] >= count:
