@@ -50,15 +50,9 @@ Where = dict[str, Any]  # graph, initializer, transpose; and "scale" for an int8
 #                        or integer (a manifest key), net, layer, part for an integer network's tensor
 
 
-def _integer_nets(model_dir: Path) -> dict[str, list[IntegerConvs]]:
-    return integer_networks(json.loads((model_dir / "manifest.json").read_text()), model_dir)
-
-
 def _grid_values(net: IntegerConvs, layer: int, part: str) -> np.ndarray:
     """An integer network's weight or bias as the fp16 values its integers stand for."""
-    ints, bits = (net.weights[layer], net.w_bits) if part == "weight" else (net.biases[layer],
-                                                                              net.act_bits + net.w_bits)
-    return (ints / 2.0**bits).astype(np.float16)
+    return net.values(layer, part).astype(np.float16)
 
 
 def _initialiser_pool(model_dir: Path, graph_files: dict[str, str]) -> dict[str, Where]:
@@ -76,7 +70,8 @@ def _initialiser_pool(model_dir: Path, graph_files: dict[str, str]) -> dict[str,
             for transpose in (False, True) if half.ndim == 2 else (False,):
                 where = {"graph": graph, "initializer": name, "transpose": transpose}
                 pool.setdefault(_sha(half.T if transpose else half), where | ({"scale": scale} if scale else {}))
-    for key, nets in _integer_nets(model_dir).items():
+    manifest = json.loads((model_dir / "manifest.json").read_text())
+    for key, nets in integer_networks(manifest, model_dir).items():
         for n, net in enumerate(nets):
             for layer in range(len(net.weights)):
                 for part in ("weight", "bias"):
@@ -135,7 +130,7 @@ def derive(model_dir: Path) -> dict[str, Any]:
     def tensor(e: dict[str, Any]) -> torch.Tensor:
         if "integer" in e:
             if not integer:
-                integer.update(_integer_nets(model_dir))
+                integer.update(integer_networks(manifest, model_dir))
             a = _grid_values(integer[e["integer"]][e["net"]], e["layer"], e["part"]).astype(e["dtype"])
         elif "graph" in e:
             if e["graph"] not in graphs:

@@ -22,17 +22,18 @@ from typing import Any
 
 import torch
 
-from ..runtime.fixedpoint import ACT_BITS, W_BITS
+from ..runtime.fixedpoint import ACT_BITS, W_BITS, IntegerConvs
 from .int8_weights import linear_keys, round_predictor
 
 
-def integer_layers(cont: torch.nn.Module) -> list[torch.nn.Conv2d]:
-    """The continuous codec's convolutions that the runtime runs in integers: the hyper synthesis's,
-    then each context slice's (the order ``manifest.integer_hyper`` / ``integer_context`` export)."""
-    layers = list(cont.h_s.layers())
+def integer_layer_groups(cont: torch.nn.Module) -> list[list[torch.nn.Conv2d]]:
+    """The continuous codec's convolutions that the runtime runs in integers, one list per integer
+    network: the hyper synthesis, then each context slice after the first (``manifest.build`` exports
+    them in this order)."""
+    groups = [list(cont.h_s.layers())]
     if cont.context is not None:
-        layers += [conv for s in range(1, cont.context.slices) for conv in cont.context.convolutions(s)]
-    return layers
+        groups += [cont.context.convolutions(s) for s in range(1, cont.context.slices)]
+    return groups
 
 
 def _on_grid(t: torch.Tensor, bits: int) -> torch.Tensor:
@@ -49,8 +50,8 @@ def round_integer_networks(state: dict[str, torch.Tensor], cont: torch.nn.Module
     tensors changed (0 for a bundle already rounded)."""
     names = {id(m): n for n, m in cont.named_modules()}
     changed = 0
-    for layer in integer_layers(cont):
-        for part, bits in (("weight", W_BITS), ("bias", ACT_BITS + W_BITS)):
+    for layer in (layer for group in integer_layer_groups(cont) for layer in group):
+        for part, bits in IntegerConvs.grid_bits(ACT_BITS, W_BITS).items():
             key = f"{names[id(layer)]}.{part}"
             rounded = _on_grid(state[key], bits)
             changed += int(not torch.equal(rounded, state[key]))

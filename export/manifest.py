@@ -20,6 +20,7 @@ from ..runtime.masking import SCHEDULES
 from ..runtime.model import FORMAT_WITHOUT_CONTEXT, MODEL_FORMAT_VERSION
 from ..runtime.rates import GAIN_BITS
 from ..runtime.tiling import TILE, Geometry
+from .grids import integer_layer_groups
 
 Z_RADIUS = 32
 Y_RADIUS = 511  # residuals of the top rate points reach ±260 on edge-padded borders (session 20): never clipped
@@ -54,14 +55,12 @@ def _float_layers(layers: list[torch.nn.Conv2d]) -> tuple[list[np.ndarray], list
 
 
 def integer_hyper(c: Components) -> IntegerHyperSynthesis:
-    return IntegerHyperSynthesis.quantise(*_float_layers(c.cont.h_s.layers()))
+    return IntegerHyperSynthesis.quantise(*_float_layers(integer_layer_groups(c.cont)[0]))
 
 
 def integer_context(c: Components) -> IntegerContext | None:
-    ctx = c.cont.context
-    if ctx is None:
-        return None
-    return IntegerContext.quantise([_float_layers(ctx.convolutions(s)) for s in range(1, ctx.slices)])
+    slices = integer_layer_groups(c.cont)[1:]
+    return IntegerContext.quantise([_float_layers(group) for group in slices]) if slices else None
 
 
 def build(c: Components, graphs: dict[str, dict[str, Any]], out: Path) -> dict[str, Any]:

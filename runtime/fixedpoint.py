@@ -58,12 +58,24 @@ class IntegerConvs:
         self.act_bits, self.w_bits = act_bits, w_bits
 
     @staticmethod
+    def grid_bits(act_bits: int, w_bits: int) -> dict[str, int]:
+        """Fraction bits of each parameter's grid: weights × 2**w_bits, biases × 2**(act_bits + w_bits)
+        (a bias adds to products of activations and weights)."""
+        return {"weight": w_bits, "bias": act_bits + w_bits}
+
+    @staticmethod
     def quantised(weights: list[np.ndarray], biases: list[np.ndarray], act_bits: int, w_bits: int
                   ) -> tuple[list[np.ndarray], list[np.ndarray]]:
         """Float weights (from the trained network) → integer weights and biases, done once at export."""
-        wq = [np.round(w.astype(np.float64) * 2.0**w_bits) for w in weights]
-        bq = [np.round(b.astype(np.float64) * 2.0 ** (act_bits + w_bits)) for b in biases]
+        bits = IntegerConvs.grid_bits(act_bits, w_bits)
+        wq = [np.round(w.astype(np.float64) * 2.0 ** bits["weight"]) for w in weights]
+        bq = [np.round(b.astype(np.float64) * 2.0 ** bits["bias"]) for b in biases]
         return wq, bq
+
+    def values(self, layer: int, part: str) -> np.ndarray:
+        """Layer ``layer``'s integer weight or bias (``part``) as the float values it stands for."""
+        ints = (self.weights if part == "weight" else self.biases)[layer]
+        return ints / 2.0 ** self.grid_bits(self.act_bits, self.w_bits)[part]
 
     def arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
         arrays = {f"{prefix}w{k}": w.astype(np.int32) for k, w in enumerate(self.weights)}
