@@ -147,6 +147,13 @@ def hinge_d_loss(real_logits: torch.Tensor, fake_logits: torch.Tensor) -> torch.
     return 0.5 * (F.relu(1 - real_logits).mean() + F.relu(1 + fake_logits).mean())
 
 
+def gan_ramp(step: int, warmup: int) -> float:
+    """Share of the GAN weight at ``step``: linear from 0 over ``warmup`` steps, so a fresh discriminator
+    does not push the generator before it has learnt anything; ``warmup`` 0 (a discriminator that has,
+    e.g. ``--disc-init``) gives the full weight from the first step."""
+    return 1.0 if warmup <= 0 else min(1.0, step / warmup)
+
+
 def adaptive_weight(rec_loss: torch.Tensor, g_loss: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
     """‖∇ rec‖ / ‖∇ gan‖ at the last layer (Esser et al., VQGAN), detached and clamped."""
     g_rec = torch.autograd.grad(rec_loss, last, retain_graph=True)[0]

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hybridflow.models.losses import texture_energy_loss
+from hybridflow.models.losses import gan_ramp, texture_energy_loss
 from hybridflow.models.train.loop import Run, RunConfig, save_on_interrupt
 
 
@@ -86,3 +86,8 @@ def test_a_decaying_learning_rate_is_a_function_of_the_step_so_a_resumed_run_kee
         run.state.step = step
         shares.append((run.lr_share(True, 1000), run.lr_share(False, 1000)))
     assert shares == [(1.0, 1.0), (0.75, 1.0), (0.0, 1.0), (0.0, 1.0)]  # never below zero past the end
+
+
+def test_gan_ramp_rises_linearly_and_accepts_no_warmup():
+    assert [gan_ramp(s, 100) for s in (0, 50, 100, 400)] == [0.0, 0.5, 1.0, 1.0]
+    assert gan_ramp(0, 0) == 1.0  # --disc-warmup 0 divided by zero before

@@ -54,7 +54,7 @@ from ..discriminator import PatchDiscriminator
 from ..fusion import Fusion, FusionConfig
 from ..hyperprior import ContinuousCodec
 from ..layers import NORMS
-from ..losses import TEXTURE_MATCHES, adaptive_weight, hinge_d_loss, perceptual_loss, texture_energy_loss
+from ..losses import TEXTURE_MATCHES, adaptive_weight, gan_ramp, hinge_d_loss, perceptual_loss, texture_energy_loss
 from ..lpips import LPIPS
 from ..transformer import MaskedTokenPredictor, TransformerConfig
 from ..vq import VQAutoencoder
@@ -84,7 +84,8 @@ class Stage3TrainConfig(RunConfig):
                                                               "weight × this), see the module docstring"})
     disc_init: str = field(default="", metadata={"help": "stage1-vq (or GAN stage-3) checkpoint whose "
                                                          "discriminator starts the GAN", "must_exist": True})
-    disc_warmup: int = field(default=100, metadata={"help": "steps over which the GAN weight ramps up from 0"})
+    disc_warmup: int = field(default=100, metadata={"help": "steps over which the GAN weight ramps up from 0 "
+                                                             "(0: full weight at once)"})
     disc_lr: float = field(default=0.0, metadata={"help": "the discriminator's Adam learning rate (0: --lr); a "
                                                           "fresh one must learn faster than a fine-tuned decoder"})
     lr_decay: bool = field(default=False, metadata={"help": "LR falls linearly to 0 at --steps: a GAN run ends in "
@@ -260,7 +261,7 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
         w_gan = 0.0
         if gan:
             g_loss = -disc(out).mean()
-            w_gan = cfg.disc_weight * min(1.0, run.state.step / cfg.disc_warmup) * adaptive_weight(loss, g_loss, out)
+            w_gan = cfg.disc_weight * gan_ramp(run.state.step, cfg.disc_warmup) * adaptive_weight(loss, g_loss, out)
             loss = loss + w_gan * g_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
