@@ -88,6 +88,6 @@ def test_a_decaying_learning_rate_is_a_function_of_the_step_so_a_resumed_run_kee
     assert shares == [(1.0, 1.0), (0.75, 1.0), (0.0, 1.0), (0.0, 1.0)]  # never below zero past the end
 
 
-def test_gan_ramp_rises_linearly_and_accepts_no_warmup():
+def test_gan_ramp_rises_linearly_and_accepts_no_warmup() -> None:
     assert [gan_ramp(s, 100) for s in (0, 50, 100, 400)] == [0.0, 0.5, 1.0, 1.0]
     assert gan_ramp(0, 0) == 1.0  # --disc-warmup 0 divided by zero before
