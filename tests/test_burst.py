@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
@@ -65,13 +66,17 @@ def test_toy_burst_on_cpu_bundles_and_exports(synthetic_data: Path, tmp_path: Pa
         pytest.skip("no LPIPS weights in ../shared/weights/lpips (the pack carries them)")
     monkeypatch.setenv(lpips.ENV, str(lpips.weights_dir()))  # run() points both at the pack; restored after
     monkeypatch.setenv("HF_DATA", str(synthetic_data))
+    # every stage's networks through torch.compile (--compile), traced forward and backward but run without
+    # code generation (backend aot_eager: seconds, not minutes); test_training.py compiles for real
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="aot_eager"))
     pack = tmp_path / "pack"
     make_pack(pack, synthetic_data, tmp_path / "cache", mib=6.0, vgg_blocks=1, alex=True)  # LPIPS from the pack
     out = tmp_path / "out"
     cfg = BurstConfig(out=str(out), data=str(pack), minutes=10.0, device="cpu", work=str(tmp_path / "work"), toy=True,
                       steps=2, tiles=8, vq_batch=2, cont_batch=2, stage2_batch=4, stage3_batch=2, val_every=10**6,
-                      bf16=False, stage3_predictor=True)  # (bf16 on a CPU pays oneDNN set-up per shape: slow for toy
-    # networks; stage 3 also fine-tunes the predictor, whose stage-3 weights must be the ones that come out)
+                      bf16=False, stage3_predictor=True, compile=True)
+    # (bf16 on a CPU pays oneDNN set-up per shape: slow for toy networks; stage 3 also fine-tunes the
+    # predictor, whose stage-3 weights must be the ones that come out)
     log = run(cfg)
     assert sorted(p.name for p in out.iterdir()) == sorted(OUT_FILES)
     assert all(p.stat().st_size <= 16 << 20 for p in out.iterdir())

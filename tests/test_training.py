@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from hybridflow.models.losses import gan_ramp, texture_energy_loss
-from hybridflow.models.train.loop import Run, RunConfig, save_on_interrupt
+from hybridflow.models.train.loop import Run, RunConfig, compiled, save_on_interrupt
 
 
 def _textured(seed: int = 0) -> torch.Tensor:
@@ -91,3 +91,22 @@ def test_a_decaying_learning_rate_is_a_function_of_the_step_so_a_resumed_run_kee
 def test_gan_ramp_rises_linearly_and_accepts_no_warmup() -> None:
     assert [gan_ramp(s, 100) for s in (0, 50, 100, 400)] == [0.0, 0.5, 1.0, 1.0]
     assert gan_ramp(0, 0) == 1.0  # --disc-warmup 0 divided by zero before
+
+
+def test_a_compiled_network_trains_the_plain_modules_parameters() -> None:
+    """``--compile``: the step runs torch.compile's wrapper, the stage saves the plain module, so the
+    wrapper must compute the same thing and its gradients must land on the plain module's parameters.
+    (Real code generation here; tests/test_burst.py runs every stage through it traced only.)"""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 3, 3, padding=1))
+    x = torch.randn(2, 3, 16, 16)
+    assert compiled(RunConfig(), net) is net
+    run_net = compiled(RunConfig(compile=True), net)
+    assert run_net is not net
+    out = run_net(x)
+    assert torch.allclose(out, net(x), atol=1e-5)
+    out.square().mean().backward()
+    grads = [p.grad.clone() for p in net.parameters()]
+    net.zero_grad()
+    net(x).square().mean().backward()
+    assert all(torch.allclose(a, p.grad, atol=1e-5) for a, p in zip(grads, net.parameters()))

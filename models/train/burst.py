@@ -61,6 +61,8 @@ class BurstConfig:
     val_every: int = field(default=500, metadata={"help": "steps between validations (each stage also validates "
                                                           "when it stops)"})
     threads: int = field(default=0, metadata={"help": "CPU threads per network (0: all cores, split in stage 1)"})
+    compile: bool = field(default=False, metadata={"help": "torch.compile each stage's networks (about a minute of "
+                                                           "compiling per stage; measured on the CPU only)"})
     toy: bool = field(default=False, metadata={"help": "tiny networks from scratch (tests; never for real numbers)"})
 
 
@@ -154,7 +156,8 @@ def run(cfg: BurstConfig) -> dict[str, Any]:
     threads = cfg.threads or max(1, os.cpu_count() or 1)
     start = _start_checkpoints(cfg, work)
     vq_cfg, cont_cfg, tr_cfg = _model_configs(cfg, start)
-    common = {"device": cfg.device, "steps": cfg.steps, "val_every": cfg.val_every, "ckpt_minutes": 1e9}
+    common = {"device": cfg.device, "steps": cfg.steps, "val_every": cfg.val_every, "ckpt_minutes": 1e9,
+              "compile": cfg.compile}
     pack_info = Path(cfg.data) / "pack.json"
     vgg_blocks = json.loads(pack_info.read_text())["config"]["vgg_blocks"] if pack_info.exists() else 5
     log: dict[str, Any] = {"config": asdict(cfg), "init": {k: str(v) for k, v in start.items()},

@@ -31,7 +31,7 @@ from .. import checkpoint
 from ..data import data_root, list_images, read_rgb
 from ..fusion import Fusion, FusionConfig
 from ..lpips import LPIPS
-from .loop import Numbers, Run, RunConfig, autocast, to_tensor
+from .loop import Numbers, Run, RunConfig, autocast, compiled, to_tensor
 
 # mask schedules of the training crops: ``auto`` (per tile 1_4/1_9/…) most often, every fixed one too
 MASKS = ("auto",) * 4 + ("1_4",) * 3 + ("1_9",) * 2 + ("1_2", "1_16", "all", "none")
@@ -180,13 +180,15 @@ def train(run_dir: Path, cfg: FusionTrainConfig, cache_dir: Path) -> None:
             picks.append(crop[:, :, ::-1] if rng.random() < 0.5 else crop)
         return tuple(to_tensor(np.stack([p[k] for p in picks]), cfg.device) for k in range(3))
 
+    run_fusion, run_lpips = compiled(cfg, fusion), compiled(cfg, lpips_vgg)
+
     def step() -> Numbers:
         for group in opt.param_groups:
             group["lr"] = cfg.lr * run.lr_share(cfg.lr_decay, cfg.steps)
         target, pixels, cont = batch()
         with autocast(cfg):
-            out = fusion(pixels, cont)
-            lp = lpips_vgg(out, target).mean()
+            out = run_fusion(pixels, cont)
+            lp = run_lpips(out, target).mean()
         l1 = F.l1_loss(out.float(), target)
         loss = l1 + cfg.lpips_weight * lp.float()
         opt.zero_grad(set_to_none=True)

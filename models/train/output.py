@@ -41,7 +41,7 @@ from ..lpips import LPIPS
 from ..transformer import MaskedTokenPredictor, TransformerConfig
 from ..vq import VQAutoencoder, VQConfig
 from . import tile_cache
-from .loop import Numbers, Run, RunConfig, autocast, to_tensor
+from .loop import Numbers, Run, RunConfig, autocast, compiled, to_tensor
 from .stage3 import validate
 
 
@@ -113,6 +113,9 @@ def train(run_dir: Path, cfg: OutputTrainConfig, vq_ckpt: Path, cont_ckpt: Path,
     val_tiles = np.stack(val_crops(cfg.val_tiles))
     val = (val_tiles, *tile_cache.tokens_and_guidance(teacher, cont, val_tiles), LPIPS("alex").to(cfg.device))
 
+    run_out = compiled(cfg, out)
+    run_lpips = compiled(cfg, lpips_vgg) if lpips_vgg is not None else None
+
     def step() -> Numbers:
         rng = run.rng
         for group in opt.param_groups:
@@ -136,7 +139,7 @@ def train(run_dir: Path, cfg: OutputTrainConfig, vq_ckpt: Path, cont_ckpt: Path,
         with torch.no_grad():  # the old stage in fp32: the pictures the shipped graphs draw
             target = teacher.decoder.output(teacher.decoder.ups[-1](h))
         with autocast(cfg):
-            pred = out(h)
+            pred = run_out(h)
         pred = pred.float()
         loss = cfg.teacher_weight * F.l1_loss(pred, target)
         if cfg.l1_weight or lpips_vgg is not None:
@@ -145,7 +148,7 @@ def train(run_dir: Path, cfg: OutputTrainConfig, vq_ckpt: Path, cont_ckpt: Path,
             loss = loss + cfg.l1_weight * F.l1_loss(pred, original)
             if lpips_vgg is not None:
                 with autocast(cfg):
-                    loss = loss + cfg.lpips_weight * lpips_vgg(pred, original).mean().float()
+                    loss = loss + cfg.lpips_weight * run_lpips(pred, original).mean().float()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

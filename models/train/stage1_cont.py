@@ -40,7 +40,7 @@ from ...runtime import metrics
 from .. import checkpoint
 from ..data import ImageCache, data_root, downscale, val_crops
 from ..hyperprior import GAIN_BITS, ContConfig, ContinuousCodec
-from .loop import Numbers, Run, RunConfig, autocast, to_tensor
+from .loop import Numbers, Run, RunConfig, autocast, compiled, to_tensor
 
 
 @dataclass
@@ -258,6 +258,8 @@ def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir:
     data = ImageCache(data_root() / "train", cache_dir, downscale_by=1 if cfg.encoder_only else ds)
     images = val_crops(16, whole_tiles_only=True)
 
+    run_model = compiled(cfg, model)
+
     def step() -> Numbers:
         nonlocal log_lmbda
         for group in opt.param_groups:
@@ -268,17 +270,17 @@ def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir:
         else:
             x = (to_tensor(data.random_crops(run.rng, cfg.batch, cfg.crop), cfg.device) + 1) / 2
         if rates is not None:  # gains only: no rate controller, each point has its fixed λ
-            loss, bpps, mses = rates.loss(model, x)
+            loss, bpps, mses = rates.loss(run_model, x)
             bpp, mse = bpps.mean(), mses.mean()
         else:
             if cfg.encoder_only:  # distortion of the full-resolution picture
-                out = model(x)  # fp32: likelihoods are differences of CDFs
+                out = run_model(x)  # fp32: likelihoods are differences of CDFs
                 with autocast(cfg):
                     rec = model.full_resolution(out["g"])
                 target = (to_tensor(full, cfg.device) + 1) / 2
             else:
                 with autocast(cfg):  # (burst keeps this stage in fp32: likelihoods are differences of CDFs)
-                    out = model(x)
+                    out = run_model(x)
                 rec, target = out["x_hat"], x
             bpp = bpp_full(out, cfg.batch * cfg.crop**2, ds)
             mse = F.mse_loss(rec.float(), target)

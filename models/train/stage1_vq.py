@@ -24,7 +24,7 @@ from ..data import ImageCache, data_root, val_crops
 from ..discriminator import PatchDiscriminator
 from ..losses import TEXTURE_MATCHES, adaptive_weight, hinge_d_loss, perceptual_loss, texture_energy_loss
 from ..vq import VQAutoencoder, VQConfig
-from .loop import Numbers, Run, RunConfig, autocast, to_tensor
+from .loop import Numbers, Run, RunConfig, autocast, compiled, to_tensor
 
 
 @dataclass
@@ -98,6 +98,8 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
         warm = min(1.0, (step + 1) / 200)
         return cfg.lr * warm * ((1 - step / cfg.steps) if cfg.lr_decay else 1.0)
 
+    run_model, run_decoder, run_disc = compiled(cfg, model), compiled(cfg, model.decoder), compiled(cfg, disc)
+
     def step() -> Numbers:
         n = run.state.step  # steps done before this one
         x = to_tensor(data.random_crops(run.rng, cfg.batch, cfg.crop), cfg.device)
@@ -106,9 +108,9 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
                 with torch.no_grad():
                     z = model.encoder(x)
                     zq, _, qloss = model.quantizer(z)
-                rec = model.decoder(zq)
+                rec = run_decoder(zq)
             else:
-                rec, _, qloss, z = model(x)
+                rec, _, qloss, z = run_model(x)
         # losses in fp32, outside autocast: MS-SSIM's E[x²] − μ² cancels catastrophically in bf16
         # (batch 32 from the shipped model: the loss reached −inf at step 4, then NaN weights)
         rec = rec.float()
@@ -120,7 +122,7 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
         gan_on = n >= cfg.disc_start
         w_gan = 0.0
         if gan_on:
-            g_loss = -disc(rec).mean()
+            g_loss = -run_disc(rec).mean()
             w_gan = cfg.disc_weight * min(1.0, (n - cfg.disc_start) / 500)
             if cfg.adaptive_gan:
                 w_gan = w_gan * adaptive_weight(loss, g_loss, model.decoder.last_layer.weight)
@@ -135,7 +137,7 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
         opt.step()
         if gan_on:
             with autocast(cfg):
-                d_loss = hinge_d_loss(disc(x), disc(rec.detach()))
+                d_loss = hinge_d_loss(run_disc(x), run_disc(rec.detach()))
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()

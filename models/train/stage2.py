@@ -20,7 +20,7 @@ from ...runtime.masking import SCHEDULES, sent_mask
 from .. import checkpoint
 from ..transformer import MaskedTokenPredictor, TransformerConfig
 from . import tile_cache
-from .loop import Numbers, Run, RunConfig, autocast
+from .loop import Numbers, Run, RunConfig, autocast, compiled
 
 
 @dataclass
@@ -98,6 +98,8 @@ def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, v
     for _ in range(run.state.step):
         sched.step()
 
+    run_hidden = compiled(cfg, model.hidden)
+
     def step() -> Numbers:
         rng = run.rng
         pick = torch.from_numpy(rng.integers(n_val, len(tokens), cfg.batch))
@@ -107,7 +109,7 @@ def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, v
             drop = torch.from_numpy(rng.random(cfg.batch) < cfg.guidance_dropout).to(cfg.device)
             g = torch.where(drop[:, None, None, None], torch.zeros_like(g), g)
         with autocast(cfg):
-            hidden = model.hidden(idx, vis, g if cfg.use_guidance else None)
+            hidden = run_hidden(idx, vis, g if cfg.use_guidance else None)
             masked = ~vis.reshape(cfg.batch, -1)
             logits = model.logits(hidden[masked]).float()
         loss = F.cross_entropy(logits, idx.reshape(cfg.batch, -1)[masked])

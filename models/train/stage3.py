@@ -59,7 +59,7 @@ from ..lpips import LPIPS
 from ..transformer import MaskedTokenPredictor, TransformerConfig
 from ..vq import VQAutoencoder
 from . import tile_cache
-from .loop import Numbers, Run, RunConfig, autocast, to_tensor
+from .loop import Numbers, Run, RunConfig, autocast, compiled, to_tensor
 
 
 @dataclass
@@ -219,6 +219,10 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
                   | ({"disc": disc, "opt_d": opt_d} if gan else {})))
     grid, token = tokens.shape[-1], vq.cfg.factor  # tokens per tile side, pixels per token
     ct, px = cfg.crop_tokens, cfg.crop_tokens * token
+    # what the step runs (the plain modules stay what is saved and validated)
+    run_decoder, run_plain, run_disc = compiled(cfg, decoder), compiled(cfg, vq.decoder), compiled(cfg, disc)
+    run_fusion = compiled(cfg, fusion) if fusion is not None else None
+    run_lpips = compiled(cfg, lpips_vgg) if lpips_vgg is not None else None
 
     def step() -> Numbers:
         rng = run.rng
@@ -244,23 +248,23 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
         target = to_tensor(tiles[pick][:, y0 : y0 + px, x0 : x0 + px], cfg.device)
         crop_codes, crop_g = codes[:, :, oy : oy + ct, ox : ox + ct], g[:, :, oy : oy + ct, ox : ox + ct]
         with autocast(cfg):
-            out = vq.decoder(crop_codes) if plain else decoder(crop_codes, crop_g)
-        if fusion is not None and not plain:  # the picture the runtime shows: fused with the continuous one
+            out = run_plain(crop_codes) if plain else run_decoder(crop_codes, crop_g)
+        if run_fusion is not None and not plain:  # the picture the runtime shows: fused with the continuous one
             cont_pic = continuous_picture(cont, g)[:, :, y0 : y0 + px, x0 : x0 + px]
             with autocast(cfg):
-                out = fusion(out.clamp(-1, 1), cont_pic)
+                out = run_fusion(out.clamp(-1, 1), cont_pic)
         out = out.float()
         l1 = (out - target).abs().mean()
         perc = perceptual_loss(out, target) if cfg.perceptual_weight else torch.zeros(())
         lp = torch.zeros(())
-        if lpips_vgg is not None:
+        if run_lpips is not None:
             with autocast(cfg):
-                lp = lpips_vgg(out, target).mean().float()
+                lp = run_lpips(out, target).mean().float()
         tex = texture_energy_loss(out, target, cfg.texture_match) if cfg.texture_weight else torch.zeros(())
         loss = l1 + cfg.lpips_weight * lp + cfg.perceptual_weight * perc + cfg.texture_weight * tex + cfg.ce_weight * ce
         w_gan = 0.0
         if gan:
-            g_loss = -disc(out).mean()
+            g_loss = -run_disc(out).mean()
             w_gan = cfg.disc_weight * gan_ramp(run.state.step, cfg.disc_warmup) * adaptive_weight(loss, g_loss, out)
             loss = loss + w_gan * g_loss
         opt.zero_grad(set_to_none=True)
@@ -269,7 +273,7 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
             group["lr"] = base * run.lr_share(cfg.lr_decay, cfg.steps)
         opt.step()
         if gan:
-            d_loss = hinge_d_loss(disc(target), disc(out.detach()))
+            d_loss = hinge_d_loss(run_disc(target), run_disc(out.detach()))
             opt_d.zero_grad(set_to_none=True)
             d_loss.backward()
             opt_d.step()

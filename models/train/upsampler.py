@@ -21,7 +21,7 @@ from ...runtime.tiling import TILE
 from .. import checkpoint
 from ..data import ImageCache, data_root, val_crops
 from ..hyperprior import ContConfig, ContinuousCodec
-from .loop import Numbers, Run, RunConfig, autocast, to_tensor
+from .loop import Numbers, Run, RunConfig, autocast, compiled, to_tensor
 from .tile_cache import guidance
 
 
@@ -93,6 +93,8 @@ def train(run_dir: Path, cfg: UpsamplerTrainConfig, cont_ckpt: Path, cache_dir: 
 
     others = [k for k in range(cont.cfg.rate_points) if k != cont.cfg.base_rate]  # what --rate-share draws from
 
+    run_upsampler = compiled(cfg, cont.upsampler)
+
     def step() -> Numbers:
         for group in opt.param_groups:
             group["lr"] = cfg.lr * run.lr_share(cfg.lr_decay, cfg.steps)
@@ -102,7 +104,7 @@ def train(run_dir: Path, cfg: UpsamplerTrainConfig, cont_ckpt: Path, cache_dir: 
         rate = int(run.rng.choice(others)) if others and run.rng.random() < cfg.rate_share else None
         g = guidance(cont, x, rate)
         with autocast(cfg):
-            rec = cont.upsampler(g)
+            rec = run_upsampler(g)
         loss = F.mse_loss(rec.float(), (x + 1) / 2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
