@@ -58,6 +58,9 @@ class BicubicUp(nn.Module):
         phases = (taps[:, None, :, None] * taps[None, :, None, :]).reshape(scale * scale, 5, 5)  # (py, px)
         self.register_buffer("kernel", phases.repeat(channels, 1, 1)[:, None], persistent=False)
 
+    # eager under ``hf-train --compile``: torch 2.13's inductor fails on the replicate pad's backward
+    # ("expected … stride", replication_pad2d_backward); the export's tracing is unaffected
+    @torch.compiler.disable
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = F.pad(x, (2, 2, 2, 2), mode="replicate")
         return F.pixel_shuffle(F.conv2d(x, self.kernel, groups=self.channels), self.scale)
