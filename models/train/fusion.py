@@ -65,7 +65,10 @@ class FusionTrainConfig(RunConfig):
 
 
 def decode_pair(codec: Codec, rgb: np.ndarray, mask: str, rate: int | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """``rgb`` through a hybrid stream: (pixel decoder's picture, continuous picture), unfused."""
+    """``rgb`` through a hybrid stream: (pixel decoder's picture, continuous picture), unfused. The mask and
+    rate point (None: the base point) are taken literally: no size cap, which for an image whose ``auto``
+    stream is above ``ratecontrol.DEFAULT_MAX_BPP`` may pick a continuous-only stream with no pixel decoder."""
+    rate = codec.model.base_rate if rate is None else rate
     pictures = codec.pictures(codec.compress(rgb, mask=mask, stream="hybrid", rate=rate))
     return pictures["tokens"], pictures["continuous"]
 
@@ -91,6 +94,7 @@ def train_triples(codec: Codec, n: int, side: int, seed: int, rate_share: float)
 
 def save_cache(path: Path, triples: list[Triple]) -> None:
     """One .npz (``orig{i}``, ``tokens{i}``, ``continuous{i}``), written whole or not at all."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, **{f"{name}{i}": a for i, t in enumerate(triples)
                      for name, a in zip(("orig", "tokens", "continuous"), t)})
@@ -104,7 +108,8 @@ def load_cache(path: Path) -> list[Triple]:
 
 
 def val_triples(codec: Codec, n: int) -> list[Triple]:
-    """``n`` whole images spread over ``val``, through a hybrid stream at ``auto`` (what users get)."""
+    """``n`` whole images spread over ``val``, through a hybrid stream at ``auto`` and the base point (what
+    users get by default, but for the size cap: ``decode_pair``)."""
     paths = list_images(data_root() / "val")
     out = []
     for p in paths[:: max(1, len(paths) // n)][:n]:
