@@ -1,9 +1,11 @@
-"""The continuous stream's learned ×4 up-sampling (models/upsampler.py), with the codec frozen.
+"""The continuous stream's learned ×4 up-sampling (models/upsampler.py), with the codec's symbols frozen.
 
 Each step cuts random tile-sized training crops, runs the frozen continuous codec as the runtime does
 (4× area-downsampling, analysis, rounded ẑ and ŷ, synthesis to the guidance ``g``), and trains the
 upsampler to turn ``g`` into the full-resolution crop with MSE: the continuous-only stream is the
-method's PSNR baseline ("beat 4×-down AVIF + bicubic"). The symbols do not change, so streams, the
+method's PSNR baseline ("beat 4×-down AVIF + bicubic"). The up-sampling shares the codec's synthesis tail
+(guidance → low-res image), which learns with it, so the logged bicubic number moves too; the analysis,
+the entropy model and the synthesis head (the guidance) do not, so streams, the
 predictor and the pixel decoder stay as they are; the run's checkpoint is the codec *with* its
 upsampler, which ``hf-train bundle --cont`` takes as is. Validation: centre tiles of ``val``,
 PSNR of the learned up-sampling next to bicubic's (the number to beat)."""
