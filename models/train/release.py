@@ -50,6 +50,21 @@ def continuous_bits(cont: ContinuousCodec, tiles: np.ndarray, batch: int = 32) -
     return bits / len(tiles)
 
 
+def as_shipped(model: torch.nn.Module) -> torch.nn.Module:
+    """``model`` with the weights a release will hold: fp16, and for the continuous codec its integer
+    networks on their grids (export/grids.py). Why: the statistics ``make_bundle`` measures must be
+    those of the shipped networks, so that a bundle made again from ``hf-train unbundle``'s parts
+    measures the same and exports to the same model id (s27, bundled from fp32 parts, and its rebuild from
+    its own parts differed in the index prior and in the 6th digit of the ``auto`` threshold)."""
+    from ...export.grids import round_integer_networks
+
+    state = checkpoint.float_state(checkpoint.half_state(model.state_dict()))
+    if isinstance(model, ContinuousCodec):
+        round_integer_networks(state, model)
+    model.load_state_dict(state)
+    return model
+
+
 def sparse_share(saving: float, counts: np.ndarray, cont_bits: float, grid: int = GRID) -> float:
     """Share of tiles ``auto`` must send at 1_9 to spend ``saving`` fewer bits than uniform 1_4.
 
@@ -80,8 +95,8 @@ def make_bundle(out: Path, vq_ckpt: Path, cont_ckpt: Path, predictor_ckpt: Path 
     with no weights, made on val for a release."""
     if fusion_lowpass is not None and not fusion_ckpt:
         raise ValueError("a low-frequency anchor σ needs a fusion checkpoint (--fusion)")
-    vq = checkpoint.load_model(vq_ckpt, VQAutoencoder, VQConfig)
-    cont = checkpoint.load_model(cont_ckpt, ContinuousCodec, ContConfig)
+    vq = as_shipped(checkpoint.load_model(vq_ckpt, VQAutoencoder, VQConfig))
+    cont = as_shipped(checkpoint.load_model(cont_ckpt, ContinuousCodec, ContConfig))
     predictor = None
     if predictor_ckpt:
         predictor = checkpoint.load_model(predictor_ckpt, MaskedTokenPredictor, TransformerConfig)
