@@ -1,5 +1,5 @@
 """The two small trainers that no other test runs: ``hf-train upsampler`` (the continuous stream's ×4
-up-sampling, codec frozen) and ``hf-train fusion`` (trained on an exported model's own decodes). Toy
+up-sampling, the codec's symbols frozen) and ``hf-train fusion`` (trained on an exported model's own decodes). Toy
 size, a few steps each: what must hold is what a release relies on — only the intended weights move,
 the checkpoint is the kind ``hf-train bundle`` takes, and validation logs the numbers to beat."""
 
