@@ -41,12 +41,8 @@ def test_upsampler_run_moves_only_the_upsampling(synthetic_data: Path, tmp_path:
     # synthesis tail is shared with the up-sampling (models/upsampler.py) and learns with it
     moved = {k for k, v in before.items() if not torch.equal(v, after[k])}
     assert moved and all(k.startswith("g_s_tail.") for k in moved)
-    fresh = ContinuousCodec(codec.cfg)
-    fresh.load_state_dict(before)
-    fresh.add_upsampler(8)
-    shared = ("upsampler.head.", "upsampler.to_low.")  # the codec's tail, seen through the up-sampling
-    own = [k for k in after if k.startswith("upsampler.") and not k.startswith(shared)]
-    assert own and any(not torch.equal(fresh.state_dict()[k], after[k]) for k in own)
+    last = out.upsampler.up[-1]  # starts at zero (a new up-sampling is bicubic): it must have learned
+    assert last.weight.abs().sum() > 0 and last.bias.abs().sum() > 0
     val = [r for r in _records(tmp_path / "run") if "val_psnr" in r]
     assert [r["step"] for r in val] == [0, 3]
     # the new up-sampling's last layer starts at zero: at step 0 it *is* the bicubic number it must beat
@@ -55,7 +51,6 @@ def test_upsampler_run_moves_only_the_upsampling(synthetic_data: Path, tmp_path:
 
 def test_fusion_run_trains_on_the_exported_models_decodes(synthetic_data: Path, tiny_model: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    import torch
 
     from hybridflow.models import checkpoint, lpips
     from hybridflow.models.fusion import Fusion, FusionConfig
@@ -93,4 +88,4 @@ def test_fusion_run_trains_on_the_exported_models_decodes(synthetic_data: Path, 
     for a, b in zip(first, again):
         assert all(np.array_equal(x, y) for x, y in zip(a, b))
         assert a[0].shape == a[1].shape == a[2].shape and max(a[0].shape[:2]) <= cfg.crop_side
-    assert not torch.equal(torch.from_numpy(first[0][1]), torch.from_numpy(first[0][2]))  # two different pictures
+    assert not np.array_equal(first[0][1], first[0][2])  # two different pictures

@@ -66,11 +66,10 @@ class FusionTrainConfig(RunConfig):
 
 def decode_pair(codec: Codec, rgb: np.ndarray, mask: str, rate: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """``rgb`` through a hybrid stream: (pixel decoder's picture, continuous picture), unfused. The mask and
-    rate point (None: the base point) are taken literally. Why: under the default size cap
-    (``ratecontrol.DEFAULT_MAX_BPP``) rate control re-codes an image whose ``auto`` stream is above it, at
-    worst as a continuous-only stream, which has no pixel decoder's picture to train on."""
-    rate = codec.model.base_rate if rate is None else rate
-    pictures = codec.pictures(codec.compress(rgb, mask=mask, stream="hybrid", rate=rate))
+    rate point (None: the base point) are taken literally (``Codec.analyse``), not through ``Codec.compress``:
+    under the default size cap (``ratecontrol.DEFAULT_MAX_BPP``) rate control re-codes an image whose ``auto``
+    stream is above it, at worst as a continuous-only stream, which has no pixel decoder's picture."""
+    pictures = codec.pictures(codec.entropy_code(codec.analyse(rgb, mask, "hybrid", rate=rate)))
     return pictures["tokens"], pictures["continuous"]
 
 
