@@ -39,6 +39,7 @@ def test_a_stage_stops_on_its_wall_clock_budget(synthetic_data: Path, tmp_path: 
     from hybridflow.models.data import ImageCache
     from hybridflow.models.hyperprior import ContConfig
     from hybridflow.models.train import stage1_cont
+    from hybridflow.models.train.loop import read_log
 
     monkeypatch.setenv("HF_DATA", str(synthetic_data))
     # set-up counts against the budget: build the image cache and pay torch.optim's first-use import
@@ -49,7 +50,7 @@ def test_a_stage_stops_on_its_wall_clock_budget(synthetic_data: Path, tmp_path: 
     stage1_cont.train(tmp_path / "run", cfg, ContConfig(channels=16, latent=16, hyper=8), tmp_path / "cache")
     ck = checkpoint.load(tmp_path / "run" / "last.pt")
     assert 0 < ck["step"] < 10**6  # stopped by the clock, with a checkpoint
-    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    records = read_log(tmp_path / "run")
     assert records[-1]["step"] == ck["step"] and "val_bpp" in records[-1]  # validated where it stopped
 
 
@@ -109,6 +110,7 @@ def test_stage3_trains_through_the_fusion(synthetic_data: Path, tmp_path: Path,
     from hybridflow.models.correction import CorrectionNet, PixelDecoder
     from hybridflow.models.data import val_crops
     from hybridflow.models.train import stage3, tile_cache
+    from hybridflow.models.train.loop import read_log
 
     if not (lpips.available("vgg") and lpips.available("alex")):
         pytest.skip("no LPIPS weights in ../shared/weights/lpips")
@@ -129,7 +131,7 @@ def test_stage3_trains_through_the_fusion(synthetic_data: Path, tmp_path: Path,
     assert fused["kind"] == "fusion" and fused["step"] == 3
     moved = [k for k, v in c.fusion.state_dict().items() if not torch.equal(v, fused["model"][k])]
     assert "out.2.weight" in moved
-    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    records = read_log(tmp_path / "run")
     val = [r for r in records if "val_psnr" in r]
     assert [r["step"] for r in val] == [0, 3]
 

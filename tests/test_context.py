@@ -3,7 +3,6 @@ only the context, and what it changes in streams."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +19,7 @@ def test_context_only_training_moves_only_the_context(synthetic_data: Path, tmp_
     from hybridflow.models import checkpoint
     from hybridflow.models.hyperprior import ContConfig, ContinuousCodec
     from hybridflow.models.train import stage1_cont
+    from hybridflow.models.train.loop import read_log
 
     monkeypatch.setenv("HF_DATA", str(synthetic_data))
     torch.manual_seed(0)
@@ -44,7 +44,7 @@ def test_context_only_training_moves_only_the_context(synthetic_data: Path, tmp_
         assert torch.equal(value, ck["model"][name]), name
     last = [k for k in ck["model"] if k.startswith("context.") and k.endswith(".4.weight")]
     assert last and all(ck["model"][k].abs().max() > 0 for k in last)  # zero at the start, learnt since
-    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    records = read_log(tmp_path / "run")
     assert len([r for r in records if "val_bpp" in r][-1]["val_bpp"]) == 3
 
     # a second run from it at the base point only goes on with the same context (not a fresh one)

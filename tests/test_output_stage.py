@@ -4,7 +4,6 @@ decoded seamlessly by the runtime."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ def test_distillation_learns_the_old_stage_and_touches_nothing_else(synthetic_da
     from hybridflow.models import checkpoint, lpips
     from hybridflow.models.bundle import tiny_components
     from hybridflow.models.train import output
+    from hybridflow.models.train.loop import read_log
     from hybridflow.models.vq import VQAutoencoder, VQConfig
 
     if not lpips.available("alex"):
@@ -56,7 +56,7 @@ def test_distillation_learns_the_old_stage_and_touches_nothing_else(synthetic_da
         target = c.vq.decoder.output(c.vq.decoder.ups[-1](h))
         err = [(m.decoder.out(h) - target).abs().mean().item() for m in (start, student)]
     assert err[1] < 0.8 * err[0]
-    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    records = read_log(tmp_path / "run")
     assert "old_val_psnr" in records[0] and "val_psnr" in records[-1]
 
     # the second phase: from the distilled stage, against the originals (L1 + LPIPS-VGG)

@@ -26,6 +26,7 @@ def test_gains_only_training_moves_only_the_gains(synthetic_data: Path, tmp_path
     from hybridflow.models import checkpoint
     from hybridflow.models.hyperprior import ContConfig, ContinuousCodec
     from hybridflow.models.train import stage1_cont
+    from hybridflow.models.train.loop import read_log
 
     monkeypatch.setenv("HF_DATA", str(synthetic_data))
     torch.manual_seed(0)
@@ -51,7 +52,7 @@ def test_gains_only_training_moves_only_the_gains(synthetic_data: Path, tmp_path
     start = torch.tensor([1 / 1.5, 1.5], dtype=torch.float64)[:, None]
     assert (gain[[0, 2]] - start).abs().max() > 1e-3  # learnt, not the geometric start
     assert (gain[0] < 1).all() and (gain[2] > 1).all()
-    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    records = read_log(tmp_path / "run")
     val = [r for r in records if "val_bpp" in r][-1]
     assert len(val["val_bpp"]) == 3 and val["val_bpp"][0] < val["val_bpp"][1] < val["val_bpp"][2]
 

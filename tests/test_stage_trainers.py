@@ -5,17 +5,12 @@ the checkpoint is the kind ``hf-train bundle`` takes, and validation logs the nu
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 pytest.importorskip("torch")
-
-
-def _records(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "log.jsonl").read_text().splitlines()]
 
 
 def test_upsampler_run_moves_only_the_upsampling(synthetic_data: Path, tmp_path: Path,
@@ -25,6 +20,7 @@ def test_upsampler_run_moves_only_the_upsampling(synthetic_data: Path, tmp_path:
     from hybridflow.models import checkpoint
     from hybridflow.models.hyperprior import ContConfig, ContinuousCodec
     from hybridflow.models.train import upsampler
+    from hybridflow.models.train.loop import read_log
 
     monkeypatch.setenv("HF_DATA", str(synthetic_data))
     torch.manual_seed(0)
@@ -43,7 +39,7 @@ def test_upsampler_run_moves_only_the_upsampling(synthetic_data: Path, tmp_path:
     assert moved and all(k.startswith("g_s_tail.") for k in moved)
     last = out.upsampler.up[-1]  # starts at zero (a new up-sampling is bicubic): it must have learned
     assert last.weight.abs().sum() > 0 and last.bias.abs().sum() > 0
-    val = [r for r in _records(tmp_path / "run") if "val_psnr" in r]
+    val = [r for r in read_log(tmp_path / "run") if "val_psnr" in r]
     assert [r["step"] for r in val] == [0, 3]
     # the new up-sampling's last layer starts at zero: at step 0 it *is* the bicubic number it must beat
     assert val[0]["val_psnr"] == pytest.approx(val[0]["val_psnr_bicubic"], abs=1e-6)
@@ -55,6 +51,7 @@ def test_fusion_run_trains_on_the_exported_models_decodes(synthetic_data: Path, 
     from hybridflow.models import checkpoint, lpips
     from hybridflow.models.fusion import Fusion, FusionConfig
     from hybridflow.models.train import fusion as fusion_stage
+    from hybridflow.models.train.loop import read_log
 
     if not (lpips.available("vgg") and lpips.available("alex")):
         pytest.skip("no LPIPS weights in ../shared/weights/lpips")
@@ -72,7 +69,7 @@ def test_fusion_run_trains_on_the_exported_models_decodes(synthetic_data: Path, 
     caches = sorted(p.name for p in (tmp_path / "cache").iterdir())
     assert len(caches) == 2 and all(name.startswith("fusion_") for name in caches)
 
-    val = [r for r in _records(tmp_path / "run") if "val_psnr" in r]
+    val = [r for r in read_log(tmp_path / "run") if "val_psnr" in r]
     assert [r["step"] for r in val] == [0, 2]
     # step 0: an untrained fusion is the pixel decoder's picture, the number it has to beat
     assert val[0]["val_psnr"] == pytest.approx(val[0]["val_psnr_tokens"], abs=1e-9)

@@ -118,10 +118,10 @@ def test_encoder_only_training_leaves_the_decoder_side_alone(synthetic_data, tmp
     picture, while the synthesis and the learned up-sampling (what the guidance and every later stage
     depend on) stay bit-identical; validation reports the full-resolution PSNR; a codec without a learned
     up-sampling is refused."""
-    import json
 
     from hybridflow.models import checkpoint
     from hybridflow.models.train import stage1_cont
+    from hybridflow.models.train.loop import read_log
 
     monkeypatch.setenv("HF_DATA", str(synthetic_data))
     torch.manual_seed(0)
@@ -147,7 +147,7 @@ def test_encoder_only_training_leaves_the_decoder_side_alone(synthetic_data, tmp
             assert torch.equal(value, after[name]), name
     moved = [n for n, v in before.items() if not n.startswith(decoder_side) and not torch.equal(v, after[n])]
     assert any(n.startswith("g_a.") for n in moved) and any(n.startswith("h_s.") for n in moved)
-    records = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    records = read_log(tmp_path / "run")
     val = [r for r in records if "val_psnr_full" in r]
     assert val[0]["step"] == 0 and len(val) >= 2  # the starting point of the curve, then the run's
 

@@ -104,12 +104,11 @@ def _model_configs(cfg: BurstConfig, start: dict[str, Path]) -> tuple[Any, Any, 
 def _summary(run_dir: Path, batch: int, wall_s: float) -> dict[str, Any]:
     """Steps, images/s and the last validation record of one stage's run folder."""
     from .. import checkpoint
+    from .loop import read_log
 
     ck = checkpoint.load(run_dir / "last.pt")
     val: dict[str, Any] = {}
-    log = run_dir / "log.jsonl"
-    for line in log.read_text().splitlines() if log.exists() else []:
-        rec = json.loads(line)
+    for rec in read_log(run_dir):
         if any(k.startswith(("val", "heldout")) for k in rec):
             val = rec
     return {"steps": ck["step"], "train_s": round(ck["elapsed_s"], 1), "wall_s": round(wall_s, 1),

@@ -97,8 +97,18 @@ class RunState:
         return self.run_dir / "last.pt"
 
     def log(self, record: dict[str, Any]) -> None:
-        with open(self.run_dir / "log.jsonl", "a") as f:
+        with open(self.run_dir / LOG_NAME, "a") as f:
             f.write(json.dumps({"step": self.step, "elapsed_s": round(self.elapsed_s, 1), **record}) + "\n")
+
+
+LOG_NAME = "log.jsonl"  # one JSON record per line: step numbers, validations (RunState.log writes them)
+
+
+def read_log(run_dir: Path) -> list[dict[str, Any]]:
+    """The records ``RunState.log`` wrote in ``run_dir``, oldest first (none if it never logged): what
+    the burst's summary and the tests read back, so the log's format has one owner."""
+    path = run_dir / LOG_NAME
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def seed_everything(seed: int, threads: int) -> np.random.Generator:
