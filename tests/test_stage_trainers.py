@@ -47,7 +47,6 @@ def test_upsampler_run_moves_only_the_upsampling(synthetic_data: Path, tmp_path:
 
 def test_fusion_run_trains_on_the_exported_models_decodes(synthetic_data: Path, tiny_model: Path, tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-
     from hybridflow.models import checkpoint, lpips
     from hybridflow.models.fusion import Fusion, FusionConfig
     from hybridflow.models.train import fusion as fusion_stage
