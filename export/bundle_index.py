@@ -28,8 +28,10 @@ from .manifest import integer_networks
 
 INDEX_FILE = "bundle_index.json"
 EXTRA_FILE = "bundle_extra.bin"
-INDEX_VERSION = 2  # 2: tensors of the integer networks (version 1 kept them in the extra file; still read)
-READS = (1, 2)
+# 2: tensors of the integer networks (version 1 kept them in the extra file); 3: weights found through an
+# export rewrite's inverse (``UNDO``; version 2 kept them in the extra file). All still read
+INDEX_VERSION = 3
+READS = (1, 2, 3)
 
 
 def _sha(a: np.ndarray) -> str:
@@ -55,10 +57,53 @@ def _grid_values(net: IntegerConvs, layer: int, part: str) -> np.ndarray:
     return net.values(layer, part).astype(np.float16)
 
 
+# Weights that export rewrote (export/graphs.py: the continuous picture's transposed convolutions as sub-pixel
+# convolutions, its last convolution before the shuffle, the fusion's strided first one after an unshuffle;
+# models/layers.py) are found again through the inverse rewrite, with the parameters of the layers this code
+# base has: stride 2, 5 taps, padding 2 (hyperprior.deconv, the up-sampling's features), a 3×3 convolution
+# after a ×2 shuffle, a 4×4 stride-2 convolution with padding 1 (fusion.down). The biases of the first two
+# are the originals repeated once per phase: every 4th value.
+UNDO: dict[str, tuple[int, ...]] = {"subpixel_deconv": (2, 5, 2), "shuffled_conv": (2, 3), "unshuffled_conv": (2, 4, 1),
+                                    "phases": (4,)}
+
+
+def _undo(a: np.ndarray, how: list[Any]) -> np.ndarray:
+    """The weight that an export rewrite (``UNDO``) turned into the initialiser ``a``."""
+    from ..models.layers import ShuffledConv, SubpixelDeconv, UnshuffledConv
+
+    kind, *args = how
+    if kind == "phases":
+        return a[:: args[0]]
+    t = torch.from_numpy(np.array(a))  # (a copy: initialisers are read-only)
+    if kind == "subpixel_deconv":
+        return SubpixelDeconv.deconv_weight(t, *args).numpy()
+    if kind == "shuffled_conv":
+        return ShuffledConv.conv_weight(t, *args).numpy()
+    if kind == "unshuffled_conv":
+        return UnshuffledConv.conv_weight(t, *args).numpy()
+    raise ValueError(f"unknown rewrite {kind!r} in a bundle index")
+
+
+def _undone(half: np.ndarray) -> list[tuple[list[Any], np.ndarray]]:
+    """Every ``UNDO`` rewrite whose output ``half`` could be, each with the weight it would come from."""
+    found = []
+    if half.ndim == 1 and half.shape[0] % UNDO["phases"][0] == 0:
+        found.append(["phases", *UNDO["phases"]])
+    if half.ndim == 4 and half.shape[-1] == half.shape[-2] == 3 and half.shape[0] % 4 == 0:
+        found.append(["subpixel_deconv", *UNDO["subpixel_deconv"]])
+    if half.ndim == 4 and half.shape[-1] == half.shape[-2] == 3 and half.shape[1] % 4 == 0:
+        found.append(["unshuffled_conv", *UNDO["unshuffled_conv"]])
+        if half.shape[0] % 4 == 0:
+            found.append(["shuffled_conv", *UNDO["shuffled_conv"]])
+    return [(how, _undo(half, how)) for how in found]
+
+
 def _initialiser_pool(model_dir: Path, graph_files: dict[str, str]) -> dict[str, Where]:
     """SHA-256 of fp16 bytes → where those values are; the first occurrence in graph-name order.
-    An int8 weight's values are its int8 tensor times its scales (``int8_weights.dequantise``)."""
+    An int8 weight's values are its int8 tensor times its scales (``int8_weights.dequantise``); a rewritten
+    weight's, the inverse rewrite of its initialiser (``UNDO``), after every direct occurrence."""
     pool: dict[str, Where] = {}
+    undone: dict[str, Where] = {}
     for graph in sorted(graph_files):
         model = onnx.load(model_dir / graph_files[graph])
         values = [(t.name, _fp16_values(t), None) for t in model.graph.initializer]
@@ -70,6 +115,12 @@ def _initialiser_pool(model_dir: Path, graph_files: dict[str, str]) -> dict[str,
             for transpose in (False, True) if half.ndim == 2 else (False,):
                 where = {"graph": graph, "initializer": name, "transpose": transpose}
                 pool.setdefault(_sha(half.T if transpose else half), where | ({"scale": scale} if scale else {}))
+            if scale is None:
+                for how, value in _undone(half):
+                    undone.setdefault(_sha(value), {"graph": graph, "initializer": name, "transpose": False,
+                                                    "undo": how})
+    for sha, where in undone.items():
+        pool.setdefault(sha, where)
     manifest = json.loads((model_dir / "manifest.json").read_text())
     for key, nets in integer_networks(manifest, model_dir).items():
         for n, net in enumerate(nets):
@@ -140,6 +191,8 @@ def derive(model_dir: Path) -> dict[str, Any]:
             a = numpy_helper.to_array(inits[e["initializer"]])
             if "scale" in e:
                 a = dequantise(a, numpy_helper.to_array(inits[e["scale"]]))
+            if "undo" in e:
+                a = _undo(a, e["undo"])
             a = a.astype(e["dtype"])
             a = a.T if e["transpose"] else a
         else:

@@ -71,6 +71,10 @@ MAX_PSNR_LOSS = 0.05  # dB; a variant that costs more on the quality crops is no
 # Only convolutions (measured on the s7 pixel decoder, 6 val crops, see benchmarks/quantize.py): quantising
 # the SiLU/residual Mul/Sigmoid/Add too cost 0.10–0.13 dB and was slower (more Q/DQ around fp32 ops)
 OP_TYPES = ("Conv",)
+# ... except where measured otherwise (session 30, one thread): a Concat in uint8 saves a float transpose and
+# copy of its widest tensor. The half-resolution fusion's (features next to the pictures' phases): 144 → 122 ms
+# per 624² window, −0.002 dB; the up-sampling's (features next to the low-res image): 125 → 116 ms per 42² cells
+QUANTISED_OPS = {"fusion": ("Conv", "Concat"), "cont_reconstruct": ("Conv", "Concat")}
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -170,16 +174,30 @@ def full_resolution_convs(model: onnx.ModelProto, side: int = 64) -> list[str]:
 
 
 def fusion_fp32_convs(model: onnx.ModelProto) -> list[str]:
-    """The fusion's full-resolution convolutions and those of its low-frequency anchor (a fixed blur at
-    half resolution, models/fusion.py ``LowPass``, exported under ``/lowpass/``): int8 would round the
-    very difference the anchor exists to pass on, for no speed (a few taps per pixel)."""
+    """The fusion's full-resolution convolutions (none since it is exported at half resolution, session 30:
+    models/fusion.py ``HalfResolutionFusion``), its output convolution, and those of its low-frequency
+    anchor (a fixed blur at half resolution, ``LowPass``, exported under ``/lowpass/``): int8 would round
+    the very difference the anchor exists to pass on, for no speed (a few taps per pixel)."""
     anchor = [n.name for n in model.graph.node if n.op_type == "Conv" and "/lowpass/" in n.name]
-    return sorted(set(full_resolution_convs(model)) | set(anchor))
+    return sorted(set(full_resolution_convs(model)) | set(output_convs(model)) | set(anchor))
+
+
+def input_convs(model: onnx.ModelProto) -> list[str]:
+    """Names of the convolutions that read a graph input directly."""
+    inputs = {v.name for v in model.graph.input}
+    return sorted(n.name for n in model.graph.node if n.op_type == "Conv" and n.input[0] in inputs)
+
+
+def reconstruct_fp32_convs(model: onnx.ModelProto) -> list[str]:
+    """The up-sampling's output convolutions and its first one, which reads the guidance and feeds an
+    inverse GDN (that squares its errors): quantised, it alone cost the variant 0.015 dB on the check
+    crops (0.025 → 0.010 dB in all, session 30), for a few % of the graph's time."""
+    return sorted(set(output_convs(model)) | set(input_convs(model)))
 
 
 # Convolutions kept in fp32, per graph (default: ``output_convs``). The pixel head's output convolutions
 # feed the tail, not pixels: quantised, as they were inside the one-graph pixel decoder
-KEEP_FP32 = {"fusion": fusion_fp32_convs, "pixel_head": lambda model: []}
+KEEP_FP32 = {"fusion": fusion_fp32_convs, "pixel_head": lambda model: [], "cont_reconstruct": reconstruct_fp32_convs}
 
 
 def _centre_tiles(rgb: np.ndarray, side: int, tile: int) -> np.ndarray | None:
@@ -298,6 +316,39 @@ def quiet_quantiser() -> Iterator[None]:
         logging.getLogger().setLevel(level)
 
 
+def fuse_silu(model: onnx.ModelProto) -> int:
+    """Each ``Mul(x, Sigmoid(x))`` (a SiLU) of ``model`` as one onnxruntime ``QuickGelu`` node (alpha 1,
+    contrib domain ``com.microsoft``), in place; returns how many. Why: in a QDQ graph the dequantised x
+    feeds two nodes, so onnxruntime gives each its own copy of the DequantizeLinear and then no longer
+    fuses the pair, as it does in fp32 graphs: the pixel tail's last SiLU ran as a Sigmoid and a Mul over
+    the largest tensor of the decode (the tail 8 % slower, session 30). Only int8 variants get this: they
+    run on the CPU provider, which has the op."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers: dict[str, int] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers[i] = readers.get(i, 0) + 1
+    fused: dict[int, onnx.NodeProto] = {}  # id(Mul) → QuickGelu
+    dropped: set[int] = set()
+    for n in model.graph.node:
+        if n.op_type != "Mul" or len(n.input) != 2:
+            continue
+        for x, s in (n.input, n.input[::-1]):
+            sig = producer.get(s)
+            if sig is not None and sig.op_type == "Sigmoid" and sig.input[0] == x and readers[s] == 1:
+                fused[id(n)] = onnx.helper.make_node("QuickGelu", [x], list(n.output), name=f"{n.name}/silu",
+                                                     domain="com.microsoft", alpha=1.0)
+                dropped.add(id(sig))
+                break
+    if fused:
+        nodes = [fused.get(id(n), n) for n in model.graph.node if id(n) not in dropped]
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        if not any(o.domain == "com.microsoft" for o in model.opset_import):
+            model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return len(fused)
+
+
 def write_variant(q: onnx.ModelProto, dst: Path, keep: set[str]) -> tuple[int, int]:
     """Write an int8 variant as reproducibly as the fp32 graphs: our producer, no metadata, the float
     weights it left unquantised back to fp16 as the fp32 graph stores them (exact: not one computed bit
@@ -342,6 +393,7 @@ def quantise_graph(src: Path, dst: Path, feeds: Sequence[dict[str, np.ndarray]],
         save_tensors_data(ranges, cache)
         oq.quantize_static(fp32, Path(tmp) / "int8.onnx", None, calibration_cache_path=cache, **common)
         q = onnx.load(Path(tmp) / "int8.onnx")
+    silu = fuse_silu(q)
     # the float weights left unquantised: deconvolutions, the excluded output convolutions
     qdq = {name for n in q.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear") for name in n.input}
     size, halved = write_variant(q, dst, qdq)
@@ -350,7 +402,7 @@ def quantise_graph(src: Path, dst: Path, feeds: Sequence[dict[str, np.ndarray]],
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return {"bytes": size, "folded_fp16_casts": folded, "fp16_initialisers": halved,
             "calibration_feeds": len(feeds),
-            "quantize_linear": counts.get("QuantizeLinear", 0), "excluded": list(exclude_nodes)}
+            "quantize_linear": counts.get("QuantizeLinear", 0), "excluded": list(exclude_nodes), "fused_silu": silu}
 
 
 # ------------------------------------------------------------------------------ quality check
@@ -464,7 +516,8 @@ def add_int8(directory: Path, manifest: dict[str, Any], calibration: Sequence[np
         else:
             feeds = [graph_feeds(src, i) for i in cal_inputs]
             keep = KEEP_FP32.get(graph)
-            entry = {"quantisation": quantise_graph(src, dst, feeds, None if keep is None else keep(onnx.load(src)))}
+            entry = {"quantisation": quantise_graph(src, dst, feeds, None if keep is None else keep(onnx.load(src)),
+                                                    QUANTISED_OPS.get(graph, OP_TYPES))}
             if check:
                 tail = (lambda f: model.run("pixel_tail", features=f)[0]) if graph == "pixel_head" else None
                 entry["quality"] = quality(src, dst, check, check_inputs, tail)

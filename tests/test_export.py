@@ -116,6 +116,10 @@ def test_bundle_is_rebuilt_from_the_export_bit_for_bit(tiny_bundle: Path, tiny_m
     state = json.loads((tiny_model / "bundle_index.json").read_text())["payload"]["cont"]["state"]
     integer = {k for k, v in state.items() if "integer" in v["__tensor__"]}
     assert integer and integer == {k for k in state if k.startswith(("h_s.", "context."))}
+    # the synthesis tail's transposed convolutions, exported as sub-pixel convolutions, come back through the
+    # inverse rewrite, not as a second copy
+    undone = {k for k, v in state.items() if "undo" in v["__tensor__"]}
+    assert {"g_s_tail.0.weight", "g_s_tail.2.weight", "g_s_tail.0.bias"} <= undone
     checkpoint.save(tmp_path / "rebuilt.pt", **derived)
     man = export_bundle(tmp_path / "rebuilt.pt", tmp_path / "again", parity=False)
     assert man["model_id"] == json.loads((tiny_model / "manifest.json").read_text())["model_id"]

@@ -226,21 +226,24 @@ def test_small_decoder_graphs_get_int8_variants_the_runtime_uses(small_model: Pa
     assert "vq_decoder" + quantize.SUFFIX not in man["graphs"]  # not asked for
 
 
-def test_fusion_quantises_only_its_half_resolution_convolutions(small_model: Path) -> None:
-    """Q/DQ pairs around the fusion's full-resolution convolutions held extra full-size copies (one 832²
-    window: 231 MB in fp32, 386 MB) for no speed: those stay fp32 (the low-frequency anchor's blurs
-    among them), the half-resolution ones are int8."""
+def test_fusion_runs_at_half_resolution_and_quantises_all_but_its_output(small_model: Path) -> None:
+    """The fusion is exported at half resolution (models/fusion.py ``HalfResolutionFusion``): no convolution
+    reads the pictures' resolution (Q/DQ pairs there held extra full-size copies, one 832² window 231 →
+    386 MB). Its int8 variant quantises every convolution but the output one and the low-frequency
+    anchor's blurs, and its Concats (uint8 in, uint8 out)."""
     fp32 = onnx.load(small_model / "fusion.onnx")
     convs = {n.name for n in fp32.graph.node if n.op_type == "Conv"}
+    assert not quantize.full_resolution_convs(fp32)
     keep = set(quantize.fusion_fp32_convs(fp32))
     anchor = {n for n in convs if "/lowpass/" in n}
     assert len(anchor) == 4  # two 1-D blurs, of the difference and of ones (at half resolution)
-    assert not anchor & set(quantize.full_resolution_convs(fp32))
-    assert keep == anchor | {n for n in convs if n.endswith(("/down/Conv", "/out.0/Conv", "/out.2/Conv"))}
+    assert keep == anchor | {n for n in convs if n.endswith("/out2/Conv")}
     q = onnx.load(small_model / "fusion_int8.onnx")
     dequantised = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     int8 = {n.name for n in q.graph.node if n.op_type == "Conv" and n.input[1] in dequantised}
     assert int8 == convs - keep and int8
+    concats = [n for n in q.graph.node if n.op_type == "Concat"]  # of the two pictures; of features and phases
+    assert len(concats) == 2 and all(set(n.input) <= dequantised for n in concats)
 
 
 def test_fusion_calibration_feeds_are_the_pictures_it_merges_at_decode(small_model: Path, photo: np.ndarray) -> None:

@@ -169,6 +169,14 @@ def test_bicubic_as_a_convolution_equals_interpolate(scale: int) -> None:
     assert not BicubicUp(3, scale).state_dict()  # a fixed kernel: checkpoints do not change
 
 
+def test_exported_continuous_picture_has_no_transposed_convolution(upsampling) -> None:  # noqa: ANN001
+    """The learned up-sampling is exported without ``ConvTranspose`` (slow on CPU, no int8 kernel)."""
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(upsampling[0].model.directory / "cont_reconstruct.onnx").graph.node}
+    assert "Conv" in ops and "ConvTranspose" not in ops
+
+
 def test_training_guidance_at_a_rate_point_is_what_the_codec_decodes_there() -> None:
     """`hf-train upsampler --rate-share` learns from the guidance of other rate points: it must be the
     codec's own decode at that point (gains before rounding, inverse gains after), and the base point's
