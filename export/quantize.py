@@ -75,6 +75,7 @@ OP_TYPES = ("Conv",)
 # copy of its widest tensor. The half-resolution fusion's (features next to the pictures' phases): 144 → 122 ms
 # per 624² window, −0.002 dB; the up-sampling's (features next to the low-res image): 125 → 116 ms per 42² cells
 QUANTISED_OPS = {"fusion": ("Conv", "Concat"), "cont_reconstruct": ("Conv", "Concat")}
+PAD_TO = 16  # output channels of a narrow int8 convolution (``pad_narrow_convs``)
 
 
 # ----------------------------------------------------------------------------------- helpers
@@ -175,11 +176,11 @@ def full_resolution_convs(model: onnx.ModelProto, side: int = 64) -> list[str]:
 
 def fusion_fp32_convs(model: onnx.ModelProto) -> list[str]:
     """The fusion's full-resolution convolutions (none since it is exported at half resolution, session 30:
-    models/fusion.py ``HalfResolutionFusion``), its output convolution, and those of its low-frequency
-    anchor (a fixed blur at half resolution, ``LowPass``, exported under ``/lowpass/``): int8 would round
-    the very difference the anchor exists to pass on, for no speed (a few taps per pixel)."""
+    models/fusion.py ``HalfResolutionFusion``) and those of its low-frequency anchor (a fixed blur at half
+    resolution, ``LowPass``, exported under ``/lowpass/``): int8 would round the very difference the anchor
+    exists to pass on, for no speed (a few taps per pixel)."""
     anchor = [n.name for n in model.graph.node if n.op_type == "Conv" and "/lowpass/" in n.name]
-    return sorted(set(full_resolution_convs(model)) | set(output_convs(model)) | set(anchor))
+    return sorted(set(full_resolution_convs(model)) | set(anchor))
 
 
 def input_convs(model: onnx.ModelProto) -> list[str]:
@@ -189,15 +190,25 @@ def input_convs(model: onnx.ModelProto) -> list[str]:
 
 
 def reconstruct_fp32_convs(model: onnx.ModelProto) -> list[str]:
-    """The up-sampling's output convolutions and its first one, which reads the guidance and feeds an
-    inverse GDN (that squares its errors): quantised, it alone cost the variant 0.015 dB on the check
-    crops (0.025 → 0.010 dB in all, session 30), for a few % of the graph's time."""
-    return sorted(set(output_convs(model)) | set(input_convs(model)))
+    """The up-sampling's first convolution, which reads the guidance and feeds an inverse GDN (that squares
+    its errors: quantised, it alone cost the variant 0.015 dB on the check crops, 0.025 → 0.010 dB in all,
+    session 30), and its fixed bicubic kernel (a grouped convolution, a few taps per pixel)."""
+    grouped = [n.name for n in model.graph.node if n.op_type == "Conv" and (node_attr(n, "group", 1) or 1) > 1]
+    return sorted(set(input_convs(model)) | set(grouped))
 
 
-# Convolutions kept in fp32, per graph (default: ``output_convs``). The pixel head's output convolutions
-# feed the tail, not pixels: quantised, as they were inside the one-graph pixel decoder
-KEEP_FP32 = {"fusion": fusion_fp32_convs, "pixel_head": lambda model: [], "cont_reconstruct": reconstruct_fp32_convs}
+def no_convs(model: onnx.ModelProto) -> list[str]:
+    return []
+
+
+# Convolutions kept in fp32, per graph (default: ``output_convs``, for a graph not listed). Since session 30 the
+# output convolutions of the decode graphs are int8 too: each writes 12 channels (3 colours × 4 phases before a
+# shuffle), padded to 16 for onnxruntime's fast kernel (``pad_narrow_convs``), which made them faster than fp32
+# (one window, one thread: pixel tail 154.7 → 137.9 ms, continuous picture 114.8 → 99.4, fusion 134.6 → 119.1)
+# for the tail's int8 cost 0.004 → 0.013 dB on the check crops (the others' unchanged). The pixel head's output
+# convolutions feed the tail, not pixels: quantised, as they were inside the one-graph pixel decoder
+KEEP_FP32 = {"fusion": fusion_fp32_convs, "pixel_head": no_convs, "pixel_tail": no_convs,
+             "cont_reconstruct": reconstruct_fp32_convs}
 
 
 def _centre_tiles(rgb: np.ndarray, side: int, tile: int) -> np.ndarray | None:
@@ -349,6 +360,48 @@ def fuse_silu(model: onnx.ModelProto) -> int:
     return len(fused)
 
 
+def pad_narrow_convs(model: onnx.ModelProto, names: Sequence[str], multiple: int = PAD_TO) -> list[str]:
+    """Give each named convolution of ``model`` (weights as float initialisers: after ``fold_fp16_casts``)
+    whose output channels are not a multiple of ``multiple`` that many, the added filters zero, followed
+    by a Slice back to its own channels: the same outputs, in place. Returns the names padded. Why:
+    onnxruntime's int8 convolution is slow at a few output channels and fast at 16 (one 128 → C 3×3 at
+    248², one thread: fp32 21.4 ms, int8 C = 12 28.8 ms, int8 C = 16 10.5 ms; session 30), and every
+    decode graph ends in a 12-channel convolution (3 colours × 4 phases before a shuffle)."""
+    inits = {t.name: t for t in model.graph.initializer}
+    padded, nodes = [], []
+    for node in model.graph.node:
+        weight = inits.get(node.input[1]) if node.op_type == "Conv" and node.name in names else None
+        c_out = weight.dims[0] if weight is not None else 0
+        if weight is None or c_out % multiple == 0:
+            nodes.append(node)
+            continue
+        extra = multiple - c_out % multiple
+        w = numpy_helper.to_array(weight)
+        model.graph.initializer.append(numpy_helper.from_array(
+            np.concatenate([w, np.zeros((extra, *w.shape[1:]), w.dtype)]), f"{weight.name}/padded"))
+        inputs = [node.input[0], f"{weight.name}/padded"]
+        if len(node.input) > 2:
+            b = numpy_helper.to_array(inits[node.input[2]])
+            model.graph.initializer.append(numpy_helper.from_array(np.concatenate([b, np.zeros(extra, b.dtype)]),
+                                                                   f"{node.input[2]}/padded"))
+            inputs.append(f"{node.input[2]}/padded")
+        wide = f"{node.output[0]}/padded"
+        conv = onnx.NodeProto()
+        conv.CopyFrom(node)
+        del conv.input[:], conv.output[:]
+        conv.input.extend(inputs)
+        conv.output.append(wide)
+        bounds = [numpy_helper.from_array(np.array([v], np.int64), f"{node.name}/slice_{k}")
+                  for k, v in (("starts", 0), ("ends", c_out), ("axes", 1))]
+        model.graph.initializer.extend(bounds)
+        nodes += [conv, onnx.helper.make_node("Slice", [wide, *(t.name for t in bounds)], [node.output[0]],
+                                              name=f"{node.name}/slice")]
+        padded.append(node.name)
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    return padded
+
+
 def write_variant(q: onnx.ModelProto, dst: Path, keep: set[str]) -> tuple[int, int]:
     """Write an int8 variant as reproducibly as the fp32 graphs: our producer, no metadata, the float
     weights it left unquantised back to fp16 as the fp32 graph stores them (exact: not one computed bit
@@ -375,6 +428,8 @@ def quantise_graph(src: Path, dst: Path, feeds: Sequence[dict[str, np.ndarray]],
     model = onnx.load(src)
     folded = fold_fp16_casts(model)
     exclude_nodes = output_convs(model) if exclude_nodes is None else list(exclude_nodes)
+    padded = pad_narrow_convs(model, [n.name for n in model.graph.node
+                                      if n.op_type == "Conv" and n.name not in exclude_nodes])
     common = dict(quant_format=oq.QuantFormat.QDQ, per_channel=True, reduce_range=False,
                   activation_type=oq.QuantType.QUInt8, weight_type=oq.QuantType.QInt8,
                   op_types_to_quantize=list(op_types), nodes_to_exclude=list(exclude_nodes),
@@ -402,7 +457,8 @@ def quantise_graph(src: Path, dst: Path, feeds: Sequence[dict[str, np.ndarray]],
         counts[node.op_type] = counts.get(node.op_type, 0) + 1
     return {"bytes": size, "folded_fp16_casts": folded, "fp16_initialisers": halved,
             "calibration_feeds": len(feeds),
-            "quantize_linear": counts.get("QuantizeLinear", 0), "excluded": list(exclude_nodes), "fused_silu": silu}
+            "quantize_linear": counts.get("QuantizeLinear", 0), "excluded": list(exclude_nodes), "fused_silu": silu,
+            "padded": padded}
 
 
 # ------------------------------------------------------------------------------ quality check

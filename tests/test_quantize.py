@@ -226,24 +226,48 @@ def test_small_decoder_graphs_get_int8_variants_the_runtime_uses(small_model: Pa
     assert "vq_decoder" + quantize.SUFFIX not in man["graphs"]  # not asked for
 
 
-def test_fusion_runs_at_half_resolution_and_quantises_all_but_its_output(small_model: Path) -> None:
+def test_fusion_runs_at_half_resolution_and_quantises_all_but_its_anchor(small_model: Path) -> None:
     """The fusion is exported at half resolution (models/fusion.py ``HalfResolutionFusion``): no convolution
     reads the pictures' resolution (Q/DQ pairs there held extra full-size copies, one 832² window 231 →
-    386 MB). Its int8 variant quantises every convolution but the output one and the low-frequency
-    anchor's blurs, and its Concats (uint8 in, uint8 out)."""
+    386 MB). Its int8 variant quantises every convolution but the low-frequency anchor's blurs, its
+    12-channel output one padded to 16 channels and sliced back (``pad_narrow_convs``), and its Concats
+    (uint8 in, uint8 out)."""
     fp32 = onnx.load(small_model / "fusion.onnx")
     convs = {n.name for n in fp32.graph.node if n.op_type == "Conv"}
     assert not quantize.full_resolution_convs(fp32)
     keep = set(quantize.fusion_fp32_convs(fp32))
     anchor = {n for n in convs if "/lowpass/" in n}
-    assert len(anchor) == 4  # two 1-D blurs, of the difference and of ones (at half resolution)
-    assert keep == anchor | {n for n in convs if n.endswith("/out2/Conv")}
+    assert len(anchor) == 4 and keep == anchor  # two 1-D blurs, of the difference and of ones (at half resolution)
     q = onnx.load(small_model / "fusion_int8.onnx")
     dequantised = {o for n in q.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     int8 = {n.name for n in q.graph.node if n.op_type == "Conv" and n.input[1] in dequantised}
     assert int8 == convs - keep and int8
     concats = [n for n in q.graph.node if n.op_type == "Concat"]  # of the two pictures; of features and phases
     assert len(concats) == 2 and all(set(n.input) <= dequantised for n in concats)
+    (out,) = [n for n in q.graph.node if n.name.endswith("/out2/Conv")]
+    (cut,) = [n for n in q.graph.node if out.output[0] in n.input]
+    assert cut.op_type == "QuantizeLinear"  # then DequantizeLinear, then the Slice back to 12 channels
+    assert any(n.op_type == "Slice" and n.name.endswith("/out2/Conv/slice") for n in q.graph.node)
+
+
+def test_padding_a_narrow_convolution_changes_no_output(tmp_path: Path) -> None:
+    """``pad_narrow_convs``: zero filters up to 16 channels and a Slice back give the same numbers."""
+    import onnxruntime as ort
+    import torch
+
+    conv = torch.nn.Conv2d(5, 6, 3, padding=1)
+    path = tmp_path / "c.onnx"
+    torch.onnx.export(conv, (torch.randn(1, 5, 7, 7),), str(path), input_names=["x"], output_names=["y"],
+                      opset_version=17, dynamo=False)
+    model = onnx.load(path)
+    name = next(n.name for n in model.graph.node if n.op_type == "Conv")
+    assert quantize.pad_narrow_convs(model, [name]) == [name]
+    onnx.checker.check_model(model)
+    padded = tmp_path / "p.onnx"
+    onnx.save(model, padded)
+    x = np.random.default_rng(0).standard_normal((1, 5, 7, 7)).astype(np.float32)
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]  # noqa: E731
+    assert run(padded).shape == (1, 6, 7, 7) and np.allclose(run(padded), run(path), atol=1e-6)
 
 
 def test_fusion_calibration_feeds_are_the_pictures_it_merges_at_decode(small_model: Path, photo: np.ndarray) -> None:
