@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from hybridflow.runtime.model import Model
 from hybridflow.runtime.session import CPU, open_session
@@ -53,14 +52,7 @@ def window_inputs(model: Model, graph: str, window: int) -> dict[str, np.ndarray
 def profile(path: Path, int8: bool, inputs: dict[str, np.ndarray], threads: int, runs: int) -> dict[str, Any]:
     """Per operator type and per node: mean kernel microseconds over ``runs`` (after one warm-up run)."""
     feed = {k: v.astype(np.float32) for k, v in inputs.items()}
-    open_session(path, CPU, threads=threads, int8_kernels=int8).run(None, feed)  # (warm the caches of a fresh one)
-    opts = ort.SessionOptions()
-    opts.enable_profiling = True
-    opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    if not int8:
-        opts.add_session_config_entry("session.disable_quant_qdq", "1")
-    sess = ort.InferenceSession(str(path), sess_options=opts, providers=CPU)
+    sess = open_session(path, CPU, threads=threads, int8_kernels=int8, profile=True)  # the runtime's options
     for _ in range(runs + 1):
         sess.run(None, feed)
     trace = Path(sess.end_profiling())

@@ -141,7 +141,7 @@ class HalfResolutionFusion(nn.Module):
     with a shuffle). Why: at full resolution those two convolutions, the shuffle and the concatenation
     before them were ≈ 45 % of the fusion's time, in fp32 (int8 there held full-size copies of the
     pictures); at half resolution they are ordinary int8 convolutions on deeper, 4× fewer positions, for
-    4× their multiply-adds (≈ 27 k → 37 k per pixel for the whole fusion)."""
+    4× their multiply-adds (27 k → 39 k per pixel for the whole fusion, counted on the exported graph)."""
 
     def __init__(self, fusion: Fusion):
         super().__init__()

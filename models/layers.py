@@ -278,10 +278,10 @@ def shuffled_convs(module: nn.Module) -> int:
 class UnshuffledConv(nn.Module):
     """A stride-s convolution whose output is exactly 1/s of its input (k = s + 2p; even sides), computed as
     a pixel unshuffle (space to depth) followed by a stride-1 convolution of the s² input phases: the same
-    function (to float rounding). Why: onnxruntime's CPU kernel ran the fusion's first convolution (6 → 32
-    channels, 4×4, stride 2, on the two full-resolution pictures) at ≈ 7 GMAC/s, a fifth of the fusion's
-    time for a tenth of its work; on s²× deeper, s²× fewer positions it is an ordinary convolution, and
-    int8-quantisable (its inputs, 8-bit pixels, quantise exactly)."""
+    function (to float rounding). Why: the fusion's first convolution (6 → 32 channels, 4×4, stride 2, on the
+    two full-resolution pictures) then reads the same 2×2 phases of the pictures as its output convolutions
+    (models/fusion.py ``HalfResolutionFusion``), one half-resolution int8 convolution among the others (its
+    inputs, 8-bit pixels, quantise exactly) instead of a full-resolution fp32 one."""
 
     def __init__(self, conv: nn.Conv2d):
         super().__init__()

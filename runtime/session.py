@@ -91,14 +91,16 @@ def providers_for(choice: str, probe_graph: Path) -> list[str]:
 
 
 def open_session(path: Path, providers: list[str], threads: int | None = None,
-                 optimise: bool = True, int8_kernels: bool = False) -> ort.InferenceSession:
+                 optimise: bool = True, int8_kernels: bool = False, profile: bool = False) -> ort.InferenceSession:
     """``threads`` (or $HF_THREADS) caps intra-op threads; 0/None lets onnxruntime decide.
+    ``profile``: onnxruntime records every node's time (``end_profiling``; benchmarks/graph_profile.py).
     ``int8_kernels``: the graph is an int8 variant, whose Q/DQ pairs onnxruntime fuses into int8
     kernels. In any other graph a DequantizeLinear only unpacks weights stored as int8 (the
     predictor's, export/int8_weights.py); onnxruntime then folds it into a float constant once, when
     the session opens, instead of at every run (6 predictor tiles: 65 → 54 ms, as fast as fp16 weights)."""
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    opts.enable_profiling = profile
     # Memory patterns pre-plan one block per input shape; measured on the VQ decoder (one 320² tile)
     # they raise peak RSS from 180 to 280 MB for no speed gain on CPU.
     opts.enable_mem_pattern = False
