@@ -110,3 +110,57 @@ def test_a_compiled_network_trains_the_plain_modules_parameters() -> None:
     net.zero_grad()
     net(x).square().mean().backward()
     assert all(torch.allclose(a, p.grad, atol=1e-5) for a, p in zip(grads, net.parameters()))
+
+
+def test_a_run_with_ema_saves_the_average_and_resumes_its_raw_weights(tmp_path: Path) -> None:
+    """--ema: the saved network is the moving average of the weights the steps produced (computed here by
+    hand), the module keeps training on the raw weights, and a resumed run gets both back."""
+    from hybridflow.models import checkpoint
+    from hybridflow.models.train.loop import RAW_KEY
+
+    def make(steps_seen: list[torch.Tensor]) -> tuple[Run, torch.nn.Linear, torch.optim.Optimizer]:
+        run = Run(tmp_path / "run", RunConfig(ema=0.9))
+        net = torch.nn.Linear(2, 1)
+        with torch.no_grad():
+            net.weight.fill_(1.0)
+            net.bias.zero_()
+        opt = torch.optim.SGD(net.parameters(), lr=0.1)
+        run.resume(model=net, opt=opt, averaged=("model",))
+        return run, net, opt
+
+    seen: list[torch.Tensor] = []
+    run, net, opt = make(seen)
+    x = torch.tensor([[1.0, 2.0]])
+
+    def step() -> dict[str, float]:
+        loss = (net(x) - 10.0).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        seen.append(net.weight.detach().clone())
+        return {"loss": loss.item()}
+
+    def save() -> None:
+        run.save(model=net.state_dict(), opt=opt.state_dict())
+
+    run.loop("t", 5, step, save, validate=lambda: {"w": net.weight.detach().sum().item()}, val_every=5)
+    expected = torch.ones(1, 2)
+    for k, w in enumerate(seen, start=1):
+        d = min(0.9, (1 + k) / (10 + k))
+        expected = d * expected + (1 - d) * w
+    ck = checkpoint.load(run.state.last)
+    assert torch.allclose(ck["model"]["weight"], expected)
+    assert torch.equal(ck[RAW_KEY]["model"]["weight"], seen[-1])
+    assert torch.equal(net.weight, seen[-1])  # training goes on from the raw weights
+    assert not torch.allclose(expected, seen[-1])
+    record = [r for r in (tmp_path / "run" / "log.jsonl").read_text().splitlines() if '"w"' in r][-1]
+    assert '"ema_w"' in record
+    again, net2, _ = make([])
+    assert again.state.step == 5 and torch.equal(net2.weight, seen[-1])
+    assert again.average is not None and torch.allclose(again.average.shadow["model"]["weight"], expected)
+
+
+def test_ema_needs_a_stage_that_names_its_networks(tmp_path: Path) -> None:
+    run = Run(tmp_path / "run", RunConfig(ema=0.99))
+    with pytest.raises(ValueError, match="ema"):
+        run.resume(model=torch.nn.Linear(1, 1))

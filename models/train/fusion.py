@@ -170,7 +170,7 @@ def train(run_dir: Path, cfg: FusionTrainConfig, cache_dir: Path) -> None:
         save_cache(val_cache, val_triples(codec, cfg.val_images))
     val = load_cache(val_cache)
     opt = torch.optim.Adam(fusion.parameters(), lr=cfg.lr)
-    run.resume(model=fusion, opt=opt)
+    run.resume(model=fusion, opt=opt, averaged=("model",))
     lpips_vgg = LPIPS("vgg").to(cfg.device)
     lpips_alex = LPIPS("alex")
 

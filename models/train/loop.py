@@ -38,6 +38,9 @@ class RunConfig:
                                                            "1.6x faster on a 2-core CPU after about a minute of "
                                                            "compiling; small stages gain little or lose "
                                                            "(models/TRAINING.md)"})
+    ema: float = field(default=0.0, metadata={"help": "> 0: the networks a run saves are an exponential moving "
+                                                      "average of its weights with this decay (e.g. 0.999); "
+                                                      "validation scores both (WeightAverage)"})
 
 
 class Deadline:
@@ -82,6 +85,64 @@ def compiled(cfg: RunConfig, module: torch.nn.Module) -> Callable[..., Any]:
     step's forward and backward (pixel decoder + LPIPS-VGG, batch 8 × 128², bf16) took 0.47 instead
     of 0.73 s (models/TRAINING.md, session 27)."""
     return torch.compile(module) if cfg.compile else module
+
+
+class WeightAverage:
+    """An exponential moving average of some modules' weights (``RunConfig.ema``). Why: a fine-tune
+    with a GAN term never settles: its weights wander from step to step around where the losses
+    balance, and the val curve with them. The average over the last ≈ 1 / (1 − decay) steps is one
+    point near the middle of that wander, at no cost per step but a copy of the weights.
+
+    ``Run`` owns it: the modules hold the raw (trained) weights while steps run; every checkpoint is
+    written with the average swapped in (so every file a stage writes — ``last.pt``, ``vq.pt``, … —
+    carries the averaged networks that ``hf-train bundle`` takes) and the raw weights beside it under
+    ``RAW_KEY``, which ``Run.resume`` swaps back for training to go on where it stopped."""
+
+    def __init__(self, modules: dict[str, torch.nn.Module], decay: float):
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema decay must lie in (0, 1), got {decay}")
+        self.modules, self.decay = modules, decay
+        self.shadow = {name: _copy(m) for name, m in modules.items()}
+
+    def update(self, step: int) -> None:
+        """Fold the modules' weights after step ``step`` (1-based) in. The decay ramps up as
+        (1 + step) / (10 + step) to ``decay``, so the starting weights fade within the first steps
+        of a short run, not over its whole length."""
+        d = min(self.decay, (1 + step) / (10 + step))
+        with torch.no_grad():
+            for name, m in self.modules.items():
+                for key, value in m.state_dict().items():
+                    avg = self.shadow[name][key]
+                    if avg.is_floating_point():
+                        avg.lerp_(value, 1.0 - d)
+                    else:
+                        avg.copy_(value)
+
+    @contextlib.contextmanager
+    def applied(self) -> Iterator[dict[str, dict[str, torch.Tensor]]]:
+        """The modules hold the average inside the block (the raw weights, yielded, come back after)."""
+        raw = {name: _copy(m) for name, m in self.modules.items()}
+        for name, m in self.modules.items():
+            m.load_state_dict(self.shadow[name])
+        try:
+            yield raw
+        finally:
+            for name, m in self.modules.items():
+                m.load_state_dict(raw[name])
+
+    def resume_raw(self, raw: dict[str, dict[str, torch.Tensor]]) -> None:
+        """After a checkpoint's averaged weights were loaded into the modules: they become the average,
+        and ``raw`` (the checkpoint's ``RAW_KEY``) goes back into the modules."""
+        self.shadow = {name: _copy(m) for name, m in self.modules.items()}
+        for name, m in self.modules.items():
+            m.load_state_dict(raw[name])
+
+
+RAW_KEY = "raw_weights"  # a checkpoint's trained weights while its networks hold the average (WeightAverage)
+
+
+def _copy(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
 
 
 @dataclass
@@ -168,19 +229,32 @@ class Run:
         self.deadline = Deadline(cfg.minutes, reserve_s(cfg.minutes))
         self.rng = seed_everything(cfg.seed, cfg.threads)
         self.state = RunState(run_dir)
+        self.average: WeightAverage | None = None  # with cfg.ema, made by resume
+        self._raw: dict[str, dict[str, torch.Tensor]] | None = None  # the raw weights while a save averages
         run_dir.mkdir(parents=True, exist_ok=True)
         self._saved_at = time.time()
 
-    def resume(self, **parts: Any) -> dict[str, Any] | None:
+    def resume(self, averaged: tuple[str, ...] = (), **parts: Any) -> dict[str, Any] | None:
         """Load ``last.pt`` (if any) into ``parts`` (modules and optimisers by checkpoint key), restore
         step and elapsed time, reseed torch, and give the crop sampler a fresh stream for this resume
-        point (its state is not saved). Returns the checkpoint, for stage-specific extras."""
+        point (its state is not saved). Returns the checkpoint, for stage-specific extras.
+        ``averaged``: the keys of the modules the run trains; with ``cfg.ema`` their weights are
+        averaged (``WeightAverage``) from here on, or from the average the checkpoint saved."""
         state = self.state
+        if self.cfg.ema:
+            if not averaged:
+                raise ValueError("--ema: this stage names no networks to average")
+            self.average = WeightAverage({key: parts[key] for key in averaged}, self.cfg.ema)
         if not state.last.exists():
             return None
         ck = checkpoint.load(state.last)
         for key, obj in parts.items():
             obj.load_state_dict(ck[key])
+        if self.average is not None:
+            if RAW_KEY in ck:
+                self.average.resume_raw(ck[RAW_KEY])
+            else:  # a run that saved no average goes on averaging from its weights
+                self.average = WeightAverage(self.average.modules, self.cfg.ema)
         state.step, state.elapsed_s = ck["step"], ck["elapsed_s"]
         torch.manual_seed(self.cfg.seed + state.step)
         self.rng = np.random.default_rng([self.cfg.seed, state.step])
@@ -194,9 +268,36 @@ class Run:
         return max(0.0, 1.0 - self.state.step / max(steps, 1)) if decay else 1.0
 
     def save(self, **payload: Any) -> None:
-        """``last.pt``: ``payload`` plus the step and the elapsed training time."""
-        checkpoint.save(self.state.last, step=self.state.step, elapsed_s=self.state.elapsed_s, **payload)
+        """``last.pt``: ``payload`` plus the step and the elapsed training time (and, while ``loop``
+        saves the average, the raw weights)."""
+        raw = {RAW_KEY: self._raw} if self._raw is not None else {}
+        checkpoint.save(self.state.last, step=self.state.step, elapsed_s=self.state.elapsed_s, **payload, **raw)
         self._saved_at = time.time()
+
+    def _averaged(self, save: Callable[[], None]) -> Callable[[], None]:
+        """``save`` with the average in the networks (every file the stage writes holds it), or as is."""
+        if self.cfg.ema == 0:
+            return save
+        if self.average is None:
+            raise ValueError("--ema: the stage did not call Run.resume, which sets up the average")
+
+        def averaged_save() -> None:
+            with self.average.applied() as raw:
+                self._raw = raw
+                try:
+                    save()
+                finally:
+                    self._raw = None
+
+        return averaged_save
+
+    def scores(self, validate: Callable[[], Numbers]) -> Numbers:
+        """``validate``'s numbers; with an average, also its numbers on the average (``ema_`` names)."""
+        scores = validate()
+        if self.average is not None:
+            with self.average.applied():
+                scores |= {f"ema_{k}": v for k, v in validate().items()}
+        return scores
 
     def loop(self, desc: str, steps: int, step: Callable[[], Numbers], save: Callable[[], None],
              validate: Callable[[], Numbers] | None = None, val_every: int = 0) -> None:
@@ -205,6 +306,7 @@ class Run:
         ``validate``'s every ``val_every`` steps (0: never) and where the run stops. ``save`` (which
         calls ``self.save``) runs every ``ckpt_minutes``, at the end, and on Ctrl-C or ``kill``."""
         state, deadline = self.state, self.deadline
+        save = self._averaged(save)
         self._saved_at = time.time()  # the checkpoint period counts from the first step, not the set-up
         bar = tqdm(total=steps, initial=state.step, desc=desc, dynamic_ncols=True)
         stop = state.step >= steps or deadline.passed()
@@ -215,13 +317,15 @@ class Run:
                 state.step += 1
                 state.elapsed_s += time.time() - t0
                 deadline.step_done(time.time() - t0)
+                if self.average is not None:
+                    self.average.update(state.step)
                 stop = state.step >= steps or deadline.passed()
                 bar.update(1)
                 bar.set_postfix({k: _short(v) for k, v in numbers.items()})
                 if state.step % LOG_EVERY == 0:
                     state.log(numbers)
                 if validate is not None and (stop or (val_every and state.step % val_every == 0)):
-                    scores = validate()
+                    scores = self.scores(validate)
                     state.log(scores)
                     bar.write(f"step {state.step}: " + ", ".join(f"{k} {_short(v)}" for k, v in scores.items()))
                 if time.time() - self._saved_at >= self.cfg.ckpt_minutes * 60 and not stop:

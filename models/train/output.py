@@ -100,7 +100,7 @@ def train(run_dir: Path, cfg: OutputTrainConfig, vq_ckpt: Path, cont_ckpt: Path,
     out = student.decoder.out
     out.train().requires_grad_(True)
     opt = torch.optim.Adam(out.parameters(), lr=cfg.lr)
-    run.resume(model=out, opt=opt)
+    run.resume(model=out, opt=opt, averaged=("model",))
     cache = tile_cache.cache_path(cache_dir, "stage3_tiles", vq_ckpt, cont_ckpt, cfg.tiles)
     if not cache.exists():
         tile_cache.build(cache, teacher, cont, cfg.tiles, cache_dir, seed=99, keep_tiles=True, deadline=run.deadline)

@@ -252,7 +252,7 @@ def train(run_dir: Path, cfg: ContTrainConfig, model_cfg: ContConfig, cache_dir:
     base_lr = cfg.gain_lr if cfg.gains_only else cfg.lr
     opt = torch.optim.Adam(trained, lr=base_lr)
     log_lmbda = math.log(cfg.lmbda)
-    if ck := run.resume(model=model, opt=opt, **({"rates": rates} if cfg.gains_only else {})):
+    if ck := run.resume(model=model, opt=opt, averaged=("model",), **({"rates": rates} if cfg.gains_only else {})):
         log_lmbda = ck["log_lmbda"]
     ds = model_cfg.downscale
     data = ImageCache(data_root() / "train", cache_dir, downscale_by=1 if cfg.encoder_only else ds)

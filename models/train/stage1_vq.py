@@ -87,7 +87,7 @@ def train(run_dir: Path, cfg: VQTrainConfig, model_cfg: VQConfig, cache_dir: Pat
     disc.to(cfg.device)
     opt = torch.optim.Adam(trained.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
     opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(0.5, 0.9))
-    run.resume(model=model, disc=disc, opt=opt, opt_d=opt_d)
+    run.resume(model=model, disc=disc, opt=opt, opt_d=opt_d, averaged=("model",))
     data = ImageCache(data_root() / "train", cache_dir)
     tiles = val_crops(24)
 

@@ -92,7 +92,7 @@ def train(run_dir: Path, cfg: Stage2TrainConfig, model_cfg: TransformerConfig, v
         model.set_codebook(vq.quantizer.normalised_codebook().detach())
     model.to(cfg.device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.95))
-    run.resume(model=model, opt=opt)
+    run.resume(model=model, opt=opt, averaged=("model",))
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: min(1.0, (s + 1) / 200) * 0.5 * (1 + np.cos(np.pi * min(1.0, s / cfg.steps))))
     for _ in range(run.state.step):

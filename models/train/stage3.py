@@ -213,10 +213,10 @@ def train(run_dir: Path, cfg: Stage3TrainConfig, vq_ckpt: Path, cont_ckpt: Path,
     if cfg.val_every:
         val_tiles = np.stack(val_crops(cfg.val_tiles))
         val = (val_tiles, *tile_cache.tokens_and_guidance(vq, cont, val_tiles), LPIPS("alex").to(cfg.device))
-    run.resume(**({"model": correction, "opt": opt} | ({"vq_decoder": vq.decoder} if cfg.train_vq_decoder else {})
-                  | ({"predictor": predictor} if cfg.train_predictor else {})
-                  | ({"fusion": fusion} if fusion is not None else {})
-                  | ({"disc": disc, "opt_d": opt_d} if gan else {})))
+    learning = ({"model": correction} | ({"vq_decoder": vq.decoder} if cfg.train_vq_decoder else {})
+                | ({"predictor": predictor} if cfg.train_predictor else {})
+                | ({"fusion": fusion} if fusion is not None else {}))
+    run.resume(averaged=tuple(learning), opt=opt, **learning, **({"disc": disc, "opt_d": opt_d} if gan else {}))
     grid, token = tokens.shape[-1], vq.cfg.factor  # tokens per tile side, pixels per token
     ct, px = cfg.crop_tokens, cfg.crop_tokens * token
     # what the step runs (the plain modules stay what is saved and validated)

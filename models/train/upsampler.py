@@ -89,7 +89,7 @@ def train(run_dir: Path, cfg: UpsamplerTrainConfig, cont_ckpt: Path, cache_dir: 
     cont.to(cfg.device).eval()
     cont.upsampler.train()
     opt = torch.optim.Adam(cont.upsampler.parameters(), lr=cfg.lr)
-    run.resume(model=cont, opt=opt)
+    run.resume(model=cont, opt=opt, averaged=("model",))
     data = ImageCache(data_root() / "train", cache_dir)
     val = np.stack(val_crops(cfg.val_tiles))
 
